@@ -1,0 +1,287 @@
+"""Typed run configuration, read from YAML.
+
+One pydantic model holds every setting of a run; each value carries its unit
+in its name (``_um``, ``_um2``, ``_px``, ``_od``) or in its description.
+Invalid files raise :class:`ConfigError` with one line naming the key.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+__all__ = [
+    "ConfigError",
+    "StainConfig",
+    "PelletConfig",
+    "ClassifyConfig",
+    "NucleiConfig",
+    "IronConfig",
+    "RunConfig",
+    "load_config",
+]
+
+
+class ConfigError(ValueError):
+    """A configuration file or value is invalid (message names the key)."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class StainConfig(_Strict):
+    """Stain model settings."""
+
+    preset: str = Field(
+        "ab-vg",
+        description="Name of the stain preset (see pellet_analysis.stains.PRESETS).",
+    )
+    background_rgb: Optional[tuple[float, float, float]] = Field(
+        None,
+        description="Background (white point) intensity I0 per RGB channel, in the "
+        "image's own intensity units (0-255 for 8-bit). None: estimated per image.",
+    )
+    flat_field: bool = Field(
+        True,
+        description="Correct uneven illumination with a smooth background surface "
+        "fitted to the background pixels (ignored when background_rgb is given).",
+    )
+
+    @field_validator("preset")
+    @classmethod
+    def _known_preset(cls, value: str) -> str:
+        from .stains import PRESETS
+
+        if value not in PRESETS:
+            raise ValueError(
+                f"unknown stain preset {value!r}; choose one of {', '.join(sorted(PRESETS))}"
+            )
+        return value
+
+    @field_validator("background_rgb")
+    @classmethod
+    def _positive_background(cls, value):
+        if value is not None and min(value) <= 0:
+            raise ValueError("background intensities must be > 0")
+        return value
+
+
+class PelletConfig(_Strict):
+    """Finding pellet sections."""
+
+    min_pellet_area_um2: float = Field(
+        20_000.0, gt=0, description="Smallest tissue object kept as a pellet section (µm²)."
+    )
+    tissue_min_od: float = Field(
+        0.05,
+        gt=0,
+        description="Lowest optical density (largest channel OD, smoothed) counted as tissue; "
+        "the threshold used is the larger of this and Otsu's.",
+    )
+    smoothing_um: float = Field(
+        1.0, ge=0, description="Gaussian sigma applied before tissue thresholding (µm)."
+    )
+    edge_band_um: float = Field(
+        4.0,
+        ge=0,
+        description="Within this distance of the background (µm) the pellet edge is placed at half "
+        "the local tissue level, correcting the outward shift of a blurred edge.",
+    )
+    fill_holes_max_um2: float = Field(
+        50_000.0,
+        ge=0,
+        description="Holes in a pellet smaller than this are filled (µm²); larger holes "
+        "(e.g. a lumen) stay out of the pellet.",
+    )
+    max_working_px: int = Field(
+        1500,
+        gt=64,
+        description="Pellet detection runs on a copy downscaled so its longer side is at "
+        "most this many pixels (px); masks are mapped back to full resolution.",
+    )
+
+
+class ClassifyConfig(_Strict):
+    """Per-pixel classification of pellet tissue."""
+
+    proteoglycan_min_od: float = Field(
+        0.15, gt=0, description="Alcian blue concentration (OD units) above which a pixel is proteoglycan."
+    )
+    collagen_min_od: float = Field(
+        0.15, gt=0, description="Van Gieson (acid fuchsin) concentration (OD) above which a pixel is collagen."
+    )
+    smoothing_um: float = Field(
+        0.5, ge=0, description="Gaussian sigma applied to stain concentrations before thresholding (µm)."
+    )
+
+
+class NucleiConfig(_Strict):
+    """Nuclei (Weigert's hematoxylin) instances."""
+
+    min_diameter_um: float = Field(5.0, gt=0, description="Smallest nucleus diameter (µm).")
+    max_diameter_um: float = Field(18.0, gt=0, description="Largest nucleus diameter (µm).")
+    dark_min_od: float = Field(
+        0.3,
+        gt=0,
+        description="Lowest OD of the least-absorbed channel for a dark (nucleus or iron) pixel; "
+        "the threshold used is the larger of this and Otsu's within the pellet.",
+    )
+
+    @field_validator("max_diameter_um")
+    @classmethod
+    def _ordered(cls, value, info):
+        low = info.data.get("min_diameter_um")
+        if low is not None and value <= low:
+            raise ValueError("must be larger than nuclei.min_diameter_um")
+        return value
+
+
+class IronConfig(_Strict):
+    """Iron granules of iron-sucrose labeled cells."""
+
+    min_od: float = Field(
+        0.3, gt=0, description="Lowest local darkness (OD above the surrounding matrix) of an iron granule pixel."
+    )
+    max_granule_diameter_um: float = Field(
+        3.5, gt=0, description="Largest granule (equivalent diameter, µm); clusters up to three times its area are kept."
+    )
+    nucleus_gap_um: float = Field(
+        1.0, ge=0, description="Dark pixels this close to a nucleus (µm) are its blurred edge, not iron."
+    )
+    cell_distance_um: float = Field(
+        5.0, ge=0, description="A cell is iron-positive when a granule lies within this distance of its nucleus (µm)."
+    )
+
+
+class RunConfig(_Strict):
+    """Everything a run needs."""
+
+    input_dir: Path = Field(Path("images"), description="Folder of input images.")
+    output_dir: Path = Field(Path("outputs/run"), description="Folder the run writes into.")
+    pixel_size_um: float = Field(
+        1.0,
+        gt=0,
+        description="Pixel size (µm per pixel) for images whose files carry none "
+        "(PNG, JPEG, TIFF without resolution tags).",
+    )
+    force_pixel_size: bool = Field(
+        False, description="Use pixel_size_um even when the file carries a pixel size."
+    )
+    filename_pattern: str = Field(
+        "{donor}_{condition}_d{day}_s{section}",
+        description="Pattern of the file stem giving study metadata; fields in braces.",
+    )
+    require_metadata: bool = Field(
+        False,
+        description="When true, an image whose name does not match filename_pattern is a failure; "
+        "otherwise it is processed with empty metadata.",
+    )
+    extensions: list[str] = Field(
+        [".tif", ".tiff", ".png", ".jpg", ".jpeg"], description="File endings read as images."
+    )
+    scheduler: str = Field(
+        "threads",
+        description="threads | processes | synchronous | tcp://host:port (a dask.distributed scheduler).",
+    )
+    n_workers: Optional[int] = Field(
+        None, ge=1, description="Local workers (threads or processes); None: one per core."
+    )
+    stains: StainConfig = StainConfig()
+    pellets: PelletConfig = PelletConfig()
+    classify: ClassifyConfig = ClassifyConfig()
+    nuclei: NucleiConfig = NucleiConfig()
+    iron: IronConfig = IronConfig()
+
+    @field_validator("scheduler")
+    @classmethod
+    def _scheduler(cls, value: str) -> str:
+        if value in ("threads", "processes", "synchronous") or value.startswith("tcp://"):
+            return value
+        raise ValueError("must be threads, processes, synchronous or tcp://host:port")
+
+    @field_validator("filename_pattern")
+    @classmethod
+    def _pattern(cls, value: str) -> str:
+        from .metadata import compile_pattern
+
+        compile_pattern(value)
+        return value
+
+    @field_validator("extensions")
+    @classmethod
+    def _extensions(cls, value: list[str]) -> list[str]:
+        return [v.lower() if v.startswith(".") else "." + v.lower() for v in value]
+
+
+def _format_error(error: ValidationError, source: str) -> str:
+    first = error.errors()[0]
+    key = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    msg = first["msg"]
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key"
+    more = len(error.errors()) - 1
+    tail = f" (+{more} more)" if more else ""
+    return f"{source}: {key}: {msg}{tail}"
+
+
+def build_config(data: dict | None = None, *, source: str = "config") -> RunConfig:
+    """Validate a mapping into a :class:`RunConfig`.
+
+    Raises
+    ------
+    ConfigError
+        One line: the source, the dotted key and the cause.
+    """
+    try:
+        return RunConfig.model_validate(data or {})
+    except ValidationError as error:
+        raise ConfigError(_format_error(error, source)) from None
+
+
+def load_config(path: str | Path | None = None, **overrides) -> RunConfig:
+    """Read a YAML config (``yaml.safe_load``) and apply dotted-key overrides.
+
+    Parameters
+    ----------
+    path : str or Path, optional
+        YAML file; None gives the defaults.
+    **overrides
+        Values replacing those in the file; keys may be dotted with ``__``
+        (``stains__preset="he"``). None values are ignored.
+
+    Returns
+    -------
+    RunConfig
+    """
+    data: dict = {}
+    source = "config"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as error:
+            raise ConfigError(f"{path}: cannot read config ({error.strerror or error})") from None
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as error:
+            mark = getattr(error, "problem_mark", None)
+            where = f" line {mark.line + 1}" if mark is not None else ""
+            raise ConfigError(f"{path}:{where} invalid YAML ({getattr(error, 'problem', error)})") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: top level must be a mapping of keys to values")
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        node = data
+        parts = key.split("__")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{source}: {'.'.join(parts[:-1])}: must be a mapping")
+        node[parts[-1]] = value
+    return build_config(data, source=source)

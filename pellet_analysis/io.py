@@ -1,0 +1,249 @@
+"""Reading images and writing results (the I/O edge of the pipeline)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+__all__ = [
+    "ImageReadError",
+    "read_image",
+    "to_rgb",
+    "tiff_pixel_size_um",
+    "write_label_tiff",
+    "atomic_write",
+    "write_json",
+    "sha256_file",
+]
+
+
+class ImageReadError(ValueError):
+    """An input image cannot be read; the message is one line naming the cause."""
+
+
+_UNIT_TO_UM = {2: 25400.0, 3: 10000.0}  # TIFF ResolutionUnit: 2 inch, 3 centimetre
+_OME_UNIT_TO_UM = {"µm": 1.0, "um": 1.0, "nm": 1e-3, "mm": 1e3, "cm": 1e4, "m": 1e6, "Å": 1e-4}
+
+
+def _ome_pixel_size_um(description: str | None) -> float | None:
+    if not description or "PhysicalSizeX" not in description:
+        return None
+    match = re.search(r'PhysicalSizeX="([0-9.eE+-]+)"', description)
+    if not match:
+        return None
+    unit = re.search(r'PhysicalSizeXUnit="([^"]+)"', description)
+    factor = _OME_UNIT_TO_UM.get(unit.group(1) if unit else "µm", 1.0)
+    value = float(match.group(1)) * factor
+    return value if value > 0 else None
+
+
+def tiff_pixel_size_um(tif) -> float | None:
+    """Pixel size (µm) from a tifffile.TiffFile: OME PhysicalSizeX, else resolution tags."""
+    ome = _ome_pixel_size_um(tif.ome_metadata) if tif.is_ome else None
+    if ome:
+        return ome
+    page = tif.pages[0]
+    tags = page.tags
+    unit_tag = tags.get("ResolutionUnit")
+    xres = tags.get("XResolution")
+    if unit_tag is None or xres is None:
+        return None
+    unit = int(unit_tag.value)
+    if unit not in _UNIT_TO_UM:
+        return None
+    num, den = xres.value
+    if num <= 0 or den <= 0:
+        return None
+    per_unit = num / den
+    if per_unit <= 1.0:  # default 1 pixel per unit: no real calibration
+        return None
+    return _UNIT_TO_UM[unit] / per_unit
+
+
+def to_rgb(array, *, photometric: str | None = None, colormap=None) -> np.ndarray:
+    """Bring a decoded image to (rows, cols, 3) RGB, keeping its integer or float dtype.
+
+    Greyscale is repeated on three channels, alpha is composited on white,
+    palette images are mapped through their colormap, floats are clipped to
+    0-1, other integer types become uint16.
+    """
+    a = np.asarray(array)
+    if photometric == "PALETTE" and colormap is not None:
+        cmap = np.asarray(colormap)
+        if cmap.shape[0] == 3:
+            cmap = cmap.T
+        a = cmap[a]
+        if a.dtype == np.uint16 and a.max() <= 255:
+            a = a.astype(np.uint8)
+    if a.ndim == 3 and a.shape[0] in (3, 4) and a.shape[-1] not in (3, 4):
+        a = np.moveaxis(a, 0, -1)
+    if a.ndim == 2:
+        a = np.repeat(a[..., None], 3, axis=-1)
+    if a.ndim != 3:
+        raise ImageReadError(f"expected a 2-D colour or greyscale image, got shape {a.shape}")
+    if a.shape[-1] == 1:
+        a = np.repeat(a, 3, axis=-1)
+    elif a.shape[-1] == 2:  # grey + alpha
+        a = np.concatenate([np.repeat(a[..., :1], 3, axis=-1), a[..., 1:]], axis=-1)
+    if a.dtype == np.bool_:
+        a = a.astype(np.uint8) * 255
+    if np.issubdtype(a.dtype, np.floating):
+        a = np.clip(np.nan_to_num(a, nan=1.0), 0.0, 1.0).astype(np.float32)
+    elif a.dtype not in (np.uint8, np.uint16):
+        info = np.iinfo(a.dtype)
+        a = np.clip(a, 0, None).astype(np.float64) / max(info.max, 1) * 65535
+        a = a.astype(np.uint16)
+    if a.shape[-1] == 4:
+        full = 1.0 if np.issubdtype(a.dtype, np.floating) else float(np.iinfo(a.dtype).max)
+        alpha = a[..., 3:4].astype(np.float32) / full
+        rgb = a[..., :3].astype(np.float32) * alpha + full * (1 - alpha)
+        a = rgb.astype(a.dtype) if np.issubdtype(a.dtype, np.floating) else np.rint(rgb).astype(a.dtype)
+    elif a.shape[-1] != 3:
+        raise ImageReadError(f"expected 1, 3 or 4 channels, got {a.shape[-1]}")
+    return np.ascontiguousarray(a)
+
+
+def read_image(path, *, max_pixels: int = 400_000_000) -> tuple[np.ndarray, float | None]:
+    """Read an image file into RGB and its pixel size.
+
+    Parameters
+    ----------
+    path : str or Path
+        TIFF / OME-TIFF (first series, full resolution), PNG or JPEG.
+    max_pixels : int, keyword-only
+        Refuse images with more pixels than this before decoding them.
+
+    Returns
+    -------
+    rgb : ndarray, shape (rows, cols, 3)
+        uint8, uint16 or float32.
+    pixel_size_um : float or None
+        From OME metadata or TIFF resolution tags; None when the file has none.
+
+    Raises
+    ------
+    ImageReadError
+        With a one-line cause.
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except OSError as error:
+        raise ImageReadError(f"cannot open ({error.strerror or error})") from None
+    if size == 0:
+        raise ImageReadError("empty file (0 bytes)")
+    suffix = path.suffix.lower()
+    if suffix in (".tif", ".tiff", ".svs", ".btf"):
+        return _read_tiff(path, max_pixels)
+    return _read_other(path, max_pixels)
+
+
+def _read_tiff(path: Path, max_pixels: int):
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            shape = series.shape
+            n_px = int(np.prod([s for s in shape if s not in (3, 4)][:2])) if len(shape) >= 2 else 0
+            if n_px > max_pixels:
+                raise ImageReadError(f"image of shape {shape} exceeds the limit of {max_pixels} pixels")
+            page = tif.pages[0]
+            photometric = page.photometric.name if page.photometric is not None else None
+            if photometric == "SEPARATED":
+                raise ImageReadError("CMYK (separated) TIFF is not supported; export as RGB")
+            data = series.asarray()
+            colormap = page.colormap if photometric == "PALETTE" else None
+            pixel_size = tiff_pixel_size_um(tif)
+    except ImageReadError:
+        raise
+    except Exception as error:  # tifffile raises many types on corrupt data
+        raise ImageReadError(f"not a readable TIFF ({type(error).__name__}: {_one_line(error)})") from None
+    if data.ndim > 3:
+        data = data.reshape((-1,) + data.shape[-3:])[0] if data.shape[-1] in (3, 4) else data.reshape((-1,) + data.shape[-2:])[0]
+    return to_rgb(data, photometric=photometric, colormap=colormap), pixel_size
+
+
+def _read_other(path: Path, max_pixels: int):
+    import cv2
+
+    raw = np.fromfile(str(path), dtype=np.uint8)
+    data = cv2.imdecode(raw, cv2.IMREAD_UNCHANGED)
+    if data is None:
+        raise ImageReadError(f"not a readable {path.suffix.lstrip('.').upper() or 'image'} file")
+    if data.shape[0] * data.shape[1] > max_pixels:
+        raise ImageReadError(f"image of shape {data.shape} exceeds the limit of {max_pixels} pixels")
+    if data.ndim == 3:
+        data = data[..., [2, 1, 0, 3][: data.shape[-1]]] if data.shape[-1] >= 3 else data
+    return to_rgb(data), None
+
+
+def _one_line(error) -> str:
+    return " ".join(str(error).split())[:200] or type(error).__name__
+
+
+@contextmanager
+def atomic_write(path, mode="wb"):
+    """Write ``path`` through a temporary file in the same folder, renamed on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def write_label_tiff(path, labels, *, pixel_size_um: float | None = None) -> Path:
+    """Write a label image as a zlib-compressed TIFF (atomically), with its pixel size."""
+    import tifffile
+
+    kwargs = {}
+    if pixel_size_um:
+        per_cm = 1e4 / float(pixel_size_um)
+        kwargs = {"resolution": (per_cm, per_cm), "resolutionunit": "CENTIMETER"}
+    with atomic_write(path) as handle:
+        tifffile.imwrite(handle, np.asarray(labels), compression="zlib", photometric="minisblack", **kwargs)
+    return Path(path)
+
+
+def write_json(path, data) -> Path:
+    """Write JSON atomically (UTF-8, indented)."""
+    with atomic_write(path, "w") as handle:
+        json.dump(data, handle, indent=2, default=_json_default)
+        handle.write("\n")
+    return Path(path)
+
+
+def _json_default(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def sha256_file(path, chunk_size: int = 1 << 20) -> str:
+    """SHA-256 hex digest of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(chunk_size), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,312 @@
+"""The per-image pipeline and the batch runner.
+
+``analyze_image`` is a pure function of an RGB array; ``process_file`` adds
+reading and writing one image's results; ``run_batch`` schedules every image
+with Dask and writes the run's contract files::
+
+    pellets.csv, pellets.parquet, failures.csv, run.json,
+    labels/<image>_pellets.tif, labels/<image>_classes.tif, labels/<image>_nuclei.tif
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import __version__
+from .classify import classify_pixels
+from .config import RunConfig
+from .io import ImageReadError, read_image, sha256_file, write_json, write_label_tiff, atomic_write
+from .measure import MEASUREMENT_COLUMNS, measure_pellets
+from .metadata import METADATA_FIELDS, parse_name
+from .pellets import Illumination, estimate_illumination, find_pellets
+from .stains import StainSet, get_preset, rgb_to_od
+
+__all__ = [
+    "TABLE_COLUMNS",
+    "ImageAnalysis",
+    "analyze_image",
+    "process_file",
+    "list_images",
+    "run_batch",
+]
+
+#: Columns of pellets.csv / pellets.parquet, in order.
+TABLE_COLUMNS = (
+    ["image", "pellet_id", *METADATA_FIELDS]
+    + [c for c in MEASUREMENT_COLUMNS if c != "pellet_id"]
+    + ["pixel_size_um", "excluded", "exclusion_reason", "corrected"]
+)
+
+
+@dataclass
+class ImageAnalysis:
+    """Everything computed for one image."""
+
+    pellets: np.ndarray
+    classes: np.ndarray
+    nuclei: np.ndarray
+    proteoglycan_od: np.ndarray
+    rows: list
+    stains: StainSet
+    illumination: Illumination
+    timings_s: dict
+
+
+def analyze_image(rgb, *, pixel_size_um: float, config: RunConfig, stains: StainSet | None = None) -> ImageAnalysis:
+    """Run every analysis step on one RGB image held in memory.
+
+    Parameters
+    ----------
+    rgb : ndarray, shape (rows, cols, 3)
+        uint8, uint16 or float image.
+    pixel_size_um : float, keyword-only
+    config : RunConfig, keyword-only
+    stains : StainSet, optional, keyword-only
+        Defaults to the preset named in the config.
+
+    Returns
+    -------
+    ImageAnalysis
+    """
+    rgb = np.asarray(rgb)
+    if rgb.ndim != 3 or rgb.shape[-1] != 3:
+        raise ValueError(f"expected an RGB image of shape (rows, cols, 3), got {rgb.shape}")
+    if not pixel_size_um or pixel_size_um <= 0:
+        raise ValueError("pixel_size_um must be > 0")
+    stains = stains or get_preset(config.stains.preset)
+    t = {}
+    t0 = time.perf_counter()
+    illumination = estimate_illumination(rgb, pixel_size_um=pixel_size_um, stains=config.stains, pellets=config.pellets)
+    od = rgb_to_od(rgb, illumination.field(rgb.shape[:2]))
+    t["optical_density"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    pellets = find_pellets(od, pixel_size_um=pixel_size_um, config=config.pellets)
+    t["find_pellets"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    result = classify_pixels(
+        od,
+        pellets,
+        stains,
+        pixel_size_um=pixel_size_um,
+        classify=config.classify,
+        nuclei=config.nuclei,
+        iron=config.iron,
+    )
+    t["classify"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    rows = measure_pellets(
+        pellets,
+        result.classes,
+        result.nuclei,
+        pixel_size_um=pixel_size_um,
+        proteoglycan_od=result.proteoglycan_od,
+        iron_cell_distance_um=config.iron.cell_distance_um,
+    )
+    t["measure"] = time.perf_counter() - t0
+    return ImageAnalysis(pellets, result.classes, result.nuclei, result.proteoglycan_od, rows, stains, illumination, t)
+
+
+def list_images(input_dir, extensions) -> list[Path]:
+    """Image files directly in ``input_dir`` with one of ``extensions``, sorted by name."""
+    input_dir = Path(input_dir)
+    if not input_dir.is_dir():
+        raise FileNotFoundError(f"{input_dir}: input folder does not exist")
+    exts = {e.lower() for e in extensions}
+    return sorted(p for p in input_dir.iterdir() if p.is_file() and p.suffix.lower() in exts and not p.name.startswith("."))
+
+
+def _failure(path: Path, reason: str, started: float) -> dict:
+    return {"image": path.stem, "file": path.name, "ok": False, "reason": reason, "seconds": time.perf_counter() - started}
+
+
+def process_file(path, config: RunConfig, output_dir) -> dict:
+    """Read, analyse and write one image; never raises for a bad image.
+
+    Label images go to ``output_dir/labels`` and the image's summary to
+    ``output_dir/parts/<image>.json``, each written atomically, so finished
+    images survive an interrupted batch.
+
+    Returns
+    -------
+    dict
+        ``ok`` True with rows, stains, background, pixel size, hash and
+        timings; or ``ok`` False with a one-line ``reason``.
+    """
+    path = Path(path)
+    output_dir = Path(output_dir)
+    started = time.perf_counter()
+    stem = path.stem
+    meta = parse_name(stem, config.filename_pattern)
+    warnings = []
+    if meta is None:
+        if config.require_metadata:
+            return _failure(path, f"file name does not match pattern {config.filename_pattern!r}", started)
+        warnings.append(f"file name does not match pattern {config.filename_pattern!r}; metadata left empty")
+        meta = {}
+    try:
+        t0 = time.perf_counter()
+        rgb, file_px = read_image(path)
+        read_s = time.perf_counter() - t0
+    except ImageReadError as error:
+        return _failure(path, str(error), started)
+    if file_px and not config.force_pixel_size:
+        pixel_size, px_source = file_px, "file"
+    else:
+        pixel_size, px_source = config.pixel_size_um, "config"
+    try:
+        analysis = analyze_image(rgb, pixel_size_um=pixel_size, config=config)
+    except (ValueError, MemoryError) as error:
+        return _failure(path, f"analysis failed ({type(error).__name__}: {' '.join(str(error).split())[:200]})", started)
+    if not analysis.rows:
+        warnings.append("no pellet section found")
+    labels_dir = output_dir / "labels"
+    t0 = time.perf_counter()
+    write_label_tiff(labels_dir / f"{stem}_pellets.tif", analysis.pellets.astype(np.uint16), pixel_size_um=pixel_size)
+    write_label_tiff(labels_dir / f"{stem}_classes.tif", analysis.classes.astype(np.uint8), pixel_size_um=pixel_size)
+    write_label_tiff(labels_dir / f"{stem}_nuclei.tif", analysis.nuclei.astype(np.uint32), pixel_size_um=pixel_size)
+    write_s = time.perf_counter() - t0
+    rows = []
+    for r in analysis.rows:
+        row = {"image": stem, **{k: meta.get(k) for k in METADATA_FIELDS}, **r}
+        row.update(pixel_size_um=pixel_size, excluded=False, exclusion_reason="", corrected=False)
+        rows.append(row)
+    summary = {
+        "image": stem,
+        "file": path.name,
+        "ok": True,
+        "rows": rows,
+        "shape": list(rgb.shape),
+        "dtype": str(rgb.dtype),
+        "pixel_size_um": pixel_size,
+        "pixel_size_source": px_source,
+        "stains": analysis.stains.to_dict(),
+        "background": analysis.illumination.to_dict(rgb.shape[:2]),
+        "sha256": sha256_file(path),
+        "warnings": warnings,
+        "timings_s": {"read": read_s, **analysis.timings_s, "write": write_s},
+        "seconds": time.perf_counter() - started,
+    }
+    write_json(output_dir / "parts" / f"{stem}.json", summary)
+    return summary
+
+
+def _compute(tasks, config: RunConfig, progress):
+    """Run delayed tasks on the configured scheduler, reporting each finished image."""
+    import dask
+
+    if config.scheduler.startswith("tcp://"):
+        from distributed import Client, as_completed
+
+        with Client(config.scheduler) as client:
+            futures = client.compute(tasks)
+            index = {f.key: i for i, f in enumerate(futures)}
+            results = [None] * len(futures)
+            for future in as_completed(futures):
+                results[index[future.key]] = future.result()
+                progress(results[index[future.key]])
+            return results
+    from dask.callbacks import Callback
+
+    class _Progress(Callback):
+        def _posttask(self, key, result, dsk, state, worker_id):
+            if isinstance(result, dict) and "ok" in result:
+                progress(result)
+
+    kwargs = {"scheduler": config.scheduler}
+    if config.n_workers and config.scheduler != "synchronous":
+        kwargs["num_workers"] = config.n_workers
+    with _Progress():
+        return list(dask.compute(*tasks, **kwargs))
+
+
+def run_batch(config: RunConfig, *, progress=None) -> dict:
+    """Process every image of ``config.input_dir`` into ``config.output_dir``.
+
+    Parameters
+    ----------
+    config : RunConfig
+    progress : callable, optional
+        Called with each image's summary dict as it finishes.
+
+    Returns
+    -------
+    dict
+        The run record written to run.json, plus ``table`` (DataFrame) and
+        ``failures`` (DataFrame).
+    """
+    import dask
+
+    started = time.perf_counter()
+    output_dir = Path(config.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    images = list_images(config.input_dir, config.extensions)
+    seen: dict[str, Path] = {}
+    tasks, pre_failures = [], []
+    for path in images:
+        if path.stem in seen:
+            pre_failures.append(
+                {"image": path.stem, "file": path.name, "ok": False, "reason": f"duplicate image name (also {seen[path.stem].name})"}
+            )
+            continue
+        seen[path.stem] = path
+        tasks.append(dask.delayed(process_file, pure=False)(path, config, output_dir, dask_key_name=f"image-{path.name}"))
+    report = progress or (lambda summary: None)
+    results = _compute(tasks, config, report) if tasks else []
+    results.extend(pre_failures)
+    for f in pre_failures:
+        report(f)
+    return write_run_outputs(results, config, output_dir, started=started, images=images)
+
+
+def _table(results) -> pd.DataFrame:
+    rows = [row for r in results if r.get("ok") for row in r["rows"]]
+    table = pd.DataFrame(rows, columns=TABLE_COLUMNS)
+    table["pellet_id"] = table["pellet_id"].astype("int64")
+    table["day"] = pd.array(table["day"], dtype="Int64")
+    for col in ("nuclei_count", "iron_granule_count"):
+        table[col] = table[col].astype("int64")
+    for col in ("excluded", "corrected"):
+        table[col] = table[col].astype(bool)
+    for col in ("image", "donor", "condition", "section", "exclusion_reason"):
+        table[col] = table[col].astype("string")
+    return table.sort_values(["image", "pellet_id"], kind="stable").reset_index(drop=True)
+
+
+def write_run_outputs(results, config: RunConfig, output_dir, *, started: float, images) -> dict:
+    """Write pellets.csv/.parquet, failures.csv and run.json from per-image summaries (atomically)."""
+    output_dir = Path(output_dir)
+    table = _table(results)
+    failures = pd.DataFrame(
+        [{"image": r["image"], "reason": r["reason"]} for r in results if not r.get("ok")], columns=["image", "reason"]
+    )
+    with atomic_write(output_dir / "pellets.csv", "w") as handle:
+        table.to_csv(handle, index=False)
+    with atomic_write(output_dir / "pellets.parquet") as handle:
+        table.to_parquet(handle, index=False)
+    with atomic_write(output_dir / "failures.csv", "w") as handle:
+        failures.to_csv(handle, index=False)
+    record = {
+        "software": "pellet-analysis",
+        "version": __version__,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+        "host_cores": os.cpu_count(),
+        "config": config.model_dump(mode="json"),
+        "images": {
+            r["image"]: {k: v for k, v in r.items() if k not in ("rows", "image")} for r in results
+        },
+        "n_images": len(images),
+        "n_pellets": int(len(table)),
+        "n_failures": int(len(failures)),
+        "seconds": time.perf_counter() - started,
+    }
+    write_json(output_dir / "run.json", record)
+    return {**record, "table": table, "failures": failures}

@@ -1,0 +1,422 @@
+"""Stain model: optical density, named stain vectors and colour deconvolution.
+
+Optical density follows Beer-Lambert with base-10 logarithms,
+``OD = -log10(I / I0)``, where ``I0`` is the background (white point)
+intensity per channel. A stain is a unit vector of OD in (R, G, B); a pixel's
+OD is the sum of stain vectors weighted by concentrations. Stain matrices are
+data (:data:`PRESETS`), rows are stains, columns are R, G, B.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+__all__ = [
+    "StainSet",
+    "PRESETS",
+    "get_preset",
+    "intensity_range",
+    "rgb_to_od",
+    "od_to_rgb",
+    "complete_matrix",
+    "unmix",
+    "estimate_background",
+    "fit_background_field",
+    "evaluate_background_field",
+    "dark_concentration",
+]
+
+
+@dataclass(frozen=True)
+class StainSet:
+    """Named stain vectors with the tissue role each stains.
+
+    Attributes
+    ----------
+    name : str
+        Preset name.
+    stains : tuple of str
+        Stain names, one per row of ``vectors``.
+    vectors : ndarray, shape (n_stains, 3)
+        Unit OD vectors (R, G, B), float64.
+    roles : dict
+        Role (``proteoglycan``, ``collagen``, ``cytoplasm``, ``nuclei``,
+        ``iron``, ``counterstain``) -> stain name.
+    """
+
+    name: str
+    stains: tuple[str, ...]
+    vectors: np.ndarray
+    roles: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        vectors = np.asarray(self.vectors, dtype=np.float64)
+        if vectors.ndim != 2 or vectors.shape[1] != 3 or vectors.shape[0] != len(self.stains):
+            raise ValueError(f"stain set {self.name!r}: vectors must be (n_stains, 3)")
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        if np.any(norms <= 0) or not np.all(np.isfinite(vectors)):
+            raise ValueError(f"stain set {self.name!r}: every vector must be finite and non-zero")
+        object.__setattr__(self, "vectors", vectors / norms)
+        for role, stain in self.roles.items():
+            if stain not in self.stains:
+                raise ValueError(f"stain set {self.name!r}: role {role!r} names unknown stain {stain!r}")
+
+    def vector(self, stain: str) -> np.ndarray:
+        """Unit OD vector of one stain."""
+        return self.vectors[self.stains.index(stain)]
+
+    def role_vector(self, role: str) -> np.ndarray | None:
+        """Unit OD vector of the stain playing ``role``, or None."""
+        stain = self.roles.get(role)
+        return None if stain is None else self.vector(stain)
+
+    def subset(self, stains) -> "StainSet":
+        """A StainSet of some of these stains (in the order given)."""
+        stains = tuple(stains)
+        roles = {r: s for r, s in self.roles.items() if s in stains}
+        return StainSet(self.name, stains, np.stack([self.vector(s) for s in stains]), roles)
+
+    def with_vectors(self, vectors) -> "StainSet":
+        """The same stains and roles with other vectors (e.g. estimated per image)."""
+        return StainSet(self.name, self.stains, np.asarray(vectors, dtype=np.float64), dict(self.roles))
+
+    def to_dict(self) -> dict:
+        """JSON-ready description (saved with every run)."""
+        return {
+            "name": self.name,
+            "stains": {s: [round(float(v), 6) for v in self.vector(s)] for s in self.stains},
+            "roles": dict(self.roles),
+        }
+
+
+def _preset(name, rows, roles) -> StainSet:
+    return StainSet(name, tuple(rows), np.array(list(rows.values()), dtype=np.float64), roles)
+
+
+#: Stain presets. Sources and derivations are given in docs/stains.md.
+PRESETS: dict[str, StainSet] = {
+    "ab-vg": _preset(
+        "ab-vg",
+        {
+            "alcian_blue": (0.874622, 0.457711, 0.158256),
+            "acid_fuchsin": (0.120, 0.860, 0.490),
+            "picric_acid": (0.040, 0.170, 0.980),
+            "weigert_hematoxylin": (0.600, 0.620, 0.500),
+            "iron": (0.400, 0.570, 0.720),
+        },
+        {
+            "proteoglycan": "alcian_blue",
+            "collagen": "acid_fuchsin",
+            "cytoplasm": "picric_acid",
+            "nuclei": "weigert_hematoxylin",
+            "iron": "iron",
+        },
+    ),
+    "safranin-o": _preset(
+        "safranin-o",
+        {
+            "safranin_o": (0.100, 0.850, 0.520),
+            "fast_green": (0.850, 0.100, 0.520),
+            "hematoxylin": (0.650, 0.704, 0.286),
+        },
+        {"proteoglycan": "safranin_o", "collagen": "fast_green", "nuclei": "hematoxylin"},
+    ),
+    "alcian-nfr": _preset(
+        "alcian-nfr",
+        {
+            "alcian_blue": (0.874622, 0.457711, 0.158256),
+            "nuclear_fast_red": (0.39888, 0.83921, 0.36963),
+        },
+        {"proteoglycan": "alcian_blue", "nuclei": "nuclear_fast_red"},
+    ),
+    "he": _preset(
+        "he",
+        {"hematoxylin": (0.650, 0.704, 0.286), "eosin": (0.072, 0.990, 0.105)},
+        {"nuclei": "hematoxylin", "counterstain": "eosin"},
+    ),
+    "h-dab": _preset(
+        "h-dab",
+        {"hematoxylin": (0.650, 0.704, 0.286), "dab": (0.268, 0.570, 0.776)},
+        {"nuclei": "hematoxylin", "counterstain": "dab"},
+    ),
+}
+
+
+def get_preset(name: str) -> StainSet:
+    """Return the preset ``name`` or raise a one-line ``KeyError``."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise KeyError(f"unknown stain preset {name!r}; choose one of {', '.join(sorted(PRESETS))}") from None
+
+
+def intensity_range(dtype) -> float:
+    """Full-scale intensity of an image dtype (255 for uint8, 65535 for uint16, 1.0 for floats)."""
+    dtype = np.dtype(dtype)
+    if dtype == np.bool_:
+        return 1.0
+    if np.issubdtype(dtype, np.integer):
+        return float(np.iinfo(dtype).max)
+    if np.issubdtype(dtype, np.floating):
+        return 1.0
+    raise TypeError(f"unsupported image dtype {dtype}")
+
+
+def _broadcast_background(background, image_shape, channel_axis) -> np.ndarray:
+    bg = np.asarray(background, dtype=np.float64)
+    if bg.ndim == 1:
+        shape = [1] * len(image_shape)
+        shape[channel_axis] = bg.shape[0]
+        bg = bg.reshape(shape)
+    if np.any(bg <= 0):
+        raise ValueError("background intensity must be > 0 in every channel")
+    return bg
+
+
+def rgb_to_od(image, background=None, *, channel_axis=-1) -> np.ndarray:
+    """Convert an RGB image to optical density, ``-log10(I / I0)``.
+
+    Parameters
+    ----------
+    image : ndarray
+        RGB image of any integer or float dtype.
+    background : float, sequence of 3 floats or ndarray, optional
+        ``I0`` in the image's intensity units: a scalar, one value per
+        channel, or a field broadcastable to ``image``. Defaults to the
+        dtype's full scale.
+    channel_axis : int, keyword-only
+        Axis of the colour channels.
+
+    Returns
+    -------
+    od : ndarray of float32
+        Optical density, 0 or more. Intensities are clipped to at least one
+        part in 255 of ``I0`` (0.0039 for floats) so black stays finite.
+    """
+    image = np.asarray(image)
+    full = intensity_range(image.dtype)
+    if background is None:
+        background = full
+    bg = _broadcast_background(background, image.shape, channel_axis)
+    floor = bg / 255.0 if np.issubdtype(image.dtype, np.floating) else 1.0
+    intensity = np.maximum(image.astype(np.float32), np.asarray(floor, dtype=np.float32))
+    od = -np.log10(intensity / bg.astype(np.float32))
+    np.maximum(od, 0, out=od)
+    return od.astype(np.float32, copy=False)
+
+
+def od_to_rgb(od, background=255.0, *, dtype=np.uint8, channel_axis=-1) -> np.ndarray:
+    """Render optical density back to intensities, ``I0 * 10**-OD``.
+
+    Parameters
+    ----------
+    od : ndarray
+        Optical density.
+    background : float, sequence or ndarray
+        ``I0`` in the output dtype's units.
+    dtype : dtype, keyword-only
+        Output dtype; integers are rounded and clipped to their range.
+    channel_axis : int, keyword-only
+    """
+    od = np.asarray(od, dtype=np.float64)
+    bg = _broadcast_background(background, od.shape, channel_axis)
+    out = bg * np.power(10.0, -od)
+    dtype = np.dtype(dtype)
+    if np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        return np.clip(np.rint(out), info.min, info.max).astype(dtype)
+    return out.astype(dtype)
+
+
+def complete_matrix(vectors) -> np.ndarray:
+    """Return a 3 x 3 matrix of unit stain vectors (rows).
+
+    One or two vectors are completed with the normalised cross product (and,
+    for one, a vector orthogonal to it), as in Ruifrok & Johnston 2001.
+    """
+    v = np.atleast_2d(np.asarray(vectors, dtype=np.float64))
+    v = v / np.linalg.norm(v, axis=1, keepdims=True)
+    if v.shape[0] > 3:
+        raise ValueError("at most three stains can be separated in three channels")
+    if v.shape[0] == 1:
+        helper = np.array([0.0, 0.0, 1.0]) if abs(v[0, 2]) < 0.9 else np.array([1.0, 0.0, 0.0])
+        second = np.cross(v[0], helper)
+        v = np.vstack([v, second / np.linalg.norm(second)])
+    if v.shape[0] == 2:
+        third = np.cross(v[0], v[1])
+        norm = np.linalg.norm(third)
+        if norm < 1e-8:
+            raise ValueError("stain vectors are parallel")
+        v = np.vstack([v, third / norm])
+    return v
+
+
+def unmix(od, vectors, *, channel_axis=-1) -> np.ndarray:
+    """Colour deconvolution: stain concentrations from optical density.
+
+    Solves ``od = c @ M`` per pixel with ``M`` the 3 x 3 matrix completed by
+    :func:`complete_matrix` (least squares when fewer than three stains).
+
+    Parameters
+    ----------
+    od : ndarray
+        Optical density with 3 channels on ``channel_axis``.
+    vectors : array_like, shape (n_stains, 3)
+        Stain OD vectors (rows), 1 to 3 of them.
+    channel_axis : int, keyword-only
+
+    Returns
+    -------
+    conc : ndarray of float32
+        Concentrations (OD units along each unit vector); the channel axis
+        holds the ``n_stains`` given (the completing residual is dropped).
+        Values may be negative where a pixel is not explained by the stains.
+    """
+    od = np.moveaxis(np.asarray(od, dtype=np.float32), channel_axis, -1)
+    n = np.atleast_2d(vectors).shape[0]
+    matrix = complete_matrix(vectors)
+    inverse = np.linalg.inv(matrix).astype(np.float32)
+    conc = od @ inverse
+    return np.moveaxis(conc[..., :n], -1, channel_axis)
+
+
+def estimate_background(image, tissue_mask=None, *, channel_axis=-1, percentile=50.0) -> np.ndarray:
+    """Estimate the background intensity ``I0`` per channel.
+
+    Parameters
+    ----------
+    image : ndarray
+        RGB image.
+    tissue_mask : ndarray of bool, optional
+        Pixels to leave out; when None, the brightest 10 % of pixels (by
+        channel sum) are taken as background.
+    channel_axis : int, keyword-only
+    percentile : float, keyword-only
+        Percentile of the background pixels taken per channel.
+
+    Returns
+    -------
+    ndarray of float64, shape (3,)
+    """
+    rgb = np.moveaxis(np.asarray(image), channel_axis, -1).reshape(-1, 3).astype(np.float64)
+    if tissue_mask is not None:
+        keep = ~np.asarray(tissue_mask, dtype=bool).reshape(-1)
+        if keep.sum() >= 100:
+            rgb = rgb[keep]
+        else:
+            tissue_mask = None
+    if tissue_mask is None:
+        total = rgb.sum(axis=1)
+        rgb = rgb[total >= np.percentile(total, 90)]
+    full = intensity_range(np.asarray(image).dtype)
+    return np.clip(np.percentile(rgb, percentile, axis=0), full / 255.0, None)
+
+
+def _poly_terms(rows, cols, order):
+    return np.stack([rows**i * cols**j for i in range(order + 1) for j in range(order + 1 - i)], axis=-1)
+
+
+def fit_background_field(image, tissue_mask, *, order=2, channel_axis=-1, max_samples=20000, seed=0):
+    """Fit a smooth per-channel background surface (flat field).
+
+    A polynomial of ``order`` in normalised row and column is fitted, by
+    least squares, to background pixels of each channel.
+
+    Parameters
+    ----------
+    image : ndarray
+        RGB image (any size; a low-resolution copy is enough).
+    tissue_mask : ndarray of bool
+        True on tissue; those pixels are left out of the fit.
+    order : int, keyword-only
+    channel_axis : int, keyword-only
+    max_samples : int, keyword-only
+        Background pixels sampled for the fit.
+    seed : int, keyword-only
+
+    Returns
+    -------
+    coefficients : ndarray, shape (n_terms, 3)
+        Use :func:`evaluate_background_field` to render it at any size.
+        None when too few background pixels exist (tissue fills the image).
+    """
+    rgb = np.moveaxis(np.asarray(image), channel_axis, -1).astype(np.float64)
+    h, w = rgb.shape[:2]
+    rows, cols = np.nonzero(~np.asarray(tissue_mask, dtype=bool))
+    if rows.size < max(200, 0.05 * h * w):
+        return None
+    if rows.size > max_samples:
+        pick = np.random.default_rng(seed).choice(rows.size, max_samples, replace=False)
+        rows, cols = rows[pick], cols[pick]
+    terms = _poly_terms(rows / max(h - 1, 1), cols / max(w - 1, 1), order)
+    values = rgb[rows, cols]
+    coef, *_ = np.linalg.lstsq(terms, values, rcond=None)
+    # one robust pass: drop the worst 10 % residuals (dust, pellet halo) and refit
+    resid = np.abs(values - terms @ coef).sum(axis=1)
+    keep = resid <= np.percentile(resid, 90)
+    coef, *_ = np.linalg.lstsq(terms[keep], values[keep], rcond=None)
+    return coef
+
+
+def evaluate_background_field(coef, shape, *, order=2, dtype=np.float32) -> np.ndarray:
+    """Render background coefficients from :func:`fit_background_field` at ``shape`` (rows, cols)."""
+    h, w = shape
+    r = np.linspace(0.0, 1.0, h, dtype=np.float64)[:, None]
+    c = np.linspace(0.0, 1.0, w, dtype=np.float64)[None, :]
+    out = np.zeros((h, w, 3), dtype=np.float64)
+    k = 0
+    for i in range(order + 1):
+        for j in range(order + 1 - i):
+            out += (r**i * c**j)[..., None] * coef[k]
+            k += 1
+    return np.clip(out, 1.0 / 255.0, None).astype(dtype)
+
+
+def dark_concentration(od, chromatic, dark, *, channel_axis=-1, tolerance_od=0.05) -> np.ndarray:
+    """Least amount of a dark stain needed to explain each pixel.
+
+    A near-neutral dark stain (Weigert's iron hematoxylin) lies inside the
+    cone of three chromatic stains, so no 3 x 3 deconvolution isolates it.
+    Each pixel is instead decomposed into the dark stain plus every pair of
+    chromatic stains; among the decompositions with non-negative chromatic
+    amounts (within ``tolerance_od``), the smallest dark amount is returned.
+    A blue-and-yellow matrix pixel thus needs no dark stain, while a black
+    nucleus, which no pair of chromatic stains can explain, needs all of it.
+
+    Parameters
+    ----------
+    od : ndarray
+        Optical density with 3 channels on ``channel_axis``.
+    chromatic : array_like, shape (n, 3)
+        Chromatic stain vectors (n >= 2).
+    dark : array_like, shape (3,)
+        The dark stain vector.
+    channel_axis : int, keyword-only
+    tolerance_od : float, keyword-only
+
+    Returns
+    -------
+    ndarray of float32
+        Dark stain concentration (OD), 0 or more, without the channel axis.
+    """
+    od = np.moveaxis(np.asarray(od, dtype=np.float32), channel_axis, -1)
+    chromatic = np.atleast_2d(np.asarray(chromatic, dtype=np.float64))
+    dark = np.asarray(dark, dtype=np.float64)
+    best = np.full(od.shape[:-1], np.inf, dtype=np.float32)
+    fallback = np.full(od.shape[:-1], np.inf, dtype=np.float32)
+    n = chromatic.shape[0]
+    for i in range(n):
+        for j in range(i + 1, n):
+            matrix = np.stack([chromatic[i], chromatic[j], dark])
+            if abs(np.linalg.det(matrix)) < 1e-6:
+                continue
+            conc = od @ np.linalg.inv(matrix).astype(np.float32)
+            feasible = (conc[..., 0] >= -tolerance_od) & (conc[..., 1] >= -tolerance_od)
+            amount = conc[..., 2]
+            np.minimum(best, np.where(feasible, amount, np.inf), out=best)
+            np.minimum(fallback, amount, out=fallback)
+    out = np.where(np.isfinite(best), best, fallback)
+    out = np.where(np.isfinite(out), out, 0.0)
+    return np.maximum(out, 0).astype(np.float32)

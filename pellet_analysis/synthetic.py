@@ -1,0 +1,429 @@
+"""Synthetic Alcian blue / Van Gieson pellet sections with exact ground truth.
+
+Sections are built as stain-concentration maps in micrometres (so any pixel
+size gives the same biology) and rendered by Beer-Lambert, then degraded with
+optical blur, uneven tinted illumination, sensor noise and JPEG compression.
+The ground truth (pellet labels, class codes, nucleus instances,
+proteoglycan concentration) is exact for every output of the pipeline, and
+:func:`truth_table` measures it with the same code the pipeline uses.
+
+Biology encoded (see docs/synthetic.md): proteoglycan area rises from day 7
+to day 28, is lower in iron-labeled pellets and richer in the core than in the
+rim; a collagen-rich fibrous capsule lines the rim; cells are denser early;
+labeled cells carry 0.5-3 µm brown-black iron granules next to their nuclei
+and labeled matrix carries a faint brown haze.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+from scipy import ndimage as ndi
+from skimage.draw import disk, ellipse
+
+from .measure import CLASS_CODES, measure_pellets
+from .stains import PRESETS, StainSet, od_to_rgb
+
+__all__ = [
+    "SectionParams",
+    "SyntheticSection",
+    "make_section",
+    "truth_table",
+    "jitter_stains",
+    "proteoglycan_target",
+    "write_section",
+    "make_study",
+]
+
+DAYS = (7, 14, 28)
+
+
+@dataclass
+class SectionParams:
+    """Parameters of one synthetic section (units in the names)."""
+
+    day: int = 14
+    labeled: bool = False
+    n_pellets: int = 1
+    pixel_size_um: float = 1.0
+    pellet_diameter_um: tuple[float, float] = (320.0, 480.0)
+    donor_offset: float = 0.0
+    hue_jitter_deg: float = 0.0
+    blur_sigma_um: float = 0.6
+    noise_sigma: float = 2.0
+    jpeg_quality: int | None = 90
+    illumination_variation: float = 0.08
+    background_rgb: tuple[float, float, float] = (242.0, 238.0, 232.0)
+    seed: int = 0
+
+
+@dataclass
+class SyntheticSection:
+    """A rendered section and its ground truth."""
+
+    image: np.ndarray
+    pellets: np.ndarray
+    classes: np.ndarray
+    nuclei: np.ndarray
+    proteoglycan_od: np.ndarray
+    pixel_size_um: float
+    stains: StainSet
+    background_rgb: np.ndarray
+    params: SectionParams
+    metadata: dict = field(default_factory=dict)
+
+
+def proteoglycan_target(day: int, labeled: bool, donor_offset: float = 0.0) -> float:
+    """Expected proteoglycan area fraction of a pellet (0-1) for a day and condition."""
+    base = {7: 0.14, 14: 0.32, 28: 0.50}.get(int(day))
+    if base is None:
+        base = float(np.interp(day, DAYS, (0.14, 0.32, 0.50)))
+    if labeled:
+        base *= 0.65
+    return float(np.clip(base + donor_offset, 0.03, 0.8))
+
+
+def _rotate_towards(vector, rng, max_deg):
+    """Rotate a unit vector by up to ``max_deg`` about a random axis, keeping it non-negative."""
+    if max_deg <= 0:
+        return vector
+    for _ in range(20):
+        axis = rng.normal(size=3)
+        axis -= axis.dot(vector) * vector
+        axis /= np.linalg.norm(axis)
+        angle = np.deg2rad(rng.uniform(0.5, 1.0) * max_deg)
+        out = vector * np.cos(angle) + axis * np.sin(angle)
+        if out.min() >= 0:
+            return out / np.linalg.norm(out)
+    return vector
+
+
+def jitter_stains(stains: StainSet, max_deg: float, rng) -> StainSet:
+    """Rotate every stain vector by up to ``max_deg`` degrees (hue and saturation drift)."""
+    return stains.with_vectors(np.stack([_rotate_towards(v, rng, max_deg) for v in stains.vectors]))
+
+
+def _smooth_noise(shape, sigma_px, rng):
+    field_ = ndi.gaussian_filter(rng.normal(size=shape).astype(np.float32), sigma_px, mode="reflect")
+    return (field_ - field_.mean()) / (field_.std() + 1e-9)
+
+
+def _pellet_mask(shape, center, radius_px, rng):
+    rr, cc = np.mgrid[0 : shape[0], 0 : shape[1]].astype(np.float32)
+    dr, dc = rr - center[0], cc - center[1]
+    theta = np.arctan2(dr, dc)
+    ratio = rng.uniform(0.8, 1.0)
+    tilt = rng.uniform(0, np.pi)
+    radius = radius_px * (1 + (1 / ratio - 1) * np.cos(2 * (theta - tilt)) / 2)
+    for k in range(3, 7):
+        radius = radius * (1 + rng.uniform(0, 0.035) * np.cos(k * theta + rng.uniform(0, 2 * np.pi)))
+    return np.hypot(dr, dc) <= radius
+
+
+def _place_nuclei(pellet_mask, depth_um, px, density_per_mm2, rng):
+    """Dart-throw nucleus centres (rows, cols, semi-axes in px, angle); ~6 % touching pairs."""
+    area_mm2 = pellet_mask.sum() * (px / 1000.0) ** 2
+    n_target = int(density_per_mm2 * area_mm2)
+    rows, cols = np.nonzero(pellet_mask & (depth_um > 9.0))
+    if rows.size == 0 or n_target == 0:
+        return []
+    grid_um = 12.0
+    cell = max(1, int(round(grid_um / px)))
+    occupied: dict = {}
+    nuclei = []
+    tries = 0
+    while len(nuclei) < n_target and tries < n_target * 30:
+        tries += 1
+        i = rng.integers(rows.size)
+        r, c = float(rows[i] + rng.uniform(-0.5, 0.5)), float(cols[i] + rng.uniform(-0.5, 0.5))
+        a_um = rng.uniform(3.2, 6.0)
+        b_um = a_um * rng.uniform(0.55, 0.95)
+        touching = len(nuclei) > 0 and rng.random() < 0.06
+        if touching:
+            pr, pc, pa, pb, _ = nuclei[-1]
+            angle = rng.uniform(0, 2 * np.pi)
+            dist = (pb + b_um / px) * 0.95
+            r, c = pr + dist * np.sin(angle), pc + dist * np.cos(angle)
+            ri, ci = int(round(r)), int(round(c))
+            if not (0 <= ri < depth_um.shape[0] and 0 <= ci < depth_um.shape[1]) or depth_um[ri, ci] <= 9.0:
+                continue
+        key = (int(r) // cell, int(c) // cell)
+        min_gap = (a_um + 4.0) / px
+        clash = False
+        for dr in (-1, 0, 1):
+            for dc in (-1, 0, 1):
+                for (qr, qc, qa) in occupied.get((key[0] + dr, key[1] + dc), ()):
+                    need = (qa / px + a_um / px) * (0.8 if touching else 1.0) + (0 if touching else 3.0 / px)
+                    if np.hypot(qr - r, qc - c) < min(need, min_gap + qa / px):
+                        clash = True
+        if clash and not touching:
+            continue
+        occupied.setdefault(key, []).append((r, c, a_um))
+        nuclei.append((r, c, a_um / px, b_um / px, rng.uniform(-np.pi, np.pi)))
+    return nuclei
+
+
+def make_section(params: SectionParams | None = None, **overrides) -> SyntheticSection:
+    """Render one synthetic AB/VG section.
+
+    Parameters
+    ----------
+    params : SectionParams, optional
+    **overrides
+        Fields of :class:`SectionParams` to replace.
+
+    Returns
+    -------
+    SyntheticSection
+        ``image`` is uint8 RGB; ``pellets`` uint16, ``classes`` uint8,
+        ``nuclei`` uint32, ``proteoglycan_od`` float32, all (rows, cols).
+    """
+    p = params or SectionParams()
+    if overrides:
+        p = SectionParams(**{**p.__dict__, **overrides})
+    rng = np.random.default_rng(p.seed)
+    px = float(p.pixel_size_um)
+    stains = jitter_stains(PRESETS["ab-vg"], p.hue_jitter_deg, rng)
+
+    # ---- layout (µm) -> pixels
+    diam_um = rng.uniform(*p.pellet_diameter_um, size=p.n_pellets)
+    margin_um, gap_um = 80.0, 70.0
+    width_um = diam_um.sum() * 1.15 + gap_um * (p.n_pellets - 1) + 2 * margin_um
+    height_um = diam_um.max() * 1.15 + 2 * margin_um + rng.uniform(0, 60)
+    shape = (int(round(height_um / px)), int(round(width_um / px)))
+    pellets = np.zeros(shape, np.uint16)
+    x_um = margin_um
+    for k, d in enumerate(diam_um):
+        cy = (height_um / 2 + rng.uniform(-0.05, 0.05) * (height_um - d * 1.15)) / px
+        cx = (x_um + d * 1.15 / 2) / px
+        mask = _pellet_mask(shape, (cy, cx), d / 2 / px, rng) & (pellets == 0)
+        pellets[mask] = k + 1
+        x_um += d * 1.15 + gap_um
+    tissue = pellets > 0
+    depth_um = ndi.distance_transform_edt(tissue) * px
+    rel_depth = np.zeros(shape, np.float32)
+    for k, d in enumerate(diam_um):
+        sel = pellets == k + 1
+        rel_depth[sel] = np.clip(depth_um[sel] / (d / 2), 0, 1)
+
+    # ---- nuclei
+    density = {7: 3200.0, 14: 2500.0, 28: 1900.0}.get(int(p.day), 2500.0) * rng.uniform(0.85, 1.15)
+    centres = _place_nuclei(tissue, depth_um, px, density, rng)
+    nuclei = np.zeros(shape, np.uint32)
+    for idx, (r, c, a, b, ang) in enumerate(centres, start=1):
+        rr, cc = ellipse(r, c, max(a, 0.8), max(b, 0.8), shape=shape, rotation=ang)
+        free = nuclei[rr, cc] == 0
+        nuclei[rr[free], cc[free]] = idx
+    nuclei[~tissue] = 0
+    nuclei_mask = nuclei > 0
+    cytoplasm = (ndi.distance_transform_edt(~nuclei_mask) * px <= 2.0) & tissue & ~nuclei_mask
+
+    # ---- iron granules (labeled pellets)
+    iron = np.zeros(shape, bool)
+    iron_od = np.zeros(shape, np.float32)
+    if p.labeled:
+        for (r, c, a, b, ang) in centres:
+            if rng.random() > 0.8:
+                continue
+            for _ in range(rng.integers(1, 6)):
+                radius_um = rng.uniform(0.3, 1.5)
+                theta = rng.uniform(0, 2 * np.pi)
+                dist = a + (radius_um + rng.uniform(0.8, 3.0)) / px
+                gr, gc = r + dist * np.sin(theta), c + dist * np.cos(theta)
+                rr, cc = disk((gr, gc), max(radius_um / px, 0.55), shape=shape)
+                keep = tissue[rr, cc] & ~nuclei_mask[rr, cc]
+                iron[rr[keep], cc[keep]] = True
+                iron_od[rr[keep], cc[keep]] = rng.uniform(1.3, 2.0)
+
+    # ---- proteoglycan (Alcian blue) region: smooth random field, core-biased
+    target = proteoglycan_target(p.day, p.labeled, p.donor_offset) + rng.normal(0, 0.02)
+    matrix = tissue & ~nuclei_mask & ~cytoplasm
+    score = _smooth_noise(shape, 30.0 / px, rng) + 2.2 * rel_depth
+    ab_soft = np.zeros(shape, np.float32)
+    pg_region = np.zeros(shape, bool)
+    for k in range(p.n_pellets):
+        sel = pellets == k + 1
+        vals = score[sel & matrix]
+        n_sel = sel.sum()
+        if vals.size == 0:
+            continue
+        # threshold so that PG pixels are `target` of the pellet's pixels
+        frac_of_matrix = np.clip(target * n_sel / max(vals.size, 1), 0, 1)
+        thr = np.quantile(vals, 1 - frac_of_matrix)
+        ab_soft[sel] = 1 / (1 + np.exp(-(score[sel] - thr) * 12.0))
+        pg_region[sel] = score[sel] >= thr
+    ab_level = {7: 0.42, 14: 0.55, 28: 0.70}.get(int(p.day), 0.55) * rng.uniform(0.9, 1.1)
+    texture = 1 + 0.15 * _smooth_noise(shape, 4.0 / px, rng)
+    ab_conc = (ab_level * ab_soft * texture * matrix).astype(np.float32)
+    pg_region &= matrix
+
+    # ---- collagen (acid fuchsin): fibrous rim capsule plus a few inner strands
+    rim_um = rng.uniform(14.0, 28.0)
+    rim = tissue & (depth_um < rim_um * (1 + 0.4 * _smooth_noise(shape, 20.0 / px, rng)))
+    strands = tissue & (_smooth_noise(shape, 12.0 / px, rng) > 2.0)
+    collagen_region = (rim | strands) & ~nuclei_mask
+    fuchsin = np.where(collagen_region, rng.uniform(0.45, 0.6), 0.04 * tissue).astype(np.float32)
+    fuchsin *= (1 + 0.1 * _smooth_noise(shape, 3.0 / px, rng)).astype(np.float32)
+    # the fibrous capsule and strands hold little proteoglycan: Alcian blue fades to a quarter there
+    capsule = ndi.gaussian_filter(collagen_region.astype(np.float32), 1.0 / px)
+    ab_conc *= (1 - 0.75 * capsule).astype(np.float32)
+    pg_region &= ab_conc >= 0.5 * ab_level
+
+    # ---- picric acid: cytoplasm yellow, matrix pale yellow
+    picric = np.where(cytoplasm, rng.uniform(0.28, 0.36), np.where(tissue, 0.14, 0.0)).astype(np.float32)
+    picric[nuclei_mask] = 0.05
+
+    # ---- Weigert's hematoxylin in nuclei, with chromatin texture
+    weigert = np.zeros(shape, np.float32)
+    chromatin = 1 + 0.12 * _smooth_noise(shape, 0.8 / px, rng)
+    weigert[nuclei_mask] = (rng.uniform(1.1, 1.4) * chromatin[nuclei_mask]).astype(np.float32)
+
+    haze = (0.05 * tissue).astype(np.float32) if p.labeled else np.zeros(shape, np.float32)
+    conc = {
+        "alcian_blue": ab_conc,
+        "acid_fuchsin": fuchsin,
+        "picric_acid": picric,
+        "weigert_hematoxylin": weigert,
+        "iron": iron_od + haze,
+    }
+    od = np.zeros(shape + (3,), np.float32)
+    for name, c in conc.items():
+        od += c[..., None] * stains.vector(name).astype(np.float32)
+
+    # ---- optics, illumination, sensor, compression
+    sigma_px = p.blur_sigma_um / px
+    if sigma_px > 0:
+        intensity = 10.0 ** (-od)
+        for ch in range(3):
+            intensity[..., ch] = ndi.gaussian_filter(intensity[..., ch], sigma_px)
+        od = -np.log10(np.clip(intensity, 1e-6, None))
+    tint = np.asarray(p.background_rgb, np.float64) * rng.uniform(0.98, 1.0, size=3)
+    rr, cc = np.mgrid[0 : shape[0], 0 : shape[1]].astype(np.float32)
+    rr, cc = rr / shape[0] - 0.5, cc / shape[1] - 0.5
+    g_angle = rng.uniform(0, 2 * np.pi)
+    illum = 1 - p.illumination_variation * (
+        0.6 * (rr**2 + cc**2) + 0.4 * (np.cos(g_angle) * rr + np.sin(g_angle) * cc + 0.5)
+    )
+    background = tint[None, None, :] * illum[..., None]
+    image = od_to_rgb(od, background, dtype=np.float32)
+    image += rng.normal(0, p.noise_sigma, size=image.shape).astype(np.float32)
+    image = np.clip(np.rint(image), 0, 255).astype(np.uint8)
+    if p.jpeg_quality:
+        ok, buf = cv2.imencode(".jpg", image[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, int(p.jpeg_quality)])
+        image = np.ascontiguousarray(cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1])
+
+    # ---- ground truth classes, priority iron > nuclei > proteoglycan > collagen > other tissue
+    classes = np.zeros(shape, np.uint8)
+    classes[tissue] = CLASS_CODES["other_tissue"]
+    classes[collagen_region & tissue] = CLASS_CODES["collagen"]
+    classes[pg_region] = CLASS_CODES["proteoglycan"]
+    classes[nuclei_mask] = CLASS_CODES["nuclei"]
+    classes[iron] = CLASS_CODES["iron"]
+    return SyntheticSection(
+        image=image,
+        pellets=pellets,
+        classes=classes,
+        nuclei=nuclei,
+        proteoglycan_od=ab_conc,
+        pixel_size_um=px,
+        stains=stains,
+        background_rgb=tint,
+        params=p,
+    )
+
+
+def truth_table(section: SyntheticSection, *, iron_cell_distance_um: float = 5.0) -> list[dict]:
+    """Measure the ground truth with the pipeline's own measurement code."""
+    return measure_pellets(
+        section.pellets,
+        section.classes,
+        section.nuclei,
+        pixel_size_um=section.pixel_size_um,
+        proteoglycan_od=section.proteoglycan_od,
+        iron_cell_distance_um=iron_cell_distance_um,
+    )
+
+
+def write_section(section: SyntheticSection, path, *, truth_dir=None) -> Path:
+    """Write a section's image (TIFF with pixel size tags, PNG or JPEG by suffix) and, optionally, its truth.
+
+    TIFF images are JPEG-compressed in tiles and carry the pixel size in
+    their resolution tags (centimetre unit). Truth goes to ``truth_dir`` as
+    ``<stem>_pellets.tif``, ``<stem>_classes.tif``, ``<stem>_nuclei.tif``.
+    """
+    import tifffile
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = path.suffix.lower()
+    if suffix in (".tif", ".tiff"):
+        per_cm = 1e4 / section.pixel_size_um
+        tifffile.imwrite(
+            path,
+            section.image,
+            photometric="rgb",
+            compression=("jpeg", 90),
+            tile=(256, 256),
+            resolution=(per_cm, per_cm),
+            resolutionunit="CENTIMETER",
+        )
+    elif suffix in (".png", ".jpg", ".jpeg"):
+        params = [cv2.IMWRITE_JPEG_QUALITY, 92] if suffix != ".png" else []
+        if not cv2.imwrite(str(path), section.image[..., ::-1], params):
+            raise OSError(f"{path}: could not write image")
+    else:
+        raise ValueError(f"{path}: unsupported image suffix {suffix!r}")
+    if truth_dir is not None:
+        truth_dir = Path(truth_dir)
+        truth_dir.mkdir(parents=True, exist_ok=True)
+        for name in ("pellets", "classes", "nuclei"):
+            tifffile.imwrite(truth_dir / f"{path.stem}_{name}.tif", getattr(section, name), compression="zlib")
+    return path
+
+
+def make_study(
+    out_dir,
+    *,
+    donors=("P01", "P02", "P03"),
+    days=DAYS,
+    conditions=("unlabeled", "labeled"),
+    pixel_size_um=1.0,
+    pellet_diameter_um=(300.0, 440.0),
+    max_pellets=3,
+    hue_jitter_deg=3.0,
+    suffix=".tif",
+    seed=0,
+    truth_dir=None,
+    progress=None,
+) -> list[Path]:
+    """Write a whole synthetic study: every donor x condition x day, one section each.
+
+    File names follow ``{donor}_{condition}_d{day}_s{section}`` with section 1.
+    Returns the written image paths.
+    """
+    rng = np.random.default_rng(seed)
+    out_dir = Path(out_dir)
+    donor_offsets = {d: float(rng.normal(0, 0.03)) for d in donors}
+    paths = []
+    for donor in donors:
+        for condition in conditions:
+            for day in days:
+                params = SectionParams(
+                    day=int(day),
+                    labeled=condition == "labeled",
+                    n_pellets=int(rng.integers(1, max_pellets + 1)),
+                    pixel_size_um=pixel_size_um,
+                    pellet_diameter_um=pellet_diameter_um,
+                    donor_offset=donor_offsets[donor],
+                    hue_jitter_deg=hue_jitter_deg,
+                    seed=int(rng.integers(2**31)),
+                )
+                section = make_section(params)
+                path = out_dir / f"{donor}_{condition}_d{day}_s1{suffix}"
+                paths.append(write_section(section, path, truth_dir=truth_dir))
+                if progress is not None:
+                    progress(path)
+    return paths
