@@ -18,6 +18,7 @@ __all__ = [
     "to_rgb",
     "tiff_pixel_size_um",
     "write_label_tiff",
+    "atomic_path",
     "atomic_write",
     "write_json",
     "sha256_file",
@@ -190,15 +191,18 @@ def _one_line(error) -> str:
 
 
 @contextmanager
-def atomic_write(path, mode="wb"):
-    """Write ``path`` through a temporary file in the same folder, renamed on success."""
+def atomic_path(path):
+    """Yield a temporary path beside ``path``; on success it is synced and renamed over ``path``.
+
+    Readers never see a partial file: either the old file or the complete new one.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, mode) as handle:
-            yield handle
-            handle.flush()
+        yield Path(tmp)
+        with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
@@ -209,6 +213,14 @@ def atomic_write(path, mode="wb"):
         raise
 
 
+@contextmanager
+def atomic_write(path, mode="wb"):
+    """Open a file handle whose content replaces ``path`` atomically when the block ends."""
+    with atomic_path(path) as tmp:
+        with open(tmp, mode, encoding=None if "b" in mode else "utf-8", newline=None if "b" in mode else "") as handle:
+            yield handle
+
+
 def write_label_tiff(path, labels, *, pixel_size_um: float | None = None) -> Path:
     """Write a label image as a zlib-compressed TIFF (atomically), with its pixel size."""
     import tifffile
@@ -217,8 +229,8 @@ def write_label_tiff(path, labels, *, pixel_size_um: float | None = None) -> Pat
     if pixel_size_um:
         per_cm = 1e4 / float(pixel_size_um)
         kwargs = {"resolution": (per_cm, per_cm), "resolutionunit": "CENTIMETER"}
-    with atomic_write(path) as handle:
-        tifffile.imwrite(handle, np.asarray(labels), compression="zlib", photometric="minisblack", **kwargs)
+    with atomic_path(path) as tmp:
+        tifffile.imwrite(tmp, np.asarray(labels), compression="zlib", photometric="minisblack", **kwargs)
     return Path(path)
 
 

@@ -25,7 +25,6 @@ __all__ = [
     "estimate_background",
     "fit_background_field",
     "evaluate_background_field",
-    "dark_concentration",
 ]
 
 
@@ -373,50 +372,3 @@ def evaluate_background_field(coef, shape, *, order=2, dtype=np.float32) -> np.n
             k += 1
     return np.clip(out, 1.0 / 255.0, None).astype(dtype)
 
-
-def dark_concentration(od, chromatic, dark, *, channel_axis=-1, tolerance_od=0.05) -> np.ndarray:
-    """Least amount of a dark stain needed to explain each pixel.
-
-    A near-neutral dark stain (Weigert's iron hematoxylin) lies inside the
-    cone of three chromatic stains, so no 3 x 3 deconvolution isolates it.
-    Each pixel is instead decomposed into the dark stain plus every pair of
-    chromatic stains; among the decompositions with non-negative chromatic
-    amounts (within ``tolerance_od``), the smallest dark amount is returned.
-    A blue-and-yellow matrix pixel thus needs no dark stain, while a black
-    nucleus, which no pair of chromatic stains can explain, needs all of it.
-
-    Parameters
-    ----------
-    od : ndarray
-        Optical density with 3 channels on ``channel_axis``.
-    chromatic : array_like, shape (n, 3)
-        Chromatic stain vectors (n >= 2).
-    dark : array_like, shape (3,)
-        The dark stain vector.
-    channel_axis : int, keyword-only
-    tolerance_od : float, keyword-only
-
-    Returns
-    -------
-    ndarray of float32
-        Dark stain concentration (OD), 0 or more, without the channel axis.
-    """
-    od = np.moveaxis(np.asarray(od, dtype=np.float32), channel_axis, -1)
-    chromatic = np.atleast_2d(np.asarray(chromatic, dtype=np.float64))
-    dark = np.asarray(dark, dtype=np.float64)
-    best = np.full(od.shape[:-1], np.inf, dtype=np.float32)
-    fallback = np.full(od.shape[:-1], np.inf, dtype=np.float32)
-    n = chromatic.shape[0]
-    for i in range(n):
-        for j in range(i + 1, n):
-            matrix = np.stack([chromatic[i], chromatic[j], dark])
-            if abs(np.linalg.det(matrix)) < 1e-6:
-                continue
-            conc = od @ np.linalg.inv(matrix).astype(np.float32)
-            feasible = (conc[..., 0] >= -tolerance_od) & (conc[..., 1] >= -tolerance_od)
-            amount = conc[..., 2]
-            np.minimum(best, np.where(feasible, amount, np.inf), out=best)
-            np.minimum(fallback, amount, out=fallback)
-    out = np.where(np.isfinite(best), best, fallback)
-    out = np.where(np.isfinite(out), out, 0.0)
-    return np.maximum(out, 0).astype(np.float32)

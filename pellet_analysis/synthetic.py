@@ -238,6 +238,13 @@ def make_section(params: SectionParams | None = None, **overrides) -> SyntheticS
                 iron[rr[keep], cc[keep]] = True
                 iron_od[rr[keep], cc[keep]] = rng.uniform(1.3, 2.0)
 
+    # ---- collagen (acid fuchsin): fibrous rim capsule plus a few inner strands
+    rim_um = rng.uniform(14.0, 28.0)
+    rim = tissue & (depth_um < rim_um * (1 + 0.4 * _smooth_noise(shape, 20.0 / px, rng)))
+    strands = tissue & (_smooth_noise(shape, 12.0 / px, rng) > 2.0)
+    collagen_region = (rim | strands) & ~nuclei_mask
+    fuchsin = np.where(collagen_region, rng.uniform(0.45, 0.6), 0.04 * tissue).astype(np.float32)
+    fuchsin *= (1 + 0.1 * _smooth_noise(shape, 3.0 / px, rng)).astype(np.float32)
     # ---- proteoglycan (Alcian blue) region: smooth random field, core-biased
     target = proteoglycan_target(p.day, p.labeled, p.donor_offset) + rng.normal(0, 0.02)
     matrix = tissue & ~nuclei_mask & ~cytoplasm
@@ -246,7 +253,7 @@ def make_section(params: SectionParams | None = None, **overrides) -> SyntheticS
     pg_region = np.zeros(shape, bool)
     for k in range(p.n_pellets):
         sel = pellets == k + 1
-        vals = score[sel & matrix]
+        vals = score[sel & matrix & ~collagen_region]
         n_sel = sel.sum()
         if vals.size == 0:
             continue
@@ -258,15 +265,8 @@ def make_section(params: SectionParams | None = None, **overrides) -> SyntheticS
     ab_level = {7: 0.42, 14: 0.55, 28: 0.70}.get(int(p.day), 0.55) * rng.uniform(0.9, 1.1)
     texture = 1 + 0.15 * _smooth_noise(shape, 4.0 / px, rng)
     ab_conc = (ab_level * ab_soft * texture * matrix).astype(np.float32)
-    pg_region &= matrix
+    pg_region &= matrix & ~collagen_region
 
-    # ---- collagen (acid fuchsin): fibrous rim capsule plus a few inner strands
-    rim_um = rng.uniform(14.0, 28.0)
-    rim = tissue & (depth_um < rim_um * (1 + 0.4 * _smooth_noise(shape, 20.0 / px, rng)))
-    strands = tissue & (_smooth_noise(shape, 12.0 / px, rng) > 2.0)
-    collagen_region = (rim | strands) & ~nuclei_mask
-    fuchsin = np.where(collagen_region, rng.uniform(0.45, 0.6), 0.04 * tissue).astype(np.float32)
-    fuchsin *= (1 + 0.1 * _smooth_noise(shape, 3.0 / px, rng)).astype(np.float32)
     # the fibrous capsule and strands hold little proteoglycan: Alcian blue fades to a quarter there
     capsule = ndi.gaussian_filter(collagen_region.astype(np.float32), 1.0 / px)
     ab_conc *= (1 - 0.75 * capsule).astype(np.float32)
@@ -365,7 +365,8 @@ def write_section(section: SyntheticSection, path, *, truth_dir=None) -> Path:
             path,
             section.image,
             photometric="rgb",
-            compression=("jpeg", 90),
+            compression="jpeg",
+            compressionargs={"level": 90},
             tile=(256, 256),
             resolution=(per_cm, per_cm),
             resolutionunit="CENTIMETER",

@@ -1,0 +1,168 @@
+"""Command line: ``pellet-analysis run | demo | synth``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from . import __version__
+from .config import ConfigError, load_config
+
+DEFAULT_CONFIG = Path("configs/default.yaml")
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False)
+
+
+def _run(config, console) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .pipeline import list_images, run_batch
+
+    try:
+        n_images = len(list_images(config.input_dir, config.extensions))
+    except FileNotFoundError as error:
+        console.print(f"[red]error:[/red] {error}")
+        return 2
+    console.print(
+        f"pellet-analysis {__version__}: {n_images} image(s) in {config.input_dir} -> {config.output_dir} "
+        f"(stains {config.stains.preset}, scheduler {config.scheduler})"
+    )
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=console, disable=not console.is_terminal and n_images == 0,
+    ) as progress:
+        task = progress.add_task("images", total=n_images)
+
+        def report(summary):
+            progress.advance(task)
+            if not summary.get("ok"):
+                progress.console.print(f"[red]failed[/red] {summary['file']}: {summary['reason']}")
+            else:
+                for warning in summary.get("warnings", []):
+                    progress.console.print(f"[yellow]warning[/yellow] {summary['file']}: {warning}")
+
+        record = run_batch(config, progress=report)
+    console.print(
+        f"{record['n_pellets']} pellet(s) from {n_images - record['n_failures']} image(s), "
+        f"{record['n_failures']} failure(s), {record['seconds']:.1f} s; results in {config.output_dir}"
+    )
+    return 0
+
+
+def _load(args, console):
+    try:
+        return load_config(
+            args.config,
+            input_dir=getattr(args, "input", None),
+            output_dir=getattr(args, "output", None),
+            stains__preset=getattr(args, "stains", None),
+            pixel_size_um=getattr(args, "pixel_size_um", None),
+            scheduler=getattr(args, "scheduler", None),
+            n_workers=getattr(args, "workers", None),
+        )
+    except ConfigError as error:
+        console.print(f"[red]config error:[/red] {error}")
+        return None
+
+
+def cmd_run(args) -> int:
+    console = _console()
+    config = _load(args, console)
+    if config is None:
+        return 2
+    if args.force_pixel_size:
+        config.force_pixel_size = True
+    return _run(config, console)
+
+
+def cmd_demo(args) -> int:
+    console = _console()
+    if args.config is None and DEFAULT_CONFIG.exists():
+        args.config = DEFAULT_CONFIG
+    config = _load(args, console)
+    if config is None:
+        return 2
+    if not Path(config.input_dir).is_dir() or not any(Path(config.input_dir).iterdir()):
+        console.print(f"{config.input_dir} is empty: writing the synthetic demo study there first")
+        from .synthetic import make_study
+
+        make_study(config.input_dir)
+    return _run(config, console)
+
+
+def cmd_synth(args) -> int:
+    from .synthetic import make_study
+
+    console = _console()
+    donors = [f"P{i:02d}" for i in range(1, args.donors + 1)]
+    written = make_study(
+        args.output,
+        donors=donors,
+        days=args.days,
+        pixel_size_um=args.pixel_size_um,
+        max_pellets=args.max_pellets,
+        hue_jitter_deg=args.hue_jitter_deg,
+        suffix=args.format,
+        seed=args.seed,
+        truth_dir=Path(args.output) / "truth" if args.truth else None,
+        progress=lambda p: console.print(f"wrote {p}"),
+    )
+    console.print(f"{len(written)} synthetic section(s) in {args.output}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pellet-analysis",
+        description="Quantitative histology of chondrogenic pellet sections (Alcian blue / Van Gieson, iron-labeled cells).",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="process every image in a folder", description="Find, classify and measure every pellet section of every image in a folder.")
+    run.add_argument("config", nargs="?", type=Path, help="YAML config (defaults apply to keys it leaves out)")
+    run.add_argument("--input", type=Path, help="folder of images (overrides input_dir)")
+    run.add_argument("--output", type=Path, help="output folder (overrides output_dir)")
+    run.add_argument("--stains", help="stain preset: ab-vg, safranin-o, alcian-nfr, he, h-dab")
+    run.add_argument("--pixel-size-um", type=float, dest="pixel_size_um", help="pixel size (µm) for files without one")
+    run.add_argument("--force-pixel-size", action="store_true", help="use --pixel-size-um even where a file has its own")
+    run.add_argument("--scheduler", help="threads | processes | synchronous | tcp://host:port")
+    run.add_argument("--workers", type=int, help="local worker threads or processes")
+    run.set_defaults(func=cmd_run)
+
+    demo = sub.add_parser("demo", help="run the default config on the sample images", description="Run configs/default.yaml on images/ and write outputs/demo/.")
+    demo.add_argument("config", nargs="?", type=Path, help=f"YAML config (default {DEFAULT_CONFIG})")
+    demo.add_argument("--output", type=Path, help="output folder (overrides output_dir)")
+    demo.set_defaults(func=cmd_demo)
+
+    synth = sub.add_parser("synth", help="write synthetic AB/VG sections with ground truth", description="Write a synthetic study: every donor x condition x day, one section each, named {donor}_{condition}_d{day}_s1.")
+    synth.add_argument("output", type=Path, help="folder to write into")
+    synth.add_argument("--donors", type=int, default=3, help="number of donors (default 3)")
+    synth.add_argument("--days", type=int, nargs="+", default=[7, 14, 28], help="days (default 7 14 28)")
+    synth.add_argument("--pixel-size-um", type=float, dest="pixel_size_um", default=1.0, help="pixel size (µm, default 1.0)")
+    synth.add_argument("--max-pellets", type=int, default=3, help="pellets per image, at most (default 3)")
+    synth.add_argument("--hue-jitter-deg", type=float, default=3.0, help="stain vector drift (degrees, default 3)")
+    synth.add_argument("--format", choices=[".tif", ".png", ".jpg"], default=".tif", help="image format (default .tif)")
+    synth.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    synth.add_argument("--truth", action="store_true", help="also write ground-truth label images to OUTPUT/truth")
+    synth.set_defaults(func=cmd_synth)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted; finished images are kept in the output folder", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,79 @@
+"""The pipeline against the synthetic generator's exact ground truth.
+
+Sections have stain hues drifted by up to 5 degrees, JPEG quality 80, tinted
+uneven illumination and pixel sizes 0.5-1 µm (see conftest.CASES).
+"""
+
+import numpy as np
+
+from pellet_analysis.measure import CLASS_CODES
+from pellet_analysis.synthetic import truth_table
+
+from .conftest import dice
+
+
+def _pairs(sections, analyses):
+    for s, a in zip(sections, analyses):
+        yield s, a, truth_table(s)
+
+
+def test_every_pellet_found_and_none_invented(sections, analyses):
+    for s, a, truth in _pairs(sections, analyses):
+        assert len(a.rows) == len(truth) == s.params.n_pellets
+
+
+def test_pellet_dice(sections, analyses):
+    scores = [dice(a.pellets > 0, s.pellets > 0) for s, a in zip(sections, analyses)]
+    assert min(scores) >= 0.97, scores
+    # each found pellet overlaps its own true pellet (ids are numbered left to right in both)
+    for s, a in zip(sections, analyses):
+        for pid in range(1, s.params.n_pellets + 1):
+            assert dice(a.pellets == pid, s.pellets == pid) >= 0.95
+
+
+def test_proteoglycan_area_fraction_error(sections, analyses):
+    errors = [
+        r["proteoglycan_area_fraction"] - g["proteoglycan_area_fraction"]
+        for _, a, truth in _pairs(sections, analyses)
+        for r, g in zip(a.rows, truth)
+    ]
+    errors_pp = 100 * np.abs(errors)
+    assert errors_pp.mean() <= 2.5, errors_pp
+    assert errors_pp.max() <= 4.0, errors_pp
+
+
+def test_proteoglycan_pixels_agree(sections, analyses):
+    for s, a in zip(sections, analyses):
+        code = CLASS_CODES["proteoglycan"]
+        assert dice(a.classes == code, s.classes == code) >= 0.85
+
+
+def test_nuclei_count_error(sections, analyses):
+    rel = [
+        (r["nuclei_count"] - g["nuclei_count"]) / g["nuclei_count"]
+        for _, a, truth in _pairs(sections, analyses)
+        for r, g in zip(a.rows, truth)
+    ]
+    rel = np.abs(rel)
+    assert rel.mean() <= 0.15, rel
+    assert rel.max() <= 0.25, rel
+
+
+def test_iron_is_found_in_labeled_and_scarce_in_unlabeled(sections, analyses):
+    for s, a, truth in _pairs(sections, analyses):
+        found = np.array([r["iron_area_fraction"] for r in a.rows])
+        true = np.array([g["iron_area_fraction"] for g in truth])
+        if s.params.labeled:
+            assert (found > 0.4 * true).all() and (found < 2.5 * true).all(), (found, true)
+        else:
+            assert (found < 0.006).all(), found
+
+
+def test_measurements_are_finite_fractions(analyses):
+    for a in analyses:
+        for row in a.rows:
+            for key, value in row.items():
+                assert np.isfinite(value), key
+                if key.endswith("_fraction"):
+                    assert 0.0 <= value <= 1.0
+            assert 0 < row["circularity"] <= 1
