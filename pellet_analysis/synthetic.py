@@ -35,6 +35,7 @@ __all__ = [
     "jitter_stains",
     "proteoglycan_target",
     "write_section",
+    "study_sections",
     "make_study",
 ]
 
@@ -385,8 +386,7 @@ def write_section(section: SyntheticSection, path, *, truth_dir=None) -> Path:
     return path
 
 
-def make_study(
-    out_dir,
+def study_sections(
     *,
     donors=("P01", "P02", "P03"),
     days=DAYS,
@@ -395,20 +395,15 @@ def make_study(
     pellet_diameter_um=(300.0, 440.0),
     max_pellets=3,
     hue_jitter_deg=3.0,
-    suffix=".tif",
     seed=0,
-    truth_dir=None,
-    progress=None,
-) -> list[Path]:
-    """Write a whole synthetic study: every donor x condition x day, one section each.
+):
+    """Yield ``(stem, SyntheticSection)`` for every donor x condition x day, one section each.
 
-    File names follow ``{donor}_{condition}_d{day}_s{section}`` with section 1.
-    Returns the written image paths.
+    Stems follow ``{donor}_{condition}_d{day}_s1``. Donors differ by a random
+    offset of their proteoglycan fraction; the same arguments give the same study.
     """
     rng = np.random.default_rng(seed)
-    out_dir = Path(out_dir)
     donor_offsets = {d: float(rng.normal(0, 0.03)) for d in donors}
-    paths = []
     for donor in donors:
         for condition in conditions:
             for day in days:
@@ -422,9 +417,16 @@ def make_study(
                     hue_jitter_deg=hue_jitter_deg,
                     seed=int(rng.integers(2**31)),
                 )
-                section = make_section(params)
-                path = out_dir / f"{donor}_{condition}_d{day}_s1{suffix}"
-                paths.append(write_section(section, path, truth_dir=truth_dir))
-                if progress is not None:
-                    progress(path)
+                yield f"{donor}_{condition}_d{day}_s1", make_section(params)
+
+
+def make_study(out_dir, *, suffix=".tif", truth_dir=None, progress=None, **study) -> list[Path]:
+    """Write :func:`study_sections` as images (and optionally truth); returns the image paths."""
+    out_dir = Path(out_dir)
+    paths = []
+    for stem, section in study_sections(**study):
+        path = write_section(section, out_dir / f"{stem}{suffix}", truth_dir=truth_dir)
+        paths.append(path)
+        if progress is not None:
+            progress(path)
     return paths

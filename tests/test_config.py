@@ -64,3 +64,12 @@ def test_yaml_tags_are_not_executed(tmp_path):
     path.write_text("pixel_size_um: !!python/object/apply:os.system ['echo pwned']\n")
     with pytest.raises(ConfigError, match="invalid YAML"):
         load_config(path)
+
+
+def test_config_reference_in_docs_is_current():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_config_reference", ROOT / "docs" / "make_config_reference.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert (ROOT / "docs" / "config.md").read_text(encoding="utf-8") == module.render()

@@ -1,0 +1,160 @@
+"""The output contract of a run, end to end, through the library and the CLI."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+
+from pellet_analysis.config import RunConfig
+from pellet_analysis.io import sha256_file
+from pellet_analysis.pipeline import TABLE_COLUMNS, run_batch
+from pellet_analysis.synthetic import make_section, truth_table, write_section
+
+from .conftest import dice
+
+CONTRACT_COLUMNS = [
+    "image", "pellet_id", "donor", "condition", "day", "area_um2", "centroid_row_px", "centroid_col_px",
+    "circularity", "proteoglycan_area_fraction", "proteoglycan_mean_od", "collagen_area_fraction",
+    "nuclei_count", "nuclei_density_per_mm2", "iron_area_fraction", "iron_granule_count",
+    "iron_positive_cell_fraction", "excluded", "exclusion_reason",
+]
+
+
+@pytest.fixture(scope="module")
+def batch(tmp_path_factory):
+    """A small folder: two TIFFs with pixel size tags, a PNG without, a corrupt file, an off-pattern name."""
+    root = tmp_path_factory.mktemp("batch")
+    src = root / "in"
+    sections = {
+        "P01_labeled_d14_s1.tif": make_section(day=14, labeled=True, n_pellets=2, pixel_size_um=0.8, seed=21),
+        "P02_unlabeled_d28_s2.tif": make_section(day=28, labeled=False, n_pellets=1, pixel_size_um=1.0, seed=22),
+        "P03_unlabeled_d7_s1.png": make_section(day=7, labeled=False, n_pellets=1, pixel_size_um=1.25, seed=23),
+        "scan_0001.tif": make_section(day=7, labeled=True, n_pellets=1, pixel_size_um=1.0, seed=24),
+    }
+    for name, section in sections.items():
+        write_section(section, src / name)
+    (src / "P04_labeled_d7_s1.tif").write_bytes(b"II*\x00garbage that is not a tiff")
+    (src / "notes.txt").write_text("not an image; ignored by extension")
+    out = root / "out"
+    config = RunConfig(input_dir=src, output_dir=out, pixel_size_um=1.25, scheduler="threads", n_workers=2)
+    record = run_batch(config)
+    return sections, config, record, src, out
+
+
+def test_contract_files_exist(batch):
+    _, _, _, _, out = batch
+    for name in ("pellets.csv", "pellets.parquet", "failures.csv", "run.json"):
+        assert (out / name).is_file(), name
+    assert not list(out.rglob("*.part"))
+
+
+def test_table_columns_types_and_metadata(batch):
+    sections, _, _, _, out = batch
+    csv = pd.read_csv(out / "pellets.csv")
+    parquet = pd.read_parquet(out / "pellets.parquet")
+    assert list(parquet.columns) == TABLE_COLUMNS
+    assert set(CONTRACT_COLUMNS) <= set(csv.columns)
+    assert len(csv) == len(parquet) == 2 + 1 + 1 + 1
+    assert parquet["pellet_id"].dtype == np.int64 and parquet["excluded"].dtype == bool
+    assert not parquet["excluded"].any()
+    row = parquet[parquet.image == "P01_labeled_d14_s1"].iloc[0]
+    assert (row.donor, row.condition, row.day, row.section) == ("P01", "labeled", 14, "1")
+    odd = parquet[parquet.image == "scan_0001"].iloc[0]
+    assert pd.isna(odd.donor) and pd.isna(odd.day)  # off-pattern name: processed, metadata empty
+    numeric = parquet.select_dtypes("number").drop(columns=["day"])
+    assert np.isfinite(numeric.to_numpy(dtype=float)).all()
+
+
+def test_label_images_match_input_and_table(batch):
+    sections, _, _, _, out = batch
+    table = pd.read_parquet(out / "pellets.parquet")
+    for name, section in sections.items():
+        stem = Path(name).stem
+        pellets = tifffile.imread(out / "labels" / f"{stem}_pellets.tif")
+        classes = tifffile.imread(out / "labels" / f"{stem}_classes.tif")
+        nuclei = tifffile.imread(out / "labels" / f"{stem}_nuclei.tif")
+        assert pellets.dtype == np.uint16 and classes.dtype == np.uint8 and nuclei.dtype == np.uint32
+        assert pellets.shape == classes.shape == nuclei.shape == section.image.shape[:2]
+        assert set(np.unique(classes)) <= {0, 1, 2, 3, 4, 5}
+        assert np.array_equal(classes > 0, pellets > 0)
+        rows = table[table.image == stem]
+        assert sorted(rows.pellet_id) == sorted(set(np.unique(pellets)) - {0})
+        for _, row in rows.iterrows():
+            assert row.area_um2 == pytest.approx((pellets == row.pellet_id).sum() * row.pixel_size_um**2)
+        assert dice(pellets > 0, section.pellets > 0) > 0.95
+
+
+def test_pixel_size_from_file_else_config(batch):
+    sections, _, record, _, _ = batch
+    table = record["table"]
+    assert table[table.image == "P01_labeled_d14_s1"].pixel_size_um.iloc[0] == pytest.approx(0.8)
+    assert record["images"]["P01_labeled_d14_s1"]["pixel_size_source"] == "file"
+    assert record["images"]["P03_unlabeled_d7_s1"]["pixel_size_source"] == "config"
+    truth = truth_table(sections["P03_unlabeled_d7_s1.png"])[0]
+    got = table[table.image == "P03_unlabeled_d7_s1"].iloc[0]
+    assert got.area_um2 == pytest.approx(truth["area_um2"], rel=0.03)
+
+
+def test_corrupt_file_is_one_failure_row_and_the_rest_finish(batch):
+    _, _, record, _, out = batch
+    failures = pd.read_csv(out / "failures.csv")
+    assert list(failures.columns) == ["image", "reason"]
+    assert failures.image.tolist() == ["P04_labeled_d7_s1"]
+    assert "TIFF" in failures.reason.iloc[0] and "\n" not in failures.reason.iloc[0]
+    assert record["n_images"] == 5 and record["n_failures"] == 1
+
+
+def test_run_json_records_config_stains_background_hashes_timings(batch):
+    _, config, _, src, out = batch
+    run = json.loads((out / "run.json").read_text())
+    assert run["version"] and run["config"]["stains"]["preset"] == "ab-vg"
+    image = run["images"]["P01_labeled_d14_s1"]
+    assert image["sha256"] == sha256_file(src / "P01_labeled_d14_s1.tif")
+    assert set(image["stains"]["stains"]) == {"alcian_blue", "acid_fuchsin", "picric_acid", "weigert_hematoxylin", "iron"}
+    assert len(image["background"]["background_rgb"]) == 3 and 200 < image["background"]["background_rgb"][0] <= 255
+    assert image["timings_s"]["classify"] > 0
+
+
+def test_processes_scheduler_gives_the_same_table(batch, tmp_path):
+    _, config, record, _, _ = batch
+    again = run_batch(config.model_copy(update={"output_dir": tmp_path / "p", "scheduler": "processes"}))
+    pd.testing.assert_frame_equal(again["table"], record["table"])
+
+
+def test_cli_run_with_overrides_and_help(tmp_path):
+    src = tmp_path / "in"
+    write_section(make_section(day=7, n_pellets=1, pixel_size_um=1.0, seed=31), src / "D1_unlabeled_d7_s1.png")
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "pellet_analysis", "run", "--input", str(src), "--output", str(out), "--pixel-size-um", "0.5", "--stains", "ab-vg", "--scheduler", "synchronous"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    table = pd.read_csv(out / "pellets.csv")
+    assert table.pixel_size_um.tolist() == [0.5]
+    assert "1 pellet(s)" in done.stderr
+    for verb in ("run", "demo", "synth"):
+        helped = subprocess.run([sys.executable, "-m", "pellet_analysis", verb, "--help"], capture_output=True, text=True)
+        assert helped.returncode == 0 and "usage" in helped.stdout
+
+
+def test_cli_bad_config_is_one_line_and_exit_2(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("pellets:\n  min_pellet_area_um2: -1\n")
+    done = subprocess.run([sys.executable, "-m", "pellet_analysis", "run", str(bad)], capture_output=True, text=True)
+    assert done.returncode == 2
+    assert "pellets.min_pellet_area_um2" in done.stderr and str(bad) in done.stderr
+
+
+def test_cli_synth_writes_named_study_with_truth(tmp_path):
+    out = tmp_path / "study"
+    done = subprocess.run(
+        [sys.executable, "-m", "pellet_analysis", "synth", str(out), "--donors", "1", "--days", "7", "--pixel-size-um", "2", "--truth"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in out.glob("*.tif")) == ["P01_labeled_d7_s1.tif", "P01_unlabeled_d7_s1.tif"]
+    assert (out / "truth" / "P01_labeled_d7_s1_classes.tif").is_file()
