@@ -22,6 +22,7 @@ def _run(config, console) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from .pipeline import list_images, run_batch
+    from .study import SampleSheetError
 
     try:
         n_images = len(list_images(config.input_dir, config.extensions))
@@ -46,7 +47,11 @@ def _run(config, console) -> int:
                 for warning in summary.get("warnings", []):
                     progress.console.print(f"[yellow]warning[/yellow] {summary['file']}: {warning}")
 
-        record = run_batch(config, progress=report)
+        try:
+            record = run_batch(config, progress=report)
+        except SampleSheetError as error:
+            console.print(f"[red]sample sheet error:[/red] {error}")
+            return 2
     console.print(
         f"{record['n_pellets']} pellet(s) from {n_images - record['n_failures']} image(s), "
         f"{record['n_failures']} failure(s), {record['seconds']:.1f} s; results in {config.output_dir}"
@@ -64,6 +69,7 @@ def _load(args, console):
             pixel_size_um=getattr(args, "pixel_size_um", None),
             scheduler=getattr(args, "scheduler", None),
             n_workers=getattr(args, "workers", None),
+            sample_sheet=getattr(args, "sample_sheet", None),
         )
     except ConfigError as error:
         console.print(f"[red]config error:[/red] {error}")
@@ -92,7 +98,25 @@ def cmd_demo(args) -> int:
         from .synthetic import make_study
 
         make_study(config.input_dir)
-    return _run(config, console)
+    status = _run(config, console)
+    if status == 0:
+        from .report import make_report
+
+        console.print(f"report: {make_report(config.output_dir)['report']}")
+    return status
+
+
+def cmd_report(args) -> int:
+    from .report import make_report
+
+    console = _console()
+    try:
+        written = make_report(args.run)
+    except FileNotFoundError as error:
+        console.print(f"[red]error:[/red] {error}")
+        return 2
+    console.print(f"report: {written['report']}")
+    return 0
 
 
 def cmd_synth(args) -> int:
@@ -133,12 +157,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--force-pixel-size", action="store_true", help="use --pixel-size-um even where a file has its own")
     run.add_argument("--scheduler", help="threads | processes | synchronous | tcp://host:port")
     run.add_argument("--workers", type=int, help="local worker threads or processes")
+    run.add_argument("--sample-sheet", type=Path, dest="sample_sheet", help="CSV of image, donor, condition, day[, section, notes]")
     run.set_defaults(func=cmd_run)
 
     demo = sub.add_parser("demo", help="run the default config on the sample images", description="Run configs/default.yaml on images/ and write outputs/demo/.")
     demo.add_argument("config", nargs="?", type=Path, help=f"YAML config (default {DEFAULT_CONFIG})")
     demo.add_argument("--output", type=Path, help="output folder (overrides output_dir)")
     demo.set_defaults(func=cmd_demo)
+
+    report = sub.add_parser("report", help="summary, statistics and report.html of a run", description="Aggregate a run to donors, compare labeled with unlabeled per day and over days, and write summary.csv, summary.parquet, statistics.csv and a self-contained report.html into the run folder.")
+    report.add_argument("run", type=Path, help="run folder written by `pellet-analysis run`")
+    report.set_defaults(func=cmd_report)
 
     synth = sub.add_parser("synth", help="write synthetic AB/VG sections with ground truth", description="Write a synthetic study: every donor x condition x day, one section each, named {donor}_{condition}_d{day}_s1.")
     synth.add_argument("output", type=Path, help="folder to write into")

@@ -20,6 +20,7 @@ __all__ = [
     "ClassifyConfig",
     "NucleiConfig",
     "IronConfig",
+    "BernConfig",
     "RunConfig",
     "load_config",
 ]
@@ -157,6 +158,41 @@ class IronConfig(_Strict):
     )
 
 
+class BernConfig(_Strict):
+    """Thresholds of the automated Bern-like score (Grogan et al. 2006), see docs/bern.md.
+
+    Each category is the number of its three ascending thresholds the measurement reaches (0-3).
+    """
+
+    stain_fraction_thresholds: tuple[float, float, float] = Field(
+        (0.10, 0.30, 0.55),
+        description="Proteoglycan area fractions (0-1) for stain scores 1, 2 and 3.",
+    )
+    stain_weak_od: float = Field(
+        0.2, ge=0, description="Mean proteoglycan OD below which staining is weak: the stain score is at most 1."
+    )
+    stain_max_cv: float = Field(
+        0.6,
+        gt=0,
+        description="Coefficient of variation of proteoglycan OD above which staining is uneven: stain score minus 1.",
+    )
+    matrix_nn_distance_um_thresholds: tuple[float, float, float] = Field(
+        (10.0, 13.0, 17.0),
+        description="Mean nearest-neighbour distance between nuclei (µm) for matrix scores 1, 2 and 3.",
+    )
+    morphology_roundness_thresholds: tuple[float, float, float] = Field(
+        (0.55, 0.65, 0.75),
+        description="Mean nucleus minor/major axis ratio (1 round) for morphology scores 1, 2 and 3.",
+    )
+
+    @field_validator("stain_fraction_thresholds", "matrix_nn_distance_um_thresholds", "morphology_roundness_thresholds")
+    @classmethod
+    def _ascending(cls, value):
+        if list(value) != sorted(value) or min(value) < 0:
+            raise ValueError("thresholds must be three ascending non-negative numbers")
+        return value
+
+
 class RunConfig(_Strict):
     """Everything a run needs."""
 
@@ -195,6 +231,12 @@ class RunConfig(_Strict):
     classify: ClassifyConfig = ClassifyConfig()
     nuclei: NucleiConfig = NucleiConfig()
     iron: IronConfig = IronConfig()
+    bern: BernConfig = BernConfig()
+    sample_sheet: Optional[Path] = Field(
+        None,
+        description="CSV with columns image, donor, condition, day (optional section, notes) giving study "
+        "metadata instead of file names; image paths are relative to input_dir.",
+    )
 
     @field_validator("scheduler")
     @classmethod

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 from scipy import ndimage as ndi
-from skimage.measure import perimeter_crofton
+from scipy.spatial import cKDTree
+from skimage.measure import perimeter_crofton, regionprops
 
 __all__ = ["CLASS_CODES", "CLASS_NAMES", "MEASUREMENT_COLUMNS", "measure_pellets"]
 
@@ -38,6 +39,9 @@ MEASUREMENT_COLUMNS = [
     "iron_area_fraction",
     "iron_granule_count",
     "iron_positive_cell_fraction",
+    "proteoglycan_od_sd",
+    "nuclei_nn_distance_um",
+    "nuclei_roundness",
 ]
 
 
@@ -55,6 +59,31 @@ def _majority_pellet(objects, pellets) -> dict:
     first = np.ones(len(uniq), bool)
     first[1:] = uniq[1:, 0] != uniq[:-1, 0]
     return dict(zip(uniq[first, 0].tolist(), uniq[first, 1].tolist()))
+
+
+def _nucleus_shapes(nuclei, ids) -> dict:
+    """id -> (centroid row, centroid col, minor/major axis ratio) for each nucleus."""
+    if len(ids) == 0:
+        return {}
+    shapes = {}
+    for region in regionprops(nuclei.astype(np.int64, copy=False)):
+        major = region.axis_major_length
+        ratio = float(region.axis_minor_length / major) if major > 0 else 1.0
+        shapes[region.label] = (region.centroid[0], region.centroid[1], ratio)
+    return shapes
+
+
+def _nuclei_spacing_and_roundness(shapes, pixel_size_um: float) -> tuple[float, float]:
+    """Mean nearest-neighbour distance between nucleus centroids (µm; 0 with fewer than two
+    nuclei) and mean minor/major axis ratio (1 is round; 0 with no nuclei)."""
+    if not shapes:
+        return 0.0, 0.0
+    arr = np.asarray(shapes, dtype=np.float64)
+    roundness = float(arr[:, 2].mean())
+    if len(arr) < 2:
+        return 0.0, roundness
+    distances, _ = cKDTree(arr[:, :2]).query(arr[:, :2], k=2)
+    return float(distances[:, 1].mean() * pixel_size_um), roundness
 
 
 def measure_pellets(
@@ -128,6 +157,7 @@ def measure_pellets(
     if iron_labels.max():
         granule_pellet = _majority_pellet(iron_labels, pellets)
 
+    shapes = _nucleus_shapes(nuclei, nucleus_ids)
     objects = ndi.find_objects(pellets.astype(np.int64, copy=False))
     rows = []
     for pid in ids.tolist():
@@ -139,13 +169,15 @@ def measure_pellets(
         perim_px = float(perimeter_crofton(mask, directions=4))
         circ = min(1.0, 4.0 * np.pi * n_px / perim_px**2) if perim_px > 0 else 0.0
         pg = cls == CLASS_CODES["proteoglycan"]
-        mean_od = 0.0
+        mean_od = sd_od = 0.0
         if proteoglycan_od is not None and pg.any():
-            mean_od = float(np.mean(np.asarray(proteoglycan_od)[sl][mask][pg], dtype=np.float64))
+            pg_values = np.asarray(proteoglycan_od)[sl][mask][pg].astype(np.float64)
+            mean_od, sd_od = float(pg_values.mean()), float(pg_values.std())
         pellet_nuclei = [n for n, p in nucleus_pellet.items() if p == pid]
         n_nuclei = len(pellet_nuclei)
         area_um2 = n_px * px_area_um2
         positive = sum(1 for n in pellet_nuclei if nucleus_positive.get(n, False))
+        nn_um, roundness = _nuclei_spacing_and_roundness([shapes[n] for n in pellet_nuclei if n in shapes], pixel_size_um)
         rows.append(
             {
                 "pellet_id": int(pid),
@@ -161,6 +193,9 @@ def measure_pellets(
                 "iron_area_fraction": _safe_fraction((cls == CLASS_CODES["iron"]).sum(), n_px),
                 "iron_granule_count": int(sum(1 for p in granule_pellet.values() if p == pid)),
                 "iron_positive_cell_fraction": _safe_fraction(positive, n_nuclei),
+                "proteoglycan_od_sd": sd_od,
+                "nuclei_nn_distance_um": nn_um,
+                "nuclei_roundness": roundness,
             }
         )
     return rows

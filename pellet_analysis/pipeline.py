@@ -5,7 +5,8 @@ reading and writing one image's results; ``run_batch`` schedules every image
 with Dask and writes the run's contract files::
 
     pellets.csv, pellets.parquet, failures.csv, run.json,
-    labels/<image>_pellets.tif, labels/<image>_classes.tif, labels/<image>_nuclei.tif
+    labels/<image>_pellets.tif, labels/<image>_classes.tif, labels/<image>_nuclei.tif,
+    geojson/<image>.geojson, parts/<image>.json
 """
 
 from __future__ import annotations
@@ -21,13 +22,16 @@ import numpy as np
 import pandas as pd
 
 from . import __version__
+from .bern import BERN_COLUMNS, bern_scores
 from .classify import classify_pixels
 from .config import RunConfig
+from .geojson import pellet_feature_collection
 from .io import ImageReadError, read_image, sha256_file, write_json, write_label_tiff, atomic_write
 from .measure import MEASUREMENT_COLUMNS, measure_pellets
 from .metadata import METADATA_FIELDS, parse_name
 from .pellets import Illumination, estimate_illumination, find_pellets
 from .stains import StainSet, get_preset, rgb_to_od
+from .study import read_sample_sheet
 
 __all__ = [
     "TABLE_COLUMNS",
@@ -42,6 +46,7 @@ __all__ = [
 TABLE_COLUMNS = (
     ["image", "pellet_id", *METADATA_FIELDS]
     + [c for c in MEASUREMENT_COLUMNS if c != "pellet_id"]
+    + BERN_COLUMNS
     + ["pixel_size_um", "excluded", "exclusion_reason", "corrected"]
 )
 
@@ -110,6 +115,7 @@ def analyze_image(rgb, *, pixel_size_um: float, config: RunConfig, stains: Stain
         proteoglycan_od=result.proteoglycan_od,
         iron_cell_distance_um=config.iron.cell_distance_um,
     )
+    rows = [{**row, **bern_scores(row, config.bern)} for row in rows]
     t["measure"] = time.perf_counter() - t0
     return ImageAnalysis(pellets, result.classes, result.nuclei, result.proteoglycan_od, rows, stains, illumination, t)
 
@@ -127,7 +133,7 @@ def _failure(path: Path, reason: str, started: float) -> dict:
     return {"image": path.stem, "file": path.name, "ok": False, "reason": reason, "seconds": time.perf_counter() - started}
 
 
-def process_file(path, config: RunConfig, output_dir) -> dict:
+def process_file(path, config: RunConfig, output_dir, metadata: dict | None = None) -> dict:
     """Read, analyse and write one image; never raises for a bad image.
 
     Label images go to ``output_dir/labels`` and the image's summary to
@@ -139,12 +145,17 @@ def process_file(path, config: RunConfig, output_dir) -> dict:
     dict
         ``ok`` True with rows, stains, background, pixel size, hash and
         timings; or ``ok`` False with a one-line ``reason``.
+
+    Other Parameters
+    ----------------
+    metadata : dict, optional
+        Study metadata (from a sample sheet); by default parsed from the file name.
     """
     path = Path(path)
     output_dir = Path(output_dir)
     started = time.perf_counter()
     stem = path.stem
-    meta = parse_name(stem, config.filename_pattern)
+    meta = metadata if metadata is not None else parse_name(stem, config.filename_pattern)
     warnings = []
     if meta is None:
         if config.require_metadata:
@@ -178,9 +189,11 @@ def process_file(path, config: RunConfig, output_dir) -> dict:
         row = {"image": stem, **{k: meta.get(k) for k in METADATA_FIELDS}, **r}
         row.update(pixel_size_um=pixel_size, excluded=False, exclusion_reason="", corrected=False)
         rows.append(row)
+    write_json(output_dir / "geojson" / f"{stem}.geojson", pellet_feature_collection(analysis.pellets, rows))
     summary = {
         "image": stem,
         "file": path.name,
+        "path": str(path.resolve()),
         "ok": True,
         "rows": rows,
         "shape": list(rgb.shape),
@@ -248,16 +261,29 @@ def run_batch(config: RunConfig, *, progress=None) -> dict:
     output_dir = Path(config.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     images = list_images(config.input_dir, config.extensions)
+    sheet = read_sample_sheet(config.sample_sheet, config.input_dir) if config.sample_sheet else None
     seen: dict[str, Path] = {}
     tasks, pre_failures = [], []
+
+    def fail(stem, name, reason):
+        pre_failures.append({"image": stem, "file": name, "ok": False, "reason": reason})
+
     for path in images:
         if path.stem in seen:
-            pre_failures.append(
-                {"image": path.stem, "file": path.name, "ok": False, "reason": f"duplicate image name (also {seen[path.stem].name})"}
-            )
+            fail(path.stem, path.name, f"duplicate image name (also {seen[path.stem].name})")
             continue
         seen[path.stem] = path
-        tasks.append(dask.delayed(process_file, pure=False)(path, config, output_dir, dask_key_name=f"image-{path.name}"))
+        meta = None
+        if sheet is not None:
+            if path.stem not in sheet.index:
+                fail(path.stem, path.name, f"not listed in sample sheet {config.sample_sheet}")
+                continue
+            meta = {k: sheet.at[path.stem, k] for k in ("donor", "condition", "day", "section")}
+            meta["day"] = int(meta["day"])
+        tasks.append(dask.delayed(process_file, pure=False)(path, config, output_dir, meta, dask_key_name=f"image-{path.name}"))
+    if sheet is not None:
+        for stem in sheet.index.difference(list(seen)):
+            fail(stem, sheet.at[stem, "file"], f"listed in sample sheet {config.sample_sheet} but not found in {config.input_dir}")
     report = progress or (lambda summary: None)
     results = _compute(tasks, config, report) if tasks else []
     results.extend(pre_failures)
@@ -271,7 +297,7 @@ def _table(results) -> pd.DataFrame:
     table = pd.DataFrame(rows, columns=TABLE_COLUMNS)
     table["pellet_id"] = table["pellet_id"].astype("int64")
     table["day"] = pd.array(table["day"], dtype="Int64")
-    for col in ("nuclei_count", "iron_granule_count"):
+    for col in ("nuclei_count", "iron_granule_count", *BERN_COLUMNS):
         table[col] = table[col].astype("int64")
     for col in ("excluded", "corrected"):
         table[col] = table[col].astype(bool)

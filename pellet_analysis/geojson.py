@@ -1,0 +1,62 @@
+"""QuPath-readable GeoJSON of pellet outlines with their measurements as properties."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy import ndimage as ndi
+from skimage.measure import approximate_polygon, find_contours
+
+__all__ = ["pellet_outline", "pellet_feature_collection"]
+
+
+def pellet_outline(mask, *, offset=(0, 0), tolerance_px: float = 0.75) -> list[list[float]]:
+    """Closed outer outline of the largest part of ``mask`` as ``[x, y]`` (column, row) pixel coordinates."""
+    mask = np.pad(np.asarray(mask, bool), 1)
+    contours = find_contours(mask.astype(np.float32), 0.5)
+    if not contours:
+        return []
+    contour = max(contours, key=len)
+    contour = approximate_polygon(contour, tolerance=tolerance_px)
+    ring = [[float(c - 1 + offset[1]), float(r - 1 + offset[0])] for r, c in contour]
+    if ring[0] != ring[-1]:
+        ring.append(ring[0])
+    return ring
+
+
+def _json_value(value):
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating, float)):
+        return None if not math.isfinite(float(value)) else float(value)
+    if isinstance(value, np.bool_):
+        return bool(value)
+    return value
+
+
+def pellet_feature_collection(pellets, rows) -> dict:
+    """GeoJSON FeatureCollection: one annotation polygon per pellet, measurements as properties.
+
+    Coordinates are pixels of the full-resolution image (x = column, y = row),
+    as QuPath imports them.
+    """
+    objects = ndi.find_objects(np.asarray(pellets).astype(np.int64, copy=False))
+    features = []
+    for row in rows:
+        pid = int(row["pellet_id"])
+        sl = objects[pid - 1] if pid - 1 < len(objects) else None
+        if sl is None:
+            continue
+        ring = pellet_outline(np.asarray(pellets)[sl] == pid, offset=(sl[0].start, sl[1].start))
+        if len(ring) < 4:
+            continue
+        properties = {
+            "objectType": "annotation",
+            "name": f"{row.get('image', '')} pellet {pid}",
+            "classification": {"name": "Pellet", "color": [0, 200, 0]},
+            "measurements": {k: _json_value(v) for k, v in row.items() if isinstance(v, (int, float, np.number)) and not isinstance(v, bool)},
+        }
+        properties.update({k: _json_value(v) for k, v in row.items() if k in ("image", "donor", "condition", "day", "section")})
+        features.append({"type": "Feature", "id": f"pellet-{pid}", "geometry": {"type": "Polygon", "coordinates": [ring]}, "properties": properties})
+    return {"type": "FeatureCollection", "features": features}

@@ -1,0 +1,213 @@
+"""The study report of a run: summary tables, statistics and a self-contained HTML page.
+
+``make_report(run_dir)`` reads the run's contract files and writes
+``summary.csv``, ``summary.parquet``, ``statistics.csv`` and ``report.html``
+(plots and thumbnails embedded as data URIs, so the page opens with no network).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import __version__
+from .io import atomic_write, read_image
+from .overlay import render_overlay
+from .stats import comparison_table
+from .study import aggregate
+
+__all__ = ["REPORT_METRICS", "make_report"]
+
+#: Metric column -> (label, unit) shown in plots and tables.
+REPORT_METRICS = {
+    "proteoglycan_area_fraction": ("Proteoglycan area fraction", "fraction of pellet"),
+    "iron_area_fraction": ("Iron area fraction", "fraction of pellet"),
+    "nuclei_density_per_mm2": ("Nuclei density", "per mm²"),
+    "bern_score": ("Bern-like score", "0-9"),
+}
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#222;max-width:1400px}
+h1{margin-bottom:0} .sub{color:#666;margin-top:4px} table{border-collapse:collapse;font-size:13px;margin:8px 0 24px}
+th,td{border:1px solid #ddd;padding:3px 6px;text-align:right} th{background:#f3f3f3} td.t,th.t{text-align:left}
+.thumbs{display:flex;flex-wrap:wrap;gap:10px} figure{margin:0;width:200px;font-size:12px} figure img{max-width:200px;border:1px solid #ccc}
+#plots{max-width:100%} .note{color:#8a5a00} .excluded{color:#999;text-decoration:line-through}
+"""
+
+
+def _data_uri(data: bytes, mime: str) -> str:
+    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+def _plot_metrics(donors: pd.DataFrame) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 2, figsize=(10, 7.2), dpi=100)
+    colours = {"labeled": "#b35806", "unlabeled": "#2166ac"}
+    for ax, (metric, (label, unit)) in zip(np.ravel(axes), REPORT_METRICS.items()):
+        for (donor, condition), sub in donors.groupby(["donor", "condition"]):
+            sub = sub.sort_values("day")
+            ax.plot(sub["day"], sub[metric], marker="o", color=colours.get(condition, "gray"),
+                    linestyle="-" if condition == "labeled" else "--", alpha=0.8, label=f"{donor} {condition}")
+        ax.set_title(label, fontsize=11)
+        ax.set_xlabel("day")
+        ax.set_ylabel(unit)
+        days = sorted(donors["day"].unique())
+        if days:
+            ax.set_xticks(days)
+        ax.grid(alpha=0.3)
+    handles = [plt.Line2D([], [], color=c, linestyle="-" if k == "labeled" else "--", marker="o", label=k) for k, c in colours.items()]
+    fig.legend(handles=handles, loc="upper right", fontsize=9)
+    fig.suptitle("One line per donor and condition (donor means of section means)", fontsize=10, x=0.01, ha="left")
+    fig.tight_layout(rect=(0, 0, 0.86, 0.95))
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return _data_uri(buf.getvalue(), "image/png")
+
+
+def _thumbnail(image_path: Path, labels_dir: Path, stem: str, pellet_id: int, size_px: int = 200) -> str | None:
+    import cv2
+    import tifffile
+
+    try:
+        rgb, _ = read_image(image_path)
+        pellets = tifffile.imread(labels_dir / f"{stem}_pellets.tif")
+        classes = tifffile.imread(labels_dir / f"{stem}_classes.tif")
+    except Exception:  # a moved input or label file leaves its thumbnail out, not the report
+        return None
+    rows, cols = np.nonzero(pellets == pellet_id)
+    if rows.size == 0:
+        return None
+    crop = (slice(rows.min(), rows.max() + 1), slice(cols.min(), cols.max() + 1))
+    overlay = render_overlay(rgb[crop], classes[crop], pellets=(pellets[crop] == pellet_id).astype(np.uint8))
+    scale = size_px / max(overlay.shape[:2])
+    if scale < 1:
+        overlay = cv2.resize(overlay, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+    ok, buf = cv2.imencode(".jpg", overlay[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 85])
+    return _data_uri(buf.tobytes(), "image/jpeg") if ok else None
+
+
+def _fmt(value, digits=3):
+    if value is None or (isinstance(value, float) and not np.isfinite(value)) or value is pd.NA:
+        return ""
+    if isinstance(value, (float, np.floating)):
+        return f"{value:.{digits}g}" if abs(value) < 1e4 else f"{value:.0f}"
+    return html.escape(str(value))
+
+
+def _html_table(frame: pd.DataFrame, *, text_columns=(), row_ids=None, row_classes=None) -> str:
+    head = "".join(f"<th class='{'t' if c in text_columns else ''}'>{html.escape(str(c))}</th>" for c in frame.columns)
+    body = []
+    for i, (_, row) in enumerate(frame.iterrows()):
+        rid = f" id='{row_ids[i]}'" if row_ids is not None else ""
+        rcls = f" class='{row_classes[i]}'" if row_classes is not None and row_classes[i] else ""
+        cells = "".join(
+            f"<td class='{'t' if c in text_columns else ''}'>{v if isinstance(v, str) and v.startswith('<a ') else _fmt(v)}</td>"
+            for c, v in row.items()
+        )
+        body.append(f"<tr{rid}{rcls}>{cells}</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def make_report(run_dir, *, seed: int = 0, thumbnails: bool = True) -> dict:
+    """Write summary.csv/.parquet, statistics.csv and report.html for a run folder.
+
+    Parameters
+    ----------
+    run_dir : str or Path
+        A folder written by ``pellet-analysis run``.
+    seed : int, keyword-only
+        Seed of the bootstrap.
+    thumbnails : bool, keyword-only
+        Embed an overlay thumbnail per pellet.
+
+    Returns
+    -------
+    dict
+        Paths written and the ``summary`` and ``statistics`` DataFrames.
+    """
+    run_dir = Path(run_dir)
+    table_path = run_dir / "pellets.parquet"
+    if not table_path.is_file():
+        raise FileNotFoundError(f"{run_dir}: no pellets.parquet (not a pellet-analysis run folder)")
+    table = pd.read_parquet(table_path)
+    run = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+    failures = pd.read_csv(run_dir / "failures.csv") if (run_dir / "failures.csv").is_file() else pd.DataFrame(columns=["image", "reason"])
+    metrics = list(REPORT_METRICS)
+    agg = aggregate(table, metrics)
+    donors = agg["donors"]
+    summary = donors.sort_values(["condition", "day", "donor"]).reset_index(drop=True)
+    statistics = comparison_table(donors, metrics, seed=seed) if len(donors) else pd.DataFrame()
+
+    with atomic_write(run_dir / "summary.csv", "w") as handle:
+        summary.to_csv(handle, index=False)
+    with atomic_write(run_dir / "summary.parquet") as handle:
+        summary.to_parquet(handle, index=False)
+    with atomic_write(run_dir / "statistics.csv", "w") as handle:
+        statistics.to_csv(handle, index=False)
+
+    parts = []
+    n_images = run.get("n_images", table["image"].nunique())
+    parts.append(f"<h1>Pellet study report</h1><p class='sub'>pellet-analysis {html.escape(str(run.get('version', '?')))} "
+                 f"(report {__version__}) &middot; run {html.escape(str(run.get('created', '')))} &middot; {html.escape(str(run_dir))}</p>")
+    parts.append(
+        f"<p id='counts'>{n_images} images, {len(table)} pellets, {agg['n_excluded']} excluded by review and left out, "
+        f"{agg['n_unassigned']} without donor/condition/day left out, {len(failures)} failed inputs; "
+        f"{summary['donor'].nunique() if len(summary) else 0} donors.</p>"
+    )
+    if len(donors):
+        parts.append(f"<h2>Measurements over time</h2><img id='plots' alt='measurements against day' src='{_plot_metrics(donors)}'>")
+    if len(statistics):
+        shown = statistics.copy()
+        shown["metric"] = shown["metric"].map(lambda m: REPORT_METRICS.get(m, (m,))[0])
+        parts.append("<h2>Statistics</h2><p>Donor-level values (pellets averaged per section, sections per donor). "
+                     "Estimates for labeled &minus; unlabeled are mean paired differences with bootstrap 95% CIs; "
+                     "p values are Holm-adjusted over the whole table (p_holm). n_donors is the n of each row.</p>")
+        parts.append("<div id='statistics'>" + _html_table(shown, text_columns=("metric", "comparison", "condition", "test", "note")) + "</div>")
+    if len(summary):
+        parts.append("<h2>Donor summary</h2><div id='summary'>" + _html_table(summary, text_columns=("donor", "condition")) + "</div>")
+
+    pellet_cols = ["image", "pellet_id", "donor", "condition", "day", *metrics, "excluded", "exclusion_reason"]
+    pellets = table[[c for c in pellet_cols if c in table.columns]].copy()
+    anchors = [f"pellet-{r.image}-{r.pellet_id}" for r in pellets.itertuples()]
+    pellets.insert(0, "thumbnail", [f"<a href='#thumb-{a}'>view</a>" for a in anchors])
+    parts.append("<h2>Pellets</h2><div id='pellets'>" + _html_table(
+        pellets, text_columns=("thumbnail", "image", "donor", "condition", "exclusion_reason"), row_ids=anchors,
+        row_classes=["excluded" if bool(x) else "" for x in table["excluded"]]) + "</div>")
+
+    if thumbnails:
+        labels_dir = run_dir / "labels"
+        figures = []
+        images_meta = run.get("images", {})
+        for row, anchor in zip(table.itertuples(), anchors):
+            meta = images_meta.get(row.image, {})
+            path = Path(meta.get("path", Path(run.get("config", {}).get("input_dir", ".")) / meta.get("file", "")))
+            uri = _thumbnail(path, labels_dir, row.image, int(row.pellet_id))
+            img = f"<img src='{uri}' alt='{html.escape(anchor)}'>" if uri else "<p class='note'>image not found</p>"
+            figures.append(f"<figure id='thumb-{anchor}'><a href='#{anchor}'>{img}</a>"
+                           f"<figcaption>{html.escape(row.image)} #{row.pellet_id}</figcaption></figure>")
+        parts.append("<h2>Segmentation thumbnails</h2><p>Blue proteoglycan, red collagen, yellow other tissue, black nuclei, brown iron; green outline: the pellet. Click a thumbnail for its row.</p>"
+                     "<div class='thumbs' id='thumbnails'>" + "".join(figures) + "</div>")
+
+    if len(failures):
+        parts.append("<h2>Failed inputs</h2>" + _html_table(failures, text_columns=("image", "reason")))
+    stain_sets = {json.dumps(m.get("stains"), sort_keys=True) for m in run.get("images", {}).values() if m.get("stains")}
+    stain_rows = "".join(f"<pre>{html.escape(json.dumps(json.loads(s), indent=1))}</pre>" for s in sorted(stain_sets))
+    parts.append(f"<h2>Stains and software</h2><div id='stains'>{stain_rows}</div>"
+                 f"<p>pellet-analysis {html.escape(str(run.get('version')))}, Python {html.escape(str(run.get('python')))}.</p>")
+
+    page = ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>Pellet study report</title>"
+            f"<style>{_CSS}</style></head><body>{''.join(parts)}</body></html>")
+    with atomic_write(run_dir / "report.html", "w") as handle:
+        handle.write(page)
+    return {"report": run_dir / "report.html", "summary": summary, "statistics": statistics}
