@@ -21,6 +21,7 @@ __all__ = [
     "atomic_path",
     "atomic_write",
     "write_json",
+    "write_tables",
     "sha256_file",
 ]
 
@@ -232,6 +233,17 @@ def write_label_tiff(path, labels, *, pixel_size_um: float | None = None) -> Pat
     with atomic_path(path) as tmp:
         tifffile.imwrite(tmp, np.asarray(labels), compression="zlib", photometric="minisblack", **kwargs)
     return Path(path)
+
+
+def write_tables(directory, tables: dict, *, parquet=()) -> None:
+    """Write DataFrames atomically as ``<name>.csv`` (and ``<name>.parquet`` for names in ``parquet``)."""
+    directory = Path(directory)
+    for name, frame in tables.items():
+        with atomic_write(directory / f"{name}.csv", "w") as handle:
+            frame.to_csv(handle, index=False)
+        if name in parquet:
+            with atomic_write(directory / f"{name}.parquet") as handle:
+                frame.to_parquet(handle, index=False)
 
 
 def write_json(path, data) -> Path:

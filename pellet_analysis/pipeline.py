@@ -26,7 +26,7 @@ from .bern import BERN_COLUMNS, bern_scores
 from .classify import classify_pixels
 from .config import RunConfig
 from .geojson import pellet_feature_collection
-from .io import ImageReadError, read_image, sha256_file, write_json, write_label_tiff, atomic_write
+from .io import ImageReadError, read_image, sha256_file, write_json, write_label_tiff, write_tables
 from .measure import MEASUREMENT_COLUMNS, measure_pellets
 from .metadata import METADATA_FIELDS, parse_name
 from .pellets import Illumination, estimate_illumination, find_pellets
@@ -313,12 +313,7 @@ def write_run_outputs(results, config: RunConfig, output_dir, *, started: float,
     failures = pd.DataFrame(
         [{"image": r["image"], "reason": r["reason"]} for r in results if not r.get("ok")], columns=["image", "reason"]
     )
-    with atomic_write(output_dir / "pellets.csv", "w") as handle:
-        table.to_csv(handle, index=False)
-    with atomic_write(output_dir / "pellets.parquet") as handle:
-        table.to_parquet(handle, index=False)
-    with atomic_write(output_dir / "failures.csv", "w") as handle:
-        failures.to_csv(handle, index=False)
+    write_tables(output_dir, {"pellets": table, "failures": failures}, parquet=("pellets",))
     record = {
         "software": "pellet-analysis",
         "version": __version__,

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from . import __version__
-from .io import atomic_write, read_image
+from .io import atomic_write, read_image, write_tables
 from .overlay import render_overlay
 from .stats import comparison_table
 from .study import aggregate
@@ -149,12 +149,7 @@ def make_report(run_dir, *, seed: int = 0, thumbnails: bool = True) -> dict:
     summary = donors.sort_values(["condition", "day", "donor"]).reset_index(drop=True)
     statistics = comparison_table(donors, metrics, seed=seed) if len(donors) else pd.DataFrame()
 
-    with atomic_write(run_dir / "summary.csv", "w") as handle:
-        summary.to_csv(handle, index=False)
-    with atomic_write(run_dir / "summary.parquet") as handle:
-        summary.to_parquet(handle, index=False)
-    with atomic_write(run_dir / "statistics.csv", "w") as handle:
-        statistics.to_csv(handle, index=False)
+    write_tables(run_dir, {"summary": summary, "statistics": statistics}, parquet=("summary",))
 
     parts = []
     n_images = run.get("n_images", table["image"].nunique())
