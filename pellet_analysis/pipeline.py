@@ -42,6 +42,9 @@ __all__ = [
     "run_batch",
 ]
 
+#: Pixel sizes (µm) a microscope scan can have; a file claiming another (72 dpi is 352.8 µm) is ignored.
+PLAUSIBLE_PIXEL_SIZE_UM = (0.01, 50.0)
+
 #: Columns of pellets.csv / pellets.parquet, in order.
 TABLE_COLUMNS = (
     ["image", "pellet_id", *METADATA_FIELDS]
@@ -168,6 +171,9 @@ def process_file(path, config: RunConfig, output_dir, metadata: dict | None = No
         read_s = time.perf_counter() - t0
     except ImageReadError as error:
         return _failure(path, str(error), started)
+    if file_px and not PLAUSIBLE_PIXEL_SIZE_UM[0] <= file_px <= PLAUSIBLE_PIXEL_SIZE_UM[1]:
+        warnings.append(f"ignored pixel size {file_px:.4g} µm from the file (a screen resolution tag, not a scan's); used pixel_size_um")
+        file_px = None
     if file_px and not config.force_pixel_size:
         pixel_size, px_source = file_px, "file"
     else:

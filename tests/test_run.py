@@ -158,3 +158,14 @@ def test_cli_synth_writes_named_study_with_truth(tmp_path):
     assert done.returncode == 0, done.stderr
     assert sorted(p.name for p in out.glob("*.tif")) == ["P01_labeled_d7_s1.tif", "P01_unlabeled_d7_s1.tif"]
     assert (out / "truth" / "P01_labeled_d7_s1_classes.tif").is_file()
+
+
+def test_screen_resolution_tags_are_not_taken_as_pixel_size(tmp_path):
+    src = tmp_path / "in"
+    section = make_section(day=7, n_pellets=1, pixel_size_um=1.0, seed=33)
+    src.mkdir()
+    tifffile.imwrite(src / "P1_labeled_d7_s1.tif", section.image, photometric="rgb", resolution=(72, 72), resolutionunit="INCH")
+    record = run_batch(RunConfig(input_dir=src, output_dir=tmp_path / "out", pixel_size_um=1.0))
+    image = record["images"]["P1_labeled_d7_s1"]
+    assert image["pixel_size_source"] == "config" and image["pixel_size_um"] == 1.0
+    assert any("ignored pixel size 352.8" in w for w in image["warnings"])
