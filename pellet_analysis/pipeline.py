@@ -31,6 +31,7 @@ from .measure import MEASUREMENT_COLUMNS, measure_pellets
 from .metadata import METADATA_FIELDS, parse_name
 from .pellets import Illumination, estimate_illumination, find_pellets
 from .stains import StainSet, get_preset, rgb_to_od
+from .review import apply_review
 from .study import read_sample_sheet
 
 __all__ = [
@@ -319,7 +320,6 @@ def write_run_outputs(results, config: RunConfig, output_dir, *, started: float,
     failures = pd.DataFrame(
         [{"image": r["image"], "reason": r["reason"]} for r in results if not r.get("ok")], columns=["image", "reason"]
     )
-    write_tables(output_dir, {"pellets": table, "failures": failures}, parquet=("pellets",))
     record = {
         "software": "pellet-analysis",
         "version": __version__,
@@ -336,4 +336,7 @@ def write_run_outputs(results, config: RunConfig, output_dir, *, started: float,
         "seconds": time.perf_counter() - started,
     }
     write_json(output_dir / "run.json", record)
+    # reviewer corrections and exclusions made on an earlier run of this folder are kept
+    table = apply_review(table, output_dir, config=config)
+    write_tables(output_dir, {"pellets": table, "failures": failures}, parquet=("pellets",))
     return {**record, "table": table, "failures": failures}

@@ -19,6 +19,7 @@ import pandas as pd
 from . import __version__
 from .io import atomic_write, read_image, write_tables
 from .overlay import render_overlay
+from .review import apply_review
 from .stats import comparison_table
 from .study import aggregate
 
@@ -140,7 +141,7 @@ def make_report(run_dir, *, seed: int = 0, thumbnails: bool = True) -> dict:
     table_path = run_dir / "pellets.parquet"
     if not table_path.is_file():
         raise FileNotFoundError(f"{run_dir}: no pellets.parquet (not a pellet-analysis run folder)")
-    table = pd.read_parquet(table_path)
+    table = apply_review(pd.read_parquet(table_path), run_dir)
     run = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
     failures = pd.read_csv(run_dir / "failures.csv") if (run_dir / "failures.csv").is_file() else pd.DataFrame(columns=["image", "reason"])
     metrics = list(REPORT_METRICS)
