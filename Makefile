@@ -1,6 +1,6 @@
 # Two set-up commands, each on a fresh machine with only Python 3.11 and pip:
 #   make demo  - own venv, install, run configs/default.yaml on images/, write outputs/demo/
-#   make test  - own venv with the dev extras, run the whole test suite
+#   make test  - own venv with the dev and napari extras, run the whole test suite (GUI tests need Xvfb)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,napari]"
 	touch $@ $(VENV)/.installed
 
 install: $(VENV)/.installed

@@ -6,10 +6,11 @@ generator's ground truth, so both are defined identically.
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 from scipy import ndimage as ndi
 from scipy.spatial import cKDTree
-from skimage.measure import perimeter_crofton, regionprops
+from skimage.measure import perimeter_crofton
 
 __all__ = ["CLASS_CODES", "CLASS_NAMES", "MEASUREMENT_COLUMNS", "measure_pellets"]
 
@@ -51,26 +52,40 @@ def _safe_fraction(numerator, denominator) -> float:
 
 def _majority_pellet(objects, pellets) -> dict:
     """Map each object label to the pellet label under most of its pixels."""
-    sel = objects.ravel() != 0
-    pairs = np.stack([objects.ravel()[sel], pellets.ravel()[sel]], axis=1).astype(np.int64)
-    uniq, counts = np.unique(pairs, axis=0, return_counts=True)
-    order = np.lexsort((-counts, uniq[:, 0]))
-    uniq = uniq[order]
-    first = np.ones(len(uniq), bool)
-    first[1:] = uniq[1:, 0] != uniq[:-1, 0]
-    return dict(zip(uniq[first, 0].tolist(), uniq[first, 1].tolist()))
+    sel = objects != 0
+    obj = objects[sel].astype(np.int64)
+    pel = pellets[sel].astype(np.int64)
+    if obj.size == 0:
+        return {}
+    n_pel = int(pel.max()) + 1
+    counts = np.bincount(obj * n_pel + pel, minlength=(int(obj.max()) + 1) * n_pel).reshape(-1, n_pel)
+    present = np.nonzero(counts.sum(axis=1))[0]
+    best = counts[present].argmax(axis=1)
+    return dict(zip(present.tolist(), best.tolist()))
 
 
 def _nucleus_shapes(nuclei, ids) -> dict:
-    """id -> (centroid row, centroid col, minor/major axis ratio) for each nucleus."""
-    if len(ids) == 0:
+    """id -> (centroid row, centroid col, minor/major axis ratio) for each nucleus.
+
+    Second moments are summed per label in one pass (no per-object loop); the
+    axis ratio is the square root of the ratio of the covariance eigenvalues.
+    """
+    ids = np.asarray(ids)
+    if ids.size == 0:
         return {}
-    shapes = {}
-    for region in regionprops(nuclei.astype(np.int64, copy=False)):
-        major = region.axis_major_length
-        ratio = float(region.axis_minor_length / major) if major > 0 else 1.0
-        shapes[region.label] = (region.centroid[0], region.centroid[1], ratio)
-    return shapes
+    rr, cc = np.nonzero(nuclei)
+    lab = nuclei[rr, cc].astype(np.int64)
+    n = np.bincount(lab, minlength=int(ids.max()) + 1).astype(np.float64)
+    def mean(values):
+        return np.bincount(lab, weights=values, minlength=n.size) / np.maximum(n, 1)
+    mr, mc = mean(rr.astype(np.float64)), mean(cc.astype(np.float64))
+    dr, dc = rr - mr[lab], cc - mc[lab]
+    srr, scc, src = mean(dr * dr), mean(dc * dc), mean(dr * dc)
+    half_trace = (srr + scc) / 2
+    root = np.sqrt(np.maximum(((srr - scc) / 2) ** 2 + src**2, 0))
+    major, minor = half_trace + root, np.maximum(half_trace - root, 0)
+    ratio = np.where(major > 0, np.sqrt(minor / np.where(major > 0, major, 1)), 1.0)
+    return {int(i): (float(mr[i]), float(mc[i]), float(ratio[i])) for i in ids}
 
 
 def _nuclei_spacing_and_roundness(shapes, pixel_size_um: float) -> tuple[float, float]:
@@ -135,7 +150,8 @@ def measure_pellets(
     iron_mask = classes == CLASS_CODES["iron"]
     iron_labels, _ = ndi.label(iron_mask, structure=np.ones((3, 3), bool))
     if iron_mask.any() and nuclei.any():
-        dist_to_iron_um = ndi.distance_transform_edt(~iron_mask) * pixel_size_um
+        # OpenCV's exact Euclidean distance transform: several times faster than scipy's here
+        dist_to_iron_um = cv2.distanceTransform((~iron_mask).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE) * pixel_size_um
     else:
         dist_to_iron_um = None
 
@@ -147,10 +163,10 @@ def measure_pellets(
     if nucleus_ids.size:
         nucleus_pellet = _majority_pellet(nuclei, pellets)
         if dist_to_iron_um is not None:
-            mins = ndi.minimum(dist_to_iron_um, labels=nuclei, index=nucleus_ids)
-            nucleus_positive = dict(
-                zip(nucleus_ids.tolist(), (np.asarray(mins) <= iron_cell_distance_um).tolist())
-            )
+            sel = nuclei != 0
+            mins = np.full(int(nucleus_ids.max()) + 1, np.inf)
+            np.minimum.at(mins, nuclei[sel].astype(np.int64), dist_to_iron_um[sel])
+            nucleus_positive = dict(zip(nucleus_ids.tolist(), (mins[nucleus_ids] <= iron_cell_distance_um).tolist()))
 
     # iron granule -> pellet by majority, likewise
     granule_pellet = {}

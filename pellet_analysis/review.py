@@ -43,6 +43,7 @@ __all__ = [
     "read_log",
     "requantify",
     "apply_review",
+    "pellet_crop",
 ]
 
 LABEL_KINDS = {"pellets": np.uint16, "classes": np.uint8, "nuclei": np.uint32}
@@ -284,3 +285,33 @@ def apply_review(table: pd.DataFrame, run_dir, *, config: RunConfig | None = Non
         table.loc[mask, "excluded"] = True
         table.loc[mask, "exclusion_reason"] = reason
     return table
+
+
+def pellet_crop(run_dir, image: str, pellet_id: int, *, margin_px: int = 20) -> dict:
+    """Everything a reviewer sees of one pellet, cropped to its bounding box plus a margin.
+
+    Returns
+    -------
+    dict
+        ``rgb``, ``pellets``, ``classes``, ``nuclei`` crops (corrected labels
+        where they exist), ``origin`` (row, col of the crop in the image),
+        ``pixel_size_um``, ``corrected`` (any corrected label file exists).
+    """
+    run = _run_record(run_dir)
+    meta = run["images"][image]
+    labels = {kind: load_labels(run_dir, image, kind) for kind in LABEL_KINDS}
+    pellets = labels["pellets"][0]
+    rows, cols = np.nonzero(pellets == int(pellet_id))
+    if rows.size == 0:
+        raise ValueError(f"{image}: no pellet {pellet_id} in its labels")
+    r0, c0 = max(0, rows.min() - margin_px), max(0, cols.min() - margin_px)
+    r1, c1 = min(pellets.shape[0], rows.max() + 1 + margin_px), min(pellets.shape[1], cols.max() + 1 + margin_px)
+    box = (slice(r0, r1), slice(c0, c1))
+    rgb, _ = read_image(meta["path"])
+    return {
+        "rgb": rgb[box],
+        **{kind: arr[box].copy() for kind, (arr, _) in labels.items()},
+        "origin": (int(r0), int(c0)),
+        "pixel_size_um": float(meta["pixel_size_um"]),
+        "corrected": any(flag for _, flag in labels.values()),
+    }

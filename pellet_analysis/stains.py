@@ -360,15 +360,19 @@ def fit_background_field(image, tissue_mask, *, order=2, channel_axis=-1, max_sa
 
 
 def evaluate_background_field(coef, shape, *, order=2, dtype=np.float32) -> np.ndarray:
-    """Render background coefficients from :func:`fit_background_field` at ``shape`` (rows, cols)."""
-    h, w = shape
-    r = np.linspace(0.0, 1.0, h, dtype=np.float64)[:, None]
-    c = np.linspace(0.0, 1.0, w, dtype=np.float64)[None, :]
-    out = np.zeros((h, w, 3), dtype=np.float64)
-    k = 0
-    for i in range(order + 1):
-        for j in range(order + 1 - i):
-            out += (r**i * c**j)[..., None] * coef[k]
-            k += 1
-    return np.clip(out, 1.0 / 255.0, None).astype(dtype)
+    """Render background coefficients from :func:`fit_background_field` at ``shape`` (rows, cols).
 
+    Each term ``r**i * c**j`` is an outer product, so every channel is one
+    small matrix product (rows x terms @ terms x cols).
+    """
+    h, w = shape
+    r = np.linspace(0.0, 1.0, h, dtype=np.float64)
+    c = np.linspace(0.0, 1.0, w, dtype=np.float64)
+    powers = [(i, j) for i in range(order + 1) for j in range(order + 1 - i)]
+    rows = np.stack([r**i for i, _ in powers], axis=1)  # (h, terms)
+    cols = np.stack([c**j for _, j in powers], axis=1)  # (w, terms)
+    coef = np.asarray(coef, dtype=np.float64)
+    out = np.empty((h, w, 3), dtype=dtype)
+    for ch in range(3):
+        out[..., ch] = (rows * coef[:, ch]) @ cols.T
+    return np.clip(out, 1.0 / 255.0, None, out=out)

@@ -1,0 +1,137 @@
+"""The reviewer loop in a real napari window (Xvfb + PyQt6): open, select, paint, save, re-quantify, exclude."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tifffile
+
+napari = pytest.importorskip("napari")
+
+from pellet_analysis.config import RunConfig  # noqa: E402
+from pellet_analysis.measure import CLASS_CODES  # noqa: E402
+from pellet_analysis.pipeline import run_batch  # noqa: E402
+from pellet_analysis.review import label_path, read_log  # noqa: E402
+from pellet_analysis.synthetic import make_section, write_section  # noqa: E402
+
+
+@pytest.fixture()
+def run_dir(tmp_path):
+    src = tmp_path / "in"
+    write_section(make_section(day=14, labeled=True, n_pellets=2, pixel_size_um=1.5, seed=71), src / "P1_labeled_d14_s1.tif")
+    write_section(make_section(day=28, labeled=False, n_pellets=1, pixel_size_um=1.5, seed=72), src / "P2_unlabeled_d28_s1.tif")
+    run_batch(RunConfig(input_dir=src, output_dir=tmp_path / "run"))
+    return tmp_path / "run"
+
+
+def _wait(qtbot, widget):
+    qtbot.waitUntil(lambda: widget.worker is not None and widget.progress.maximum() == 1, timeout=30000)
+
+
+def test_manifest_validates():
+    done = subprocess.run([sys.executable, "-m", "npe2", "validate", "pellet-analysis"], capture_output=True, text=True)
+    assert done.returncode == 0 and "valid" in (done.stdout + done.stderr)
+
+
+def test_reader_accepts_only_our_files(run_dir, tmp_path):
+    from napari_plugin._reader import get_reader
+
+    assert get_reader(str(run_dir)) is not None
+    assert get_reader(str(label_path(run_dir, "P1_labeled_d14_s1", "classes"))) is not None
+    assert get_reader(str(tmp_path / "in")) is None  # a folder of images is not a run
+    assert get_reader(str(tmp_path / "in" / "P1_labeled_d14_s1.tif")) is None  # napari's own TIFF reader keeps these
+    fake = tmp_path / "x_classes.tif"
+    tifffile.imwrite(fake, np.zeros((4, 4, 3), np.uint8), photometric="rgb")
+    assert get_reader(str(fake)) is None  # right name, not a label image
+    layers = get_reader(str(run_dir))(str(run_dir))
+    assert [kind for _, _, kind in layers] == ["image", "labels", "labels", "labels"]
+    assert layers[0][1]["scale"] == (1.5, 1.5)
+
+
+def test_writer_and_sample(tmp_path):
+    from napari_plugin._sample import synthetic_pellet
+    from napari_plugin._writer import write_labels
+
+    sample = synthetic_pellet()
+    assert sample[0][2] == "image" and sample[1][0].max() == CLASS_CODES["iron"]
+    out = write_labels(str(tmp_path / "l.tif"), sample[1][0], {"scale": (0.5, 0.5)})
+    assert np.array_equal(tifffile.imread(out[0]), sample[1][0])
+
+
+def test_review_loop_in_a_real_window(make_napari_viewer, qtbot, run_dir):
+    from napari_plugin._widget import ReviewWidget
+
+    viewer = make_napari_viewer(show=True)
+    widget = ReviewWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Review pellets")
+    widget.open_run(run_dir)
+    _wait(qtbot, widget)
+    assert widget.grid.rowCount() == 3
+
+    # filter by condition, then back
+    widget.filters["condition"].setCurrentText("unlabeled")
+    assert widget.grid.rowCount() == 1
+    widget.filters["condition"].setCurrentText("all")
+
+    # sort by proteoglycan fraction, then select the first row
+    from qtpy.QtCore import Qt
+
+    widget.grid.sortItems(5, Qt.SortOrder.AscendingOrder)
+    values = [widget.grid.item(r, 5).data(256) for r in range(3)]
+    assert values == sorted(values)
+    widget.worker = None
+    widget.select(0)
+    _wait(qtbot, widget)
+    image, pellet_id = widget.current["image"], widget.current["pellet_id"]
+    classes_layer = widget.layer("classes")
+    assert classes_layer.scale[0] == pytest.approx(1.5) and widget.layer("section").rgb
+    assert set(classes_layer.features["class"]) >= {"proteoglycan", "nuclei"}
+    old = widget._table_row(image, pellet_id)
+
+    # paint proteoglycan over a block of other tissue with napari's own paint method
+    pellet = widget.layer("pellet").data == pellet_id
+    classes = classes_layer.data
+    r, c = (int(v) for v in np.median(np.argwhere(pellet), axis=0))
+    classes_layer.selected_label = CLASS_CODES["proteoglycan"]
+    classes_layer.brush_size = 15
+    before = classes.copy()
+    classes_layer.paint((r * 1.5, c * 1.5), CLASS_CODES["proteoglycan"], refresh=True)
+    painted = int(((classes_layer.data != before) & pellet).sum())
+    assert painted > 50
+
+    record = widget.save()
+    assert record["pixels_changed"]["classes"] == int((classes_layer.data != before).sum())
+    assert label_path(run_dir, image, "classes", corrected=True).is_file()
+    assert read_log(run_dir)[-1]["action"] == "correct"
+
+    widget.worker = None
+    widget.requantify()
+    _wait(qtbot, widget)
+    new = widget._table_row(image, pellet_id)
+    pellet_px = old["area_um2"] / old["pixel_size_um"] ** 2
+    assert new["proteoglycan_area_fraction"] == pytest.approx(old["proteoglycan_area_fraction"] + painted / pellet_px, abs=1e-9)
+    assert bool(new["corrected"])
+    assert widget.layer("pellet").features["proteoglycan_area_fraction"].iloc[0] == pytest.approx(new["proteoglycan_area_fraction"])
+
+    assert widget.exclude("fold")
+    assert json.loads((run_dir / "corrections.jsonl").read_text().splitlines()[-1])["reason"] == "fold"
+    assert bool(widget._table_row(image, pellet_id)["excluded"])
+
+    # next and previous keys walk the table
+    widget.worker = None
+    widget.next()
+    _wait(qtbot, widget)
+    assert (widget.current["image"], widget.current["pellet_id"]) != (image, pellet_id)
+
+
+def test_errors_are_notifications_not_tracebacks(make_napari_viewer, qtbot, tmp_path):
+    from napari_plugin._widget import ReviewWidget
+
+    viewer = make_napari_viewer(show=True)
+    widget = ReviewWidget(viewer)
+    assert widget.save() is None and "select a pellet first" in widget.status.text()
+    widget.open_run(tmp_path)
+    qtbot.waitUntil(lambda: widget.status.text().startswith("error:"), timeout=10000)
+    assert "not a pellet-analysis run folder" in widget.status.text()
