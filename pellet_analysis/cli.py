@@ -21,7 +21,7 @@ def _console():
 def _run(config, console) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from .pipeline import list_images, run_batch
+    from .pipeline import RunFolderConflict, list_images, run_batch
     from .study import SampleSheetError
 
     try:
@@ -41,7 +41,9 @@ def _run(config, console) -> int:
 
         def report(summary):
             progress.advance(task)
-            if not summary.get("ok"):
+            if summary.get("skipped"):
+                progress.console.print(f"skipped {summary['file']}: finished earlier with the same input and config")
+            elif not summary.get("ok"):
                 progress.console.print(f"[red]failed[/red] {summary['file']}: {summary['reason']}")
             else:
                 for warning in summary.get("warnings", []):
@@ -52,8 +54,12 @@ def _run(config, console) -> int:
         except SampleSheetError as error:
             console.print(f"[red]sample sheet error:[/red] {error}")
             return 2
+        except RunFolderConflict as error:
+            console.print(f"[red]error:[/red] {error}")
+            return 2
     console.print(
-        f"{record['n_pellets']} pellet(s) from {n_images - record['n_failures']} image(s), "
+        f"{record['n_pellets']} pellet(s) from {n_images - record['n_failures']} image(s) "
+        f"({record['n_skipped']} finished earlier, not recomputed), "
         f"{record['n_failures']} failure(s), {record['seconds']:.1f} s; results in {config.output_dir}"
     )
     return 0

@@ -154,7 +154,8 @@ def _read_tiff(path: Path, max_pixels: int):
         with tifffile.TiffFile(path) as tif:
             series = tif.series[0]
             shape = series.shape
-            n_px = int(np.prod([s for s in shape if s not in (3, 4)][:2])) if len(shape) >= 2 else 0
+            plane = shape[-3:-1] if len(shape) >= 3 and shape[-1] in (3, 4) else shape[-2:]
+            n_px = int(np.prod(plane, dtype=np.float64)) if len(shape) >= 2 else 0
             if n_px > max_pixels:
                 raise ImageReadError(f"image of shape {shape} exceeds the limit of {max_pixels} pixels")
             page = tif.pages[0]

@@ -12,6 +12,8 @@ with Dask and writes the run's contract files::
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
+import json
 import os
 import platform
 import time
@@ -184,7 +186,7 @@ def process_file(path, config: RunConfig, output_dir, metadata: dict | None = No
     except (ValueError, MemoryError) as error:
         return _failure(path, f"analysis failed ({type(error).__name__}: {' '.join(str(error).split())[:200]})", started)
     if not analysis.rows:
-        warnings.append("no pellet section found")
+        return _failure(path, "no pellet section found (no tissue object above pellets.tissue_min_od and pellets.min_pellet_area_um2)", started)
     labels_dir = output_dir / "labels"
     t0 = time.perf_counter()
     write_label_tiff(labels_dir / f"{stem}_pellets.tif", analysis.pellets.astype(np.uint16), pixel_size_um=pixel_size)
@@ -210,6 +212,8 @@ def process_file(path, config: RunConfig, output_dir, metadata: dict | None = No
         "stains": analysis.stains.to_dict(),
         "background": analysis.illumination.to_dict(rgb.shape[:2]),
         "sha256": sha256_file(path),
+        "config_hash": config_hash(config),
+        "metadata_override": _jsonable(metadata),
         "warnings": warnings,
         "timings_s": {"read": read_s, **analysis.timings_s, "write": write_s},
         "seconds": time.perf_counter() - started,
@@ -247,6 +251,63 @@ def _compute(tasks, config: RunConfig, progress):
         return list(dask.compute(*tasks, **kwargs))
 
 
+class RunFolderConflict(RuntimeError):
+    """The output folder holds results of another config; results are never mixed."""
+
+
+#: Settings that do not change results (where and how the work runs) stay out of the config hash.
+_HASH_EXCLUDED = ("input_dir", "output_dir", "scheduler", "n_workers")
+
+
+def config_hash(config: RunConfig) -> str:
+    """SHA-256 of every setting that can change a result."""
+    data = config.model_dump(mode="json", exclude=set(_HASH_EXCLUDED))
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+def _check_same_config(output_dir: Path, chash: str) -> None:
+    previous = set()
+    run_json = output_dir / "run.json"
+    if run_json.is_file():
+        try:
+            previous.add(json.loads(run_json.read_text(encoding="utf-8")).get("config_hash"))
+        except (OSError, ValueError):
+            pass
+    for part in (output_dir / "parts").glob("*.json") if (output_dir / "parts").is_dir() else ():
+        try:
+            previous.add(json.loads(part.read_text(encoding="utf-8")).get("config_hash"))
+        except (OSError, ValueError):
+            continue
+    other = sorted(h for h in previous - {chash, None})
+    if other:
+        raise RunFolderConflict(
+            f"{output_dir}: holds results of a different config (hash {other[0][:12]}, this run {chash[:12]}); "
+            "results are never mixed: choose a new --output folder"
+        )
+
+
+def _finished_summary(output_dir: Path, path: Path, chash: str, meta) -> dict | None:
+    """The summary of an image finished earlier with the same input file, config and metadata, else None."""
+    part = output_dir / "parts" / f"{path.stem}.json"
+    if not part.is_file():
+        return None
+    try:
+        summary = json.loads(part.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if summary.get("config_hash") != chash or summary.get("metadata_override") != _jsonable(meta):
+        return None
+    if not all((output_dir / "labels" / f"{path.stem}_{k}.tif").is_file() for k in ("pellets", "classes", "nuclei")):
+        return None
+    if summary.get("sha256") != sha256_file(path):
+        return None
+    return {**summary, "skipped": True}
+
+
+def _jsonable(meta):
+    return None if meta is None else json.loads(json.dumps(meta, default=str))
+
+
 def run_batch(config: RunConfig, *, progress=None) -> dict:
     """Process every image of ``config.input_dir`` into ``config.output_dir``.
 
@@ -267,10 +328,14 @@ def run_batch(config: RunConfig, *, progress=None) -> dict:
     started = time.perf_counter()
     output_dir = Path(config.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    chash = config_hash(config)
+    _check_same_config(output_dir, chash)
+    for stale in output_dir.rglob(".*.part"):  # temporary files of a killed run; never results
+        stale.unlink(missing_ok=True)
     images = list_images(config.input_dir, config.extensions)
     sheet = read_sample_sheet(config.sample_sheet, config.input_dir) if config.sample_sheet else None
     seen: dict[str, Path] = {}
-    tasks, pre_failures = [], []
+    tasks, pre_failures, skipped = [], [], []
 
     def fail(stem, name, reason):
         pre_failures.append({"image": stem, "file": name, "ok": False, "reason": reason})
@@ -287,13 +352,20 @@ def run_batch(config: RunConfig, *, progress=None) -> dict:
                 continue
             meta = {k: sheet.at[path.stem, k] for k in ("donor", "condition", "day", "section")}
             meta["day"] = int(meta["day"])
+        done = _finished_summary(output_dir, path, chash, meta)
+        if done is not None:
+            skipped.append(done)
+            continue
         tasks.append(dask.delayed(process_file, pure=False)(path, config, output_dir, meta, dask_key_name=f"image-{path.name}"))
     if sheet is not None:
         for stem in sheet.index.difference(list(seen)):
             fail(stem, sheet.at[stem, "file"], f"listed in sample sheet {config.sample_sheet} but not found in {config.input_dir}")
     report = progress or (lambda summary: None)
+    for summary in skipped:
+        report(summary)
     results = _compute(tasks, config, report) if tasks else []
     results.extend(pre_failures)
+    results.extend(skipped)
     for f in pre_failures:
         report(f)
     return write_run_outputs(results, config, output_dir, started=started, images=images)
@@ -327,6 +399,8 @@ def write_run_outputs(results, config: RunConfig, output_dir, *, started: float,
         "python": platform.python_version(),
         "host_cores": os.cpu_count(),
         "config": config.model_dump(mode="json"),
+        "config_hash": config_hash(config),
+        "n_skipped": sum(1 for r in results if r.get("skipped")),
         "images": {
             r["image"]: {k: v for k, v in r.items() if k not in ("rows", "image")} for r in results
         },

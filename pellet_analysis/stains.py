@@ -276,6 +276,8 @@ def unmix(od, vectors, *, channel_axis=-1) -> np.ndarray:
     od = np.moveaxis(np.asarray(od, dtype=np.float32), channel_axis, -1)
     n = np.atleast_2d(vectors).shape[0]
     matrix = complete_matrix(vectors)
+    if np.linalg.cond(matrix) > 1e6:
+        raise ValueError("stain vectors are (nearly) parallel: the stain matrix is singular")
     inverse = np.linalg.inv(matrix).astype(np.float32)
     conc = od @ inverse
     return np.moveaxis(conc[..., :n], -1, channel_axis)
