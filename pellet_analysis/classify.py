@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 from scipy import ndimage as ndi
 from skimage.filters import threshold_otsu
+from skimage.measure import regionprops
 from skimage.morphology import disk, h_maxima, remove_small_objects
 from skimage.segmentation import expand_labels, watershed
 
@@ -78,9 +79,17 @@ def split_nuclei(mask, *, min_radius_px: float) -> np.ndarray:
     dist = ndi.distance_transform_edt(mask).astype(np.float32)
     components, n = ndi.label(mask)
     # a seed per distance maximum that stands out by h from the saddle to its neighbour:
-    # touching nuclei keep a waist between them, an elongated nucleus does not
-    h = max(0.5, 0.2 * min_radius_px)
-    markers, n_markers = ndi.label(h_maxima(dist, h))
+    # touching nuclei keep a waist between them, an elongated nucleus does not. Concave
+    # objects (solidity below 0.9: a waist) are seeded with a small h, convex ones with a
+    # larger h, so ellipses stay whole at fine pixel sizes and touching pairs split at coarse ones.
+    eight = np.ones((3, 3), bool)
+    fine, _ = ndi.label(h_maxima(dist, 0.3), structure=eight)
+    coarse, _ = ndi.label(h_maxima(dist, max(0.5, 0.2 * min_radius_px)), structure=eight)
+    concave = np.zeros(n + 1, bool)
+    for region in regionprops(components):
+        concave[region.label] = region.solidity < 0.9
+    use_fine = concave[components]
+    markers, n_markers = ndi.label(np.where(use_fine, fine > 0, coarse > 0), structure=eight)
     # every component gets at least one seed
     seeded = np.unique(components[markers > 0])
     missing = np.setdiff1d(np.arange(1, n + 1), seeded)
