@@ -125,6 +125,26 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_validate(args) -> int:
+    import json
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .validate import validate
+
+    console = _console()
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console) as bar:
+        task = bar.add_task("sections", total=args.n)
+        result = validate(args.n, seed=args.seed, hue_jitter_deg=args.hue_jitter_deg, output_dir=args.output,
+                          progress=lambda i, n, image: bar.advance(task))
+    columns = ["pixel_size_um", "day", "labeled", "n_pellets", "pellets_found", "pellet_dice", "nuclei_instance_f1", "iron_pixel_f1", "iron_as_nuclei_fraction"]
+    print(result["images"][columns].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print(json.dumps(result["summary"], indent=2))
+    if args.output:
+        console.print(f"tables and summary in {args.output}")
+    return 0
+
+
 def cmd_synth(args) -> int:
     from .synthetic import make_study
 
@@ -174,6 +194,13 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="summary, statistics and report.html of a run", description="Aggregate a run to donors, compare labeled with unlabeled per day and over days, and write summary.csv, summary.parquet, statistics.csv and a self-contained report.html into the run folder.")
     report.add_argument("run", type=Path, help="run folder written by `pellet-analysis run`")
     report.set_defaults(func=cmd_report)
+
+    val = sub.add_parser("validate", help="accuracy on freshly rendered synthetic sections", description="Render N synthetic AB/VG sections with random stain hues, pixel sizes, blur, noise and JPEG quality, run the pipeline and print pellet Dice, proteoglycan error, nuclei count error and instance F1, iron pixel F1 and iron read as nuclei.")
+    val.add_argument("--n", type=int, default=24, help="number of sections (default 24)")
+    val.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
+    val.add_argument("--hue-jitter-deg", type=float, default=6.0, dest="hue_jitter_deg", help="largest stain-vector rotation (degrees, default 6)")
+    val.add_argument("--output", type=Path, help="folder for validation_images.csv, validation_pellets.csv, validation.json")
+    val.set_defaults(func=cmd_validate)
 
     synth = sub.add_parser("synth", help="write synthetic AB/VG sections with ground truth", description="Write a synthetic study: every donor x condition x day, one section each, named {donor}_{condition}_d{day}_s1.")
     synth.add_argument("output", type=Path, help="folder to write into")

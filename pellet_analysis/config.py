@@ -92,6 +92,9 @@ class PelletConfig(_Strict):
         description="Within this distance of the background (µm) the pellet edge is placed at half "
         "the local tissue level, correcting the outward shift of a blurred edge.",
     )
+    rim_width_um: float = Field(
+        50.0, gt=0, description="Width of the pellet's outer rim (µm) for the core/rim proteoglycan fractions."
+    )
     fill_holes_max_um2: float = Field(
         50_000.0,
         ge=0,

@@ -43,6 +43,8 @@ MEASUREMENT_COLUMNS = [
     "proteoglycan_od_sd",
     "nuclei_nn_distance_um",
     "nuclei_roundness",
+    "proteoglycan_core_fraction",
+    "proteoglycan_rim_fraction",
 ]
 
 
@@ -109,6 +111,7 @@ def measure_pellets(
     pixel_size_um: float,
     proteoglycan_od=None,
     iron_cell_distance_um: float = 5.0,
+    rim_width_um: float = 50.0,
 ) -> list[dict]:
     """Measure every pellet of a label image.
 
@@ -128,6 +131,9 @@ def measure_pellets(
     iron_cell_distance_um : float, keyword-only
         A nucleus with an iron pixel within this distance (µm) of its pixels
         counts as an iron-positive cell.
+    rim_width_um : float, keyword-only
+        Pixels within this distance (µm) of the pellet's edge form its rim,
+        the rest its core; proteoglycan fractions are given for each zone.
 
     Returns
     -------
@@ -193,6 +199,8 @@ def measure_pellets(
         n_nuclei = len(pellet_nuclei)
         area_um2 = n_px * px_area_um2
         positive = sum(1 for n in pellet_nuclei if nucleus_positive.get(n, False))
+        depth_um = cv2.distanceTransform(np.pad(mask, 1).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)[1:-1, 1:-1][mask] * pixel_size_um
+        core = depth_um > rim_width_um
         nn_um, roundness = _nuclei_spacing_and_roundness([shapes[n] for n in pellet_nuclei if n in shapes], pixel_size_um)
         rows.append(
             {
@@ -212,6 +220,8 @@ def measure_pellets(
                 "proteoglycan_od_sd": sd_od,
                 "nuclei_nn_distance_um": nn_um,
                 "nuclei_roundness": roundness,
+                "proteoglycan_core_fraction": _safe_fraction((pg & core).sum(), core.sum()),
+                "proteoglycan_rim_fraction": _safe_fraction((pg & ~core).sum(), (~core).sum()),
             }
         )
     return rows

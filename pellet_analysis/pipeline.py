@@ -120,6 +120,7 @@ def analyze_image(rgb, *, pixel_size_um: float, config: RunConfig, stains: Stain
         pixel_size_um=pixel_size_um,
         proteoglycan_od=result.proteoglycan_od,
         iron_cell_distance_um=config.iron.cell_distance_um,
+        rim_width_um=config.pellets.rim_width_um,
     )
     rows = [{**row, **bern_scores(row, config.bern)} for row in rows]
     t["measure"] = time.perf_counter() - t0

@@ -249,6 +249,7 @@ def requantify(run_dir, image: str, pellet_ids=None, *, config: RunConfig | None
         pixel_size_um=px,
         proteoglycan_od=pg_od,
         iron_cell_distance_um=config.iron.cell_distance_um,
+        rim_width_um=config.pellets.rim_width_um,
     )
     out = []
     for row in rows:

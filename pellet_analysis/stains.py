@@ -25,6 +25,7 @@ __all__ = [
     "estimate_background",
     "fit_background_field",
     "evaluate_background_field",
+    "estimate_stains_macenko",
 ]
 
 
@@ -378,3 +379,61 @@ def evaluate_background_field(coef, shape, *, order=2, dtype=np.float32) -> np.n
     for ch in range(3):
         out[..., ch] = (rows * coef[:, ch]) @ cols.T
     return np.clip(out, 1.0 / 255.0, None, out=out)
+
+
+def estimate_stains_macenko(od, *, min_od: float = 0.151, percentile: float = 1.0, channel_axis=-1, mask=None) -> np.ndarray:
+    """Estimate two stain vectors from an image's own pixels (Macenko et al., ISBI 2009).
+
+    The principal plane of the optical densities (singular vectors of the
+    uncentred OD matrix) is found from all pixels; pixels whose projection on
+    that plane is longer than ``min_od`` are kept, their angle in the plane is
+    ranked, and the pixels at the ``percentile`` and ``100 - percentile``
+    ranks give the two stain directions.
+
+    Parameters
+    ----------
+    od : ndarray
+        Optical density, 3 channels on ``channel_axis``.
+    min_od : float, keyword-only
+        Smallest in-plane OD magnitude of a pixel used for the angles
+        (0.151 is Macenko's 0.15 on HistomicsTK's scale).
+    percentile : float, keyword-only
+        Robust extremes of the angle distribution, in percent.
+    channel_axis : int, keyword-only
+    mask : ndarray of bool, optional, keyword-only
+        Pixels to use (e.g. the pellet); default all.
+
+    Returns
+    -------
+    ndarray, shape (2, 3)
+        Unit stain vectors (rows), non-negative in their largest component,
+        ordered by angle.
+
+    Raises
+    ------
+    ValueError
+        When fewer than 10 pixels pass ``min_od``.
+    """
+    od = np.moveaxis(np.asarray(od, dtype=np.float64), channel_axis, -1)
+    pixels = od.reshape(-1, 3)
+    if mask is not None:
+        pixels = pixels[np.asarray(mask, bool).reshape(-1)]
+    pixels = pixels[np.isfinite(pixels).all(axis=1)]
+    u, _, _ = np.linalg.svd(pixels.T, full_matrices=False)
+    plane = u[:, :2] * np.where(u[:, :2].sum(axis=0) < 0, -1.0, 1.0)  # OD is positive: orient the axes along it
+    proj = pixels @ plane
+    keep = np.hypot(proj[:, 0], proj[:, 1]) > min_od
+    if keep.sum() < 10:
+        raise ValueError(f"only {int(keep.sum())} pixels above {min_od} OD: too few to estimate stains")
+    proj = proj[keep]
+    angles = np.arctan2(proj[:, 1], proj[:, 0])
+    order = np.argsort(angles, kind="stable")
+
+    def at(p):
+        i = min(len(order) - 1, int(p / 100.0 * len(order) + 0.5))
+        return plane @ proj[order[i]]
+
+    vectors = np.stack([at(percentile), at(100.0 - percentile)])
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    signs = np.where(vectors[np.arange(2), np.abs(vectors).argmax(axis=1)] < 0, -1.0, 1.0)
+    return vectors * signs[:, None]

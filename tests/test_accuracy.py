@@ -77,3 +77,11 @@ def test_measurements_are_finite_fractions(analyses):
                 if key.endswith("_fraction"):
                     assert 0.0 <= value <= 1.0
             assert 0 < row["circularity"] <= 1
+
+
+def test_core_and_rim_proteoglycan(sections, analyses):
+    for _, a, truth in _pairs(sections, analyses):
+        for r, g in zip(a.rows, truth):
+            assert g["proteoglycan_core_fraction"] > g["proteoglycan_rim_fraction"]  # the generator's biology
+            assert abs(r["proteoglycan_core_fraction"] - g["proteoglycan_core_fraction"]) < 0.05
+            assert abs(r["proteoglycan_rim_fraction"] - g["proteoglycan_rim_fraction"]) < 0.05

@@ -1,0 +1,131 @@
+"""``pellet-analysis validate``: the pipeline against freshly rendered synthetic truth.
+
+Each section gets random stain hues (vectors rotated up to ``hue_jitter_deg``),
+pixel size, blur, noise, JPEG quality, tinted uneven background, day, labeling
+and 1-3 pellets; none of them is in the repository or the tests.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .config import RunConfig
+from .measure import CLASS_CODES
+from .metrics import dice, instance_f1, pixel_f1
+from .pipeline import analyze_image
+from .synthetic import make_section, truth_table
+
+__all__ = ["PIXEL_SIZES_UM", "validation_params", "validate_section", "validate"]
+
+PIXEL_SIZES_UM = (0.25, 0.4, 0.5, 0.75, 1.0)
+
+
+def validation_params(rng, *, hue_jitter_deg: float = 6.0) -> dict:
+    """Random rendering parameters of one validation section."""
+    px = float(rng.choice(PIXEL_SIZES_UM))
+    return {
+        "day": int(rng.choice([7, 14, 28])),
+        "labeled": bool(rng.integers(2)),
+        "n_pellets": int(rng.integers(1, 4)),
+        "pixel_size_um": px,
+        # smaller pellets at the finest pixel sizes keep the images a few thousand pixels wide
+        "pellet_diameter_um": (220.0, 320.0) if px < 0.4 else (250.0, 450.0),
+        "hue_jitter_deg": float(hue_jitter_deg),
+        "blur_sigma_um": float(rng.uniform(0.3, 0.9)),
+        "noise_sigma": float(rng.uniform(1.0, 4.0)),
+        "jpeg_quality": int(rng.integers(65, 96)),
+        "illumination_variation": float(rng.uniform(0.02, 0.15)),
+        "background_rgb": tuple(float(v) for v in rng.uniform(215, 250, 3)),
+        "seed": int(rng.integers(2**31)),
+    }
+
+
+def validate_section(params: dict, config: RunConfig | None = None) -> tuple[dict, list[dict]]:
+    """Render one section, analyse it, and compare; returns (image metrics, per-pellet rows)."""
+    config = config or RunConfig()
+    section = make_section(**params)
+    found = analyze_image(section.image, pixel_size_um=section.pixel_size_um, config=config)
+    truth = truth_table(section)
+    iron_true = section.classes == CLASS_CODES["iron"]
+    iron_found = found.classes == CLASS_CODES["iron"]
+    nuclei_f1 = instance_f1(found.nuclei, section.nuclei)
+    image = {
+        **{k: params[k] for k in ("day", "labeled", "n_pellets", "pixel_size_um", "jpeg_quality", "hue_jitter_deg", "seed")},
+        "shape": "x".join(str(s) for s in section.image.shape[:2]),
+        "pellets_found": len(found.rows),
+        "pellet_dice": dice(found.pellets > 0, section.pellets > 0),
+        "nuclei_instance_f1": nuclei_f1["f1"],
+        "iron_pixel_f1": pixel_f1(iron_found, iron_true),
+        "iron_as_nuclei_fraction": float((found.classes[iron_true] == CLASS_CODES["nuclei"]).mean()) if iron_true.any() else float("nan"),
+    }
+    pellets = []
+    # pellets are numbered left to right in both; pair them only when every pellet was found
+    if len(found.rows) == len(truth):
+        for r, t in zip(found.rows, truth):
+            pellets.append({
+                "seed": params["seed"], "day": params["day"], "labeled": params["labeled"], "pellet_id": r["pellet_id"],
+                "proteoglycan_true": t["proteoglycan_area_fraction"], "proteoglycan_found": r["proteoglycan_area_fraction"],
+                "proteoglycan_error_pp": 100 * (r["proteoglycan_area_fraction"] - t["proteoglycan_area_fraction"]),
+                "nuclei_true": t["nuclei_count"], "nuclei_found": r["nuclei_count"],
+                "nuclei_count_error": (r["nuclei_count"] - t["nuclei_count"]) / max(t["nuclei_count"], 1),
+                "iron_error_pp": 100 * (r["iron_area_fraction"] - t["iron_area_fraction"]),
+            })
+    return image, pellets
+
+
+def _direction_check(pellets: pd.DataFrame) -> dict:
+    """Per day: is mean proteoglycan lower in labeled pellets, as in the truth?"""
+    out = {}
+    for day, sub in pellets.groupby("day"):
+        means = sub.groupby("labeled")[["proteoglycan_true", "proteoglycan_found"]].mean()
+        if set(means.index) == {False, True}:
+            true_dir = np.sign(means.loc[True, "proteoglycan_true"] - means.loc[False, "proteoglycan_true"])
+            found_dir = np.sign(means.loc[True, "proteoglycan_found"] - means.loc[False, "proteoglycan_found"])
+            out[int(day)] = bool(true_dir == found_dir)
+    return out
+
+
+def summarize(images: pd.DataFrame, pellets: pd.DataFrame) -> dict:
+    """The figures of the validation, as reported in docs/accuracy.md."""
+    labeled = images[images.labeled]
+    return {
+        "images": int(len(images)),
+        "pellets": int(images.n_pellets.sum()),
+        "images_with_every_pellet_found_and_none_invented": int((images.pellets_found == images.n_pellets).sum()),
+        "pellet_dice_min": float(images.pellet_dice.min()),
+        "pellet_dice_mean": float(images.pellet_dice.mean()),
+        "proteoglycan_error_pp_mean_abs": float(pellets.proteoglycan_error_pp.abs().mean()) if len(pellets) else float("nan"),
+        "proteoglycan_error_pp_max_abs": float(pellets.proteoglycan_error_pp.abs().max()) if len(pellets) else float("nan"),
+        "nuclei_count_error_mean_abs": float(pellets.nuclei_count_error.abs().mean()) if len(pellets) else float("nan"),
+        "nuclei_instance_f1_mean": float(images.nuclei_instance_f1.mean()),
+        "iron_pixel_f1_mean_labeled": float(labeled.iron_pixel_f1.mean()) if len(labeled) else float("nan"),
+        "iron_as_nuclei_fraction_mean_labeled": float(labeled.iron_as_nuclei_fraction.mean()) if len(labeled) else float("nan"),
+        "iron_error_pp_mean_abs": float(pellets.iron_error_pp.abs().mean()) if len(pellets) else float("nan"),
+        "labeled_vs_unlabeled_direction_correct_by_day": _direction_check(pellets) if len(pellets) else {},
+    }
+
+
+def validate(n_images: int = 24, *, seed: int = 1, hue_jitter_deg: float = 6.0, output_dir=None, progress=None) -> dict:
+    """Run the validation; writes validation_images.csv, validation_pellets.csv and validation.json when ``output_dir`` is given."""
+    rng = np.random.default_rng(seed)
+    images, pellets = [], []
+    for i in range(n_images):
+        image, rows = validate_section(validation_params(rng, hue_jitter_deg=hue_jitter_deg))
+        images.append(image)
+        pellets.extend(rows)
+        if progress is not None:
+            progress(i + 1, n_images, image)
+    images = pd.DataFrame(images)
+    pellets = pd.DataFrame(pellets)
+    summary = summarize(images, pellets)
+    if output_dir is not None:
+        from .io import write_json, write_tables
+
+        output_dir = Path(output_dir)
+        write_tables(output_dir, {"validation_images": images, "validation_pellets": pellets})
+        write_json(output_dir / "validation.json", {"n_images": n_images, "seed": seed, "hue_jitter_deg": hue_jitter_deg, **summary})
+    return {"images": images, "pellets": pellets, "summary": summary}

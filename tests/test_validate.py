@@ -1,0 +1,35 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from pellet_analysis.metrics import dice, instance_f1, pixel_f1
+from pellet_analysis.validate import summarize, validate_section, validation_params
+
+
+def test_instance_f1_by_hand():
+    true = np.zeros((10, 10), int)
+    true[0:4, 0:4] = 1  # found exactly
+    true[6:10, 6:10] = 2  # found as a half-size object: IoU 0.5, not above the threshold
+    true[0:2, 7:9] = 3  # missed
+    pred = np.zeros((10, 10), int)
+    pred[0:4, 0:4] = 7
+    pred[6:10, 6:8] = 8
+    pred[5, 0] = 9  # invented
+    result = instance_f1(pred, true)
+    assert (result["tp"], result["n_true"], result["n_predicted"]) == (1, 3, 3)
+    assert result["f1"] == pytest.approx(2 * 1 / 6)
+    assert dice(pred > 0, true > 0) == pytest.approx(2 * 24 / (36 + 25))
+    assert np.isnan(pixel_f1(np.zeros(3, bool), np.zeros(3, bool)))
+
+
+def test_validate_section_and_summary():
+    rng = np.random.default_rng(5)
+    params = {**validation_params(rng), "pixel_size_um": 1.0, "pellet_diameter_um": (250.0, 300.0), "labeled": True, "n_pellets": 2}
+    image, pellets = validate_section(params)
+    assert image["pellets_found"] == 2 and image["pellet_dice"] > 0.97
+    assert 0.7 < image["nuclei_instance_f1"] <= 1 and 0 < image["iron_pixel_f1"] <= 1
+    assert 0 <= image["iron_as_nuclei_fraction"] < 0.2
+    assert len(pellets) == 2 and all(abs(p["proteoglycan_error_pp"]) < 4 for p in pellets)
+    summary = summarize(pd.DataFrame([image]), pd.DataFrame(pellets))
+    assert summary["images_with_every_pellet_found_and_none_invented"] == 1
+    assert summary["pellets"] == 2
