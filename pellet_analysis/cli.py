@@ -104,6 +104,15 @@ def cmd_demo(args) -> int:
         from .synthetic import make_study
 
         make_study(config.input_dir)
+    from .pipeline import RunFolderConflict, _check_same_config, config_hash
+
+    try:
+        _check_same_config(Path(config.output_dir), config_hash(config))
+    except RunFolderConflict:
+        # never touch the earlier demo (it may hold a reviewer's corrections): write beside it
+        new_dir = Path(f"{config.output_dir}-{config_hash(config)[:8]}")
+        console.print(f"{config.output_dir} holds a run of another config: writing this demo to {new_dir} instead")
+        config.output_dir = new_dir
     status = _run(config, console)
     if status == 0:
         from .report import make_report
