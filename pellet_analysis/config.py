@@ -154,7 +154,7 @@ class IronConfig(_Strict):
         3.5, gt=0, description="Largest granule (equivalent diameter, µm); clusters up to three times its area are kept."
     )
     nucleus_gap_um: float = Field(
-        1.0, ge=0, description="Dark pixels this close to a nucleus (µm) are its blurred edge, not iron."
+        0.3, ge=0, description="Dark pixels this close to a nucleus (µm) are its blurred edge, not iron."
     )
     cell_distance_um: float = Field(
         5.0, ge=0, description="A cell is iron-positive when a granule lies within this distance of its nucleus (µm)."
