@@ -17,7 +17,7 @@ def class_colormap() -> dict:
     return colours
 
 
-def class_features(classes) -> "pandas.DataFrame":
+def class_features(classes):
     import pandas as pd
 
     counts = np.bincount(np.asarray(classes).ravel(), minlength=max(CLASS_CODES.values()) + 1)

@@ -8,7 +8,7 @@ Invalid files raise :class:`ConfigError` with one line naming the key.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Optional
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
-import numpy as np
 import pandas as pd
 
 from .metadata import CONDITIONS

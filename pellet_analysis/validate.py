@@ -7,7 +7,6 @@ and 1-3 pellets; none of them is in the repository or the tests.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np

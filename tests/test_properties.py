@@ -8,7 +8,7 @@ from hypothesis.extra.numpy import arrays
 
 from pellet_analysis.config import ConfigError, RunConfig, build_config
 from pellet_analysis.measure import MEASUREMENT_COLUMNS, measure_pellets
-from pellet_analysis.stains import StainSet, od_to_rgb, rgb_to_od, unmix
+from pellet_analysis.stains import StainSet, rgb_to_od, unmix
 
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
