@@ -169,3 +169,19 @@ def test_screen_resolution_tags_are_not_taken_as_pixel_size(tmp_path):
     image = record["images"]["P1_labeled_d7_s1"]
     assert image["pixel_size_source"] == "config" and image["pixel_size_um"] == 1.0
     assert any("ignored pixel size 352.8" in w for w in image["warnings"])
+
+
+def test_distributed_scheduler_with_a_local_cluster_of_two_processes(batch, tmp_path):
+    """scheduler: tcp://host:port sends the images to a dask.distributed cluster; same table as threads."""
+    from distributed import LocalCluster
+
+    _, config, record, _, _ = batch
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        assert len(cluster.workers) == 2
+        seen = []
+        again = run_batch(
+            config.model_copy(update={"output_dir": tmp_path / "d", "scheduler": cluster.scheduler_address}),
+            progress=seen.append,
+        )
+    pd.testing.assert_frame_equal(again["table"], record["table"])
+    assert len(seen) == 5  # progress reported for every image, failures included
