@@ -80,8 +80,7 @@ class PelletConfig(_Strict):
     tissue_min_od: float = Field(
         0.05,
         gt=0,
-        description="Lowest optical density (largest channel OD, smoothed) counted as tissue; "
-        "the threshold used is the larger of this and Otsu's.",
+        description="Lowest optical density (largest channel OD, smoothed) counted as tissue.",
     )
     smoothing_um: float = Field(
         1.0, ge=0, description="Gaussian sigma applied before tissue thresholding (µm)."
@@ -131,8 +130,9 @@ class NucleiConfig(_Strict):
     dark_min_od: float = Field(
         0.3,
         gt=0,
-        description="Lowest OD of the least-absorbed channel for a dark (nucleus or iron) pixel; "
-        "the threshold used is the larger of this and Otsu's within the pellet.",
+        description="Lowest local darkness of a nucleus pixel: the OD of the least-absorbed channel "
+        "above the surrounding matrix (white top-hat); the threshold used is the larger of this "
+        "and Otsu's within the pellets.",
     )
 
     @field_validator("max_diameter_um")
