@@ -75,6 +75,8 @@ def test_requantify_follows_the_painted_pixels(run):
     # pellet 2 is unchanged but its image has corrections: re-quantified the same
     (other,) = requantify(run_dir, image, [2])
     assert other["proteoglycan_area_fraction"] == pytest.approx(table[table.pellet_id == 2].proteoglycan_area_fraction.iloc[0])
+    # same stain concentration as the whole-image pipeline
+    assert other["proteoglycan_mean_od"] == pytest.approx(table[table.pellet_id == 2].proteoglycan_mean_od.iloc[0], rel=1e-4)
 
 
 def test_exclusions_replay_and_need_a_reason(run):

@@ -1,0 +1,20 @@
+"""Small image filters shared by the pipeline steps."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+__all__ = ["gaussian", "smooth_channels"]
+
+
+def gaussian(image, sigma_px: float):
+    """Gaussian blur of a 2-D float image (OpenCV, reflected borders); unchanged below 0.3 px."""
+    if sigma_px <= 0.3:
+        return image
+    return cv2.GaussianBlur(image, (0, 0), sigmaX=float(sigma_px), borderType=cv2.BORDER_REFLECT)
+
+
+def smooth_channels(image, sigma_px: float) -> np.ndarray:
+    """:func:`gaussian` applied to each channel of a (rows, cols, channels) image."""
+    return np.dstack([gaussian(np.ascontiguousarray(image[..., c]), sigma_px) for c in range(image.shape[-1])])
