@@ -31,8 +31,9 @@ __all__ = [
     "deconvolution_stains",
     "dark_spots",
     "stain_concentrations",
-    "proteoglycan_concentration",
-    "half_maximum_threshold",
+    "classify_pellet",
+    "pixel_maps",
+    "pellet_window",
     "split_nuclei",
     "classify_pixels",
 ]
@@ -64,7 +65,7 @@ def deconvolution_stains(stains: StainSet) -> list[str]:
     return chosen[:3]
 
 
-def split_nuclei(mask, *, min_radius_px: float) -> np.ndarray:
+def split_nuclei(mask, *, min_radius_px: float, darkness=None) -> np.ndarray:
     """Split a binary nuclei mask into instances by distance-transform watershed.
 
     Parameters
@@ -72,6 +73,10 @@ def split_nuclei(mask, *, min_radius_px: float) -> np.ndarray:
     mask : ndarray of bool
     min_radius_px : float, keyword-only
         Smallest nucleus radius; seeds closer than this merge.
+    darkness : ndarray of float, optional, keyword-only
+        Added at 1/1000 of its OD to the distance, it breaks the distance
+        transform's many ties: the flood order then depends on each object's
+        own pixels only, so a nucleus splits alike in every tile that holds it.
 
     Returns
     -------
@@ -100,7 +105,8 @@ def split_nuclei(mask, *, min_radius_px: float) -> np.ndarray:
         centres = ndi.maximum_position(dist, components, missing)
         for k, (r, c) in enumerate(centres):
             markers[r, c] = n_markers + 1 + k
-    labels = watershed(-dist, markers, mask=mask)
+    relief = dist if darkness is None else dist + np.float32(1e-3) * np.asarray(darkness, np.float32)
+    labels = watershed(-relief, markers, mask=mask)
     return labels.astype(np.uint32)
 
 
@@ -155,20 +161,6 @@ def _granules(candidates, nuclear, *, gap_px: int, max_area_px: float):
     return keep[labels]
 
 
-def half_maximum_threshold(values, floor: float) -> float:
-    """Threshold at half the typical stained level, never below ``floor``.
-
-    The typical level is the median of the values above ``floor``; a stained
-    region's edge is placed where its stain falls to half that level, so faint
-    (day 7) and intense (day 28) staining are outlined alike.
-    """
-    values = np.asarray(values)
-    stained = values[values > floor]
-    if stained.size == 0:
-        return float(floor)
-    return max(float(floor), 0.5 * float(np.median(stained)))
-
-
 def dark_spots(od_fine, stains: StainSet, *, pixel_size_um: float, nuclei: NucleiConfig) -> np.ndarray:
     """Local darkness of nuclei and granules above the slowly varying matrix level.
 
@@ -209,64 +201,162 @@ def stain_concentrations(od, spots, stains: StainSet, *, pixel_size_um: float, c
     return {role: conc[..., names.index(stain)] for role, stain in stains.roles.items() if stain in names}
 
 
-def proteoglycan_concentration(od, stains: StainSet, *, pixel_size_um: float, classify: ClassifyConfig, nuclei: NucleiConfig):
-    """The proteoglycan stain's concentration exactly as :func:`classify_pixels` computes it (None without one)."""
-    if "proteoglycan" not in stains.roles:
-        return None
-    spots = dark_spots(smooth_channels(od, 0.4 / pixel_size_um), stains, pixel_size_um=pixel_size_um, nuclei=nuclei)
-    return stain_concentrations(od, spots, stains, pixel_size_um=pixel_size_um, classify=classify).get("proteoglycan")
+# ---------------------------------------------------------------------------------------------
+# One pellet, in three steps that tile exactly:
+#   1. pixel maps (darkness, stain concentrations): filters of bounded support -> map_overlap
+#      with depth `pixel_maps_depth_px`;
+#   2. the pellet's thresholds from histograms of those maps (sums of per-tile histograms);
+#   3. objects and classes: a block function with overlap `objects_depth_px` (twice the
+#      largest nucleus) whose instances carry the global raster index of their first pixel,
+#      so a nucleus cut by a tile border gets the same id from every tile that sees it whole.
+# The in-memory path runs the same block functions on one block.
+# ---------------------------------------------------------------------------------------------
+
+#: Names of the pixel maps, in the order of the channels of the stacked map array.
+MAP_NAMES = ("spots", "proteoglycan", "collagen")
+
+#: Histogram bins (OD) for the pellet's thresholds: fine enough that a threshold moves by < 0.002 OD.
+_SPOT_EDGES = np.linspace(0.0, 4.0, 2001)
+_PG_EDGES = np.linspace(0.0, 4.0, 4001)
+
+# class code and instance id share one uint64 per pixel between the tiled steps
+_CLASS_SHIFT = np.uint64(56)
+_ID_MASK = np.uint64((1 << 56) - 1)
 
 
-def classify_pixels(
-    od,
-    pellets,
+@dataclass(frozen=True)
+class Thresholds:
+    """A pellet's thresholds (OD)."""
+
+    dark: float
+    proteoglycan: float
+
+
+def _gaussian_radius_px(sigma_px: float) -> int:
+    # OpenCV's float kernels span round(8 sigma + 1) | 1 taps; filters.gaussian skips sigma <= 0.3
+    return 0 if sigma_px <= 0.3 else (int(round(sigma_px * 8 + 1)) | 1) // 2
+
+
+def pixel_maps_depth_px(*, pixel_size_um: float, classify: ClassifyConfig, nuclei: NucleiConfig) -> int:
+    """Overlap (px) that makes tiled :func:`pixel_maps` equal to the in-memory result.
+
+    The sum of the supports of the filters: the fine Gaussian, the top-hat's
+    erosion and dilation, and the concentration smoothing.
+    """
+    px = float(pixel_size_um)
+    return (
+        _gaussian_radius_px(0.4 / px)
+        + 2 * top_hat_radius_px(pixel_size_um=px, nuclei=nuclei)
+        + _gaussian_radius_px(classify.smoothing_um / px)
+        + 1
+    )
+
+
+def objects_depth_px(*, pixel_size_um: float, nuclei: NucleiConfig, iron: IronConfig) -> int:
+    """Overlap (px) of the object step: a clump of two of the largest nuclei plus the growth and gap margins."""
+    px = float(pixel_size_um)
+    return int(math.ceil((2 * nuclei.max_diameter_um + iron.nucleus_gap_um + 2.0) / px)) + 2
+
+
+def pixel_maps(od, stains: StainSet, *, pixel_size_um: float, classify: ClassifyConfig, nuclei: NucleiConfig) -> np.ndarray:
+    """Darkness and stain concentrations per pixel, stacked as (rows, cols, 3) float32 (:data:`MAP_NAMES`).
+
+    Missing stains are 0.
+    """
+    od = np.asarray(od, dtype=np.float32)
+    px = float(pixel_size_um)
+    spots = dark_spots(smooth_channels(od, 0.4 / px), stains, pixel_size_um=px, nuclei=nuclei)
+    conc = stain_concentrations(od, spots, stains, pixel_size_um=px, classify=classify)
+    out = np.zeros(od.shape[:2] + (len(MAP_NAMES),), np.float32)
+    out[..., 0] = spots
+    for k, role in enumerate(MAP_NAMES[1:], start=1):
+        if role in conc:
+            out[..., k] = conc[role]
+    return out
+
+
+def map_histograms(maps, inside) -> np.ndarray:
+    """Histograms of darkness and proteoglycan inside the pellet, concatenated (int64); they add over tiles."""
+    inside = np.asarray(inside, dtype=bool)
+    spots = np.clip(maps[..., 0][inside], _SPOT_EDGES[0], _SPOT_EDGES[-1])
+    pg = np.clip(maps[..., 1][inside], _PG_EDGES[0] - 1.0, _PG_EDGES[-1])
+    return np.concatenate([np.histogram(spots, _SPOT_EDGES)[0], np.histogram(pg, _PG_EDGES)[0]]).astype(np.int64)
+
+
+def thresholds_from_histograms(hist, *, classify: ClassifyConfig, nuclei: NucleiConfig) -> Thresholds:
+    """The pellet's nucleus darkness threshold (Otsu, never below ``nuclei.dark_min_od``) and proteoglycan threshold.
+
+    The proteoglycan threshold sits at half the typical stained level (the
+    median above ``classify.proteoglycan_min_od``), never below that floor,
+    so faint (day 7) and intense (day 28) staining are outlined alike.
+    """
+    n_spot = len(_SPOT_EDGES) - 1
+    spot_hist, pg_hist = np.asarray(hist[:n_spot]), np.asarray(hist[n_spot:])
+    dark = float(nuclei.dark_min_od)
+    occupied = np.nonzero(spot_hist)[0]
+    if spot_hist.sum() > 16 and occupied.size > 1:
+        centres = 0.5 * (_SPOT_EDGES[1:] + _SPOT_EDGES[:-1])
+        lo, hi = occupied[0], occupied[-1] + 1
+        dark = max(dark, float(threshold_otsu(hist=(spot_hist[lo:hi], centres[lo:hi]))))
+    floor = float(classify.proteoglycan_min_od)
+    first = int(np.searchsorted(_PG_EDGES, floor, side="right"))  # bins wholly above the floor
+    above = pg_hist[first:]
+    pg = floor
+    if above.sum() > 0:
+        cumulative = np.cumsum(above)
+        k = int(np.searchsorted(cumulative, 0.5 * cumulative[-1]))
+        median = 0.5 * (_PG_EDGES[first + k] + _PG_EDGES[first + k + 1])
+        pg = max(floor, 0.5 * median)
+    return Thresholds(dark=dark, proteoglycan=pg)
+
+
+def _first_pixel_ids(labels, origin, width: int) -> np.ndarray:
+    """Replace each instance id by 1 + the global raster index of its first pixel (uint64)."""
+    flat = labels.ravel()
+    ids, first = np.unique(flat, return_index=True)
+    rows, cols = np.divmod(first, labels.shape[1])
+    anchor = (rows + origin[0]).astype(np.uint64) * np.uint64(width) + (cols + origin[1]).astype(np.uint64) + np.uint64(1)
+    anchor[ids == 0] = 0
+    lut = np.zeros(int(ids.max()) + 1, np.uint64)
+    lut[ids] = anchor
+    return lut[labels]
+
+
+def classify_objects(
+    maps,
+    inside,
+    thresholds: Thresholds,
     stains: StainSet,
     *,
     pixel_size_um: float,
     classify: ClassifyConfig,
     nuclei: NucleiConfig,
     iron: IronConfig,
-) -> ClassResult:
-    """Classify every pellet pixel and find nuclei and iron granules.
-
-    Parameters
-    ----------
-    od : ndarray, shape (rows, cols, 3)
-        Optical density.
-    pellets : ndarray of int, shape (rows, cols)
-        Pellet labels; only pixels inside pellets are classified.
-    stains : StainSet
-    pixel_size_um : float, keyword-only
-    classify, nuclei, iron : config sections, keyword-only
+) -> tuple[np.ndarray, np.ndarray]:
+    """Classes and nucleus instances of one block from its pixel maps and the pellet's thresholds.
 
     Returns
     -------
-    ClassResult
+    classes : ndarray of uint8
+    instances : ndarray of int32, 1..n in this block
     """
-    od = np.asarray(od, dtype=np.float32)
-    inside = np.asarray(pellets) > 0
-    shape = inside.shape
+    inside = np.asarray(inside, dtype=bool)
+    spots = maps[..., 0]
     px = float(pixel_size_um)
     has_iron = "iron" in stains.roles
-    spots = dark_spots(smooth_channels(od, 0.4 / px), stains, pixel_size_um=px, nuclei=nuclei)
-    threshold = float(nuclei.dark_min_od)
-    values = spots[inside]
-    if values.size > 16 and np.ptp(values) > 0:
-        threshold = max(threshold, float(threshold_otsu(values)))
-
     min_r_px = nuclei.min_diameter_um / 2 / px
     min_nucleus_px = max(2, int(math.pi * min_r_px**2 * 0.55))
-    nuclear = _compact_objects(inside & (spots > threshold), min_radius_px=min_r_px, min_area_px=min_nucleus_px)
-    if has_iron and iron.min_od < threshold:
-        # nuclei of low contrast (in the collagen rim, say) are missed at the image's threshold but
+    nuclear = _compact_objects(inside & (spots > thresholds.dark), min_radius_px=min_r_px, min_area_px=min_nucleus_px)
+    if has_iron and iron.min_od < thresholds.dark:
+        # nuclei of low contrast (in the collagen rim, say) are missed at the pellet's threshold but
         # are still nucleus-sized and thick at the granules' lower one: nuclei, not iron
         faint = _compact_objects(inside & (spots > iron.min_od) & ~nuclear, min_radius_px=min_r_px, min_area_px=min_nucleus_px)
         nuclear |= faint
     instances = _grow_to_half_maximum(
-        split_nuclei(nuclear, min_radius_px=min_r_px), spots, inside, distance_px=max(1, round(1.0 / px))
+        split_nuclei(nuclear, min_radius_px=min_r_px, darkness=spots), spots, inside, distance_px=max(1, round(1.0 / px))
     )
     nuclear = instances > 0
-    iron_mask = np.zeros(shape, bool)
+    iron_mask = np.zeros(inside.shape, bool)
     if has_iron:
         iron_mask = _granules(
             inside & (spots > iron.min_od) & ~nuclear,
@@ -279,18 +369,201 @@ def classify_pixels(
         granules, _ = ndi.label(iron_mask, structure=np.ones((3, 3), bool))
         grown = _grow_to_half_maximum(granules, spots, inside & ~nuclear, distance_px=max(1, round(1.0 / px)))
         iron_mask = grown > 0
-
-    concentration = stain_concentrations(od, spots, stains, pixel_size_um=px, classify=classify)
-    pg_conc = concentration.get("proteoglycan")
-    col_conc = concentration.get("collagen")
-    classes = np.zeros(shape, np.uint8)
+    classes = np.zeros(inside.shape, np.uint8)
     classes[inside] = CLASS_CODES["other_tissue"]
-    if col_conc is not None:
-        classes[inside & (col_conc > classify.collagen_min_od)] = CLASS_CODES["collagen"]
-    if pg_conc is not None:
-        floor = half_maximum_threshold(pg_conc[inside], classify.proteoglycan_min_od)
-        classes[inside & (pg_conc > floor)] = CLASS_CODES["proteoglycan"]
+    if "collagen" in stains.roles:
+        classes[inside & (maps[..., 2] > classify.collagen_min_od)] = CLASS_CODES["collagen"]
+    if "proteoglycan" in stains.roles:
+        classes[inside & (maps[..., 1] > thresholds.proteoglycan)] = CLASS_CODES["proteoglycan"]
     classes[nuclear] = CLASS_CODES["nuclei"]
     classes[iron_mask] = CLASS_CODES["iron"]
-    pg_od = np.zeros(shape, np.float32) if pg_conc is None else np.where(inside, pg_conc, 0).astype(np.float32)
+    return classes, instances.astype(np.int32)
+
+
+def _encoded_objects(maps, inside, thresholds, stains, origin, width, settings) -> np.ndarray:
+    """:func:`classify_objects` of a block, packed as class << 56 | global first-pixel id."""
+    classes, instances = classify_objects(maps, inside, thresholds, stains, **settings)
+    return (classes.astype(np.uint64) << _CLASS_SHIFT) | _first_pixel_ids(instances, origin, width)
+
+
+def _decode(packed) -> tuple[np.ndarray, np.ndarray]:
+    """Classes (uint8) and instances numbered 1..n in raster order of their first pixel (uint32)."""
+    classes = (packed >> _CLASS_SHIFT).astype(np.uint8)
+    anchors = packed & _ID_MASK
+    ids, inverse = np.unique(anchors, return_inverse=True)
+    numbers = np.arange(ids.size, dtype=np.uint32) + np.uint32(ids.size == 0 or ids[0] != 0)
+    return classes, numbers[inverse.reshape(anchors.shape)]
+
+
+def _block_origin(block_info, depth: int) -> tuple[int, int]:
+    """Row and column, in the whole array, of the first pixel of a block of ``map_overlap(boundary='none')``.
+
+    Dask gives locations in the overlapped array, where each block before
+    this one along an axis added ``2 * depth`` pixels.
+    """
+    info = block_info[0]
+    return tuple(
+        int(info["array-location"][axis][0]) - 2 * depth * int(info["chunk-location"][axis]) for axis in range(2)
+    )
+
+
+def _settings(pixel_size_um, classify, nuclei, iron) -> dict:
+    return dict(pixel_size_um=float(pixel_size_um), classify=classify, nuclei=nuclei, iron=iron)
+
+
+def classify_pellet(
+    od,
+    inside,
+    stains: StainSet,
+    *,
+    pixel_size_um: float,
+    classify: ClassifyConfig,
+    nuclei: NucleiConfig,
+    iron: IronConfig,
+    tile_px=None,
+) -> ClassResult:
+    """Classify one pellet's pixels and find its nuclei and iron granules.
+
+    Parameters
+    ----------
+    od : ndarray or dask array, shape (rows, cols, 3)
+        Optical density of a crop holding the pellet with a margin of at
+        least :func:`pixel_maps_depth_px` around it.
+    inside : ndarray of bool, shape (rows, cols)
+        The pellet's pixels; only these are classified.
+    stains : StainSet
+    pixel_size_um : float, keyword-only
+    classify, nuclei, iron : config sections, keyword-only
+    tile_px : int or tuple of tuples, optional, keyword-only
+        Process in tiles of this size (or these dask chunks) with
+        ``map_overlap``; None processes the crop as one block. The result is
+        the same either way (objects up to twice the largest nucleus stay whole
+        across tile borders).
+
+    Returns
+    -------
+    ClassResult
+        Nuclei numbered 1..n in raster order of their first pixel.
+    """
+    inside = np.asarray(inside, dtype=bool)
+    settings = _settings(pixel_size_um, classify, nuclei, iron)
+    depth_maps = pixel_maps_depth_px(pixel_size_um=pixel_size_um, classify=classify, nuclei=nuclei)
+    depth_objects = objects_depth_px(pixel_size_um=pixel_size_um, nuclei=nuclei, iron=iron)
+    map_kwargs = dict(pixel_size_um=float(pixel_size_um), classify=classify, nuclei=nuclei)
+    width = inside.shape[1]
+    if tile_px is None and not hasattr(od, "dask"):
+        maps = pixel_maps(od, stains, **map_kwargs)
+        thresholds = thresholds_from_histograms(map_histograms(maps, inside), classify=classify, nuclei=nuclei)
+        packed = _encoded_objects(maps, inside, thresholds, stains, (0, 0), width, settings)
+    else:
+        import dask.array as da
+
+        chunks = _tile_chunks(inside.shape, tile_px, od, min_px=max(depth_maps, depth_objects))
+        od_tiles = od.rechunk(chunks + ((3,),)) if hasattr(od, "dask") else da.from_array(np.asarray(od), chunks=chunks + ((3,),))
+        maps = od_tiles.map_overlap(
+            pixel_maps, depth={0: depth_maps, 1: depth_maps, 2: 0}, boundary="none", dtype=np.float32, stains=stains, **map_kwargs
+        ).compute(scheduler="synchronous")
+        thresholds = thresholds_from_histograms(map_histograms(maps, inside), classify=classify, nuclei=nuclei)
+
+        def block(maps_block, inside_block, block_info=None):
+            origin = _block_origin(block_info, depth_objects)
+            return _encoded_objects(maps_block, inside_block[..., 0], thresholds, stains, origin, width, settings)[..., None]
+
+        packed = da.map_overlap(
+            block,
+            da.from_array(maps, chunks=chunks + ((3,),)),
+            da.from_array(inside[..., None], chunks=chunks + ((1,),)),
+            depth={0: depth_objects, 1: depth_objects, 2: 0},
+            boundary="none",
+            dtype=np.uint64,
+            align_arrays=False,
+        ).compute(scheduler="synchronous")[..., 0]
+    classes, instances = _decode(packed)
+    pg_od = np.where(inside, maps[..., 1], 0).astype(np.float32) if "proteoglycan" in stains.roles else np.zeros(inside.shape, np.float32)
     return ClassResult(classes=classes, nuclei=instances, proteoglycan_od=pg_od)
+
+
+def _tile_chunks(shape, tile_px, od, *, min_px: int):
+    """Row and column chunks: given ones, the od array's own, or tiles of ``tile_px``; none thinner than ``min_px``."""
+    if isinstance(tile_px, tuple) and isinstance(tile_px[0], tuple):
+        chunks = tile_px
+    elif tile_px is None:
+        chunks = od.chunks[:2]
+    else:
+        chunks = tuple(_split(n, int(tile_px)) for n in shape)
+    return tuple(_merge_thin(c, min_px) for c in chunks)
+
+
+def _split(n: int, size: int) -> tuple:
+    return tuple([size] * (n // size) + ([n % size] if n % size else [])) or (n,)
+
+
+def _merge_thin(chunks, min_px: int) -> tuple:
+    """Merge chunks thinner than ``min_px`` into their neighbour (map_overlap needs depth <= chunk)."""
+    out = []
+    for c in chunks:
+        if out and (c < min_px or out[-1] < min_px):
+            out[-1] += c
+        else:
+            out.append(c)
+    if len(out) > 1 and out[-1] < min_px:
+        out[-2] += out.pop()
+    return tuple(out)
+
+
+def classify_pixels(
+    od,
+    pellets,
+    stains: StainSet,
+    *,
+    pixel_size_um: float,
+    classify: ClassifyConfig,
+    nuclei: NucleiConfig,
+    iron: IronConfig,
+    tile_px=None,
+) -> ClassResult:
+    """Classify every pellet of a label image, each on its own crop with its own thresholds.
+
+    Parameters
+    ----------
+    od : ndarray, shape (rows, cols, 3)
+        Optical density.
+    pellets : ndarray of int, shape (rows, cols)
+        Pellet labels; only pixels inside pellets are classified.
+    stains : StainSet
+    pixel_size_um : float, keyword-only
+    classify, nuclei, iron : config sections, keyword-only
+    tile_px : int, optional, keyword-only
+        See :func:`classify_pellet`.
+
+    Returns
+    -------
+    ClassResult
+        Nuclei numbered pellet by pellet.
+    """
+    pellets = np.asarray(pellets)
+    shape = pellets.shape
+    classes = np.zeros(shape, np.uint8)
+    instances = np.zeros(shape, np.uint32)
+    pg_od = np.zeros(shape, np.float32)
+    margin = pixel_maps_depth_px(pixel_size_um=pixel_size_um, classify=classify, nuclei=nuclei)
+    n_nuclei = 0
+    for pid, window in enumerate(ndi.find_objects(pellets.astype(np.int64, copy=False)), start=1):
+        if window is None:
+            continue
+        crop = pellet_window(window, shape, margin)
+        inside = pellets[crop] == pid
+        result = classify_pellet(
+            od[crop], inside, stains, pixel_size_um=pixel_size_um, classify=classify, nuclei=nuclei, iron=iron, tile_px=tile_px
+        )
+        classes[crop][inside] = result.classes[inside]
+        pg_od[crop][inside] = result.proteoglycan_od[inside]
+        found = result.nuclei[inside]
+        instances[crop][inside] = np.where(found > 0, found + n_nuclei, 0)
+        n_nuclei += int(result.nuclei.max())
+    return ClassResult(classes=classes, nuclei=instances, proteoglycan_od=pg_od)
+
+
+def pellet_window(window, shape, margin: int) -> tuple:
+    """The slices of a pellet's bounding box grown by ``margin`` pixels and clipped to ``shape``."""
+    return tuple(slice(max(0, s.start - margin), min(n, s.stop + margin)) for s, n in zip(window, shape))

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from .bern import bern_scores
-from .classify import proteoglycan_concentration, top_hat_radius_px
+from .classify import pixel_maps, pixel_maps_depth_px
 from .config import RunConfig
 from .io import read_image, write_label_tiff
 from .measure import CLASS_NAMES, measure_pellets
@@ -233,16 +233,16 @@ def requantify(run_dir, image: str, pellet_ids=None, *, config: RunConfig | None
     box = (slice(rows_.min(), rows_.max() + 1), slice(cols_.min(), cols_.max() + 1))
     # the stain concentration is computed on the box grown by the filters' reach, so its values
     # inside the box are those of the whole-image pipeline
-    margin = 2 * top_hat_radius_px(pixel_size_um=px, nuclei=config.nuclei) + int(np.ceil(4 * (0.4 + config.classify.smoothing_um) / px)) + 2
+    margin = pixel_maps_depth_px(pixel_size_um=px, classify=config.classify, nuclei=config.nuclei)
     wide = tuple(slice(max(0, s.start - margin), min(n, s.stop + margin)) for s, n in zip(box, pellets.shape))
     inner = tuple(slice(s.start - w.start, s.stop - w.start) for s, w in zip(box, wide))
     stains = get_preset(config.stains.preset)
     illumination = estimate_illumination(rgb, pixel_size_um=px, stains=config.stains, pellets=config.pellets)
     field = illumination.field(rgb.shape[:2])
     od = rgb_to_od(rgb[wide], field[wide] if field.ndim == 3 else field)
-    pg_od = proteoglycan_concentration(od, stains, pixel_size_um=px, classify=config.classify, nuclei=config.nuclei)
-    if pg_od is not None:
-        pg_od = pg_od[inner]
+    pg_od = None
+    if "proteoglycan" in stains.roles:
+        pg_od = pixel_maps(od, stains, pixel_size_um=px, classify=config.classify, nuclei=config.nuclei)[inner][..., 1]
     crop_pellets = np.where(np.isin(pellets[box], ids), pellets[box], 0)
     rows = measure_pellets(
         crop_pellets,
