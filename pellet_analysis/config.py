@@ -229,6 +229,20 @@ class RunConfig(_Strict):
     n_workers: Optional[int] = Field(
         None, ge=1, description="Local workers (threads or processes); None: one per core."
     )
+    tile_px: Optional[int] = Field(
+        2048,
+        ge=128,
+        description="Pellets wider or taller than this (px) are processed in tiles of this size with "
+        "overlaps derived from the filters and the largest nucleus (same result as one block, less "
+        "memory); None: each pellet in one block.",
+    )
+    whole_slide_min_px: int = Field(
+        100_000_000,
+        ge=1,
+        description="Images with at least this many pixels (or with pyramid levels) are read lazily, "
+        "tile by tile, their pellets processed as separate tasks, and their label images written as "
+        "tiled pyramidal OME-TIFF.",
+    )
     stains: StainConfig = StainConfig()
     pellets: PelletConfig = PelletConfig()
     classify: ClassifyConfig = ClassifyConfig()

@@ -8,7 +8,7 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage.measure import approximate_polygon, find_contours
 
-__all__ = ["pellet_outline", "pellet_feature_collection"]
+__all__ = ["pellet_outline", "pellet_feature_collection", "feature_collection"]
 
 
 def pellet_outline(mask, *, offset=(0, 0), tolerance_px: float = 0.75) -> list[list[float]]:
@@ -41,14 +41,23 @@ def pellet_feature_collection(pellets, rows) -> dict:
     Coordinates are pixels of the full-resolution image (x = column, y = row),
     as QuPath imports them.
     """
-    objects = ndi.find_objects(np.asarray(pellets).astype(np.int64, copy=False))
-    features = []
+    pellets = np.asarray(pellets)
+    objects = ndi.find_objects(pellets.astype(np.int64, copy=False))
+    outlined = []
     for row in rows:
         pid = int(row["pellet_id"])
         sl = objects[pid - 1] if pid - 1 < len(objects) else None
-        if sl is None:
-            continue
-        ring = pellet_outline(np.asarray(pellets)[sl] == pid, offset=(sl[0].start, sl[1].start))
+        if sl is not None:
+            outlined.append((row, pellets[sl] == pid, (sl[0].start, sl[1].start)))
+    return feature_collection(outlined)
+
+
+def feature_collection(outlined) -> dict:
+    """GeoJSON FeatureCollection from ``(row, mask, (row_offset, col_offset))`` triples, one per pellet."""
+    features = []
+    for row, mask, offset in outlined:
+        pid = int(row["pellet_id"])
+        ring = pellet_outline(mask, offset=offset)
         if len(ring) < 4:
             continue
         properties = {

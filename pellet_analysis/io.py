@@ -8,6 +8,7 @@ import os
 import re
 import tempfile
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,10 @@ __all__ = [
     "to_rgb",
     "tiff_pixel_size_um",
     "write_label_tiff",
+    "LazyImage",
+    "open_lazy",
+    "read_window",
+    "write_label_pyramid",
     "atomic_path",
     "atomic_write",
     "write_json",
@@ -186,6 +191,148 @@ def _read_other(path: Path, max_pixels: int):
     if data.ndim == 3:
         data = data[..., [2, 1, 0, 3][: data.shape[-1]]] if data.shape[-1] >= 3 else data
     return to_rgb(data), None
+
+
+@dataclass
+class LazyImage:
+    """A large RGB image read tile by tile: every pyramid level as a dask array, full resolution first."""
+
+    path: Path
+    levels: list  # dask arrays (rows, cols, 3)
+    pixel_size_um: float | None
+
+    @property
+    def shape(self) -> tuple:
+        return tuple(self.levels[0].shape)
+
+    @property
+    def dtype(self):
+        return self.levels[0].dtype
+
+
+def _zarr_levels(path: Path) -> list:
+    import tifffile
+    import zarr
+
+    store = tifffile.imread(path, aszarr=True, series=0)
+    root = zarr.open(store, mode="r")
+    if hasattr(root, "array_keys"):
+        return [root[k] for k in sorted(root.array_keys(), key=int)]
+    return [root]
+
+
+def open_lazy(path, *, max_pixels: int = 100_000_000_000) -> LazyImage:
+    """Open a (pyramidal, tiled, JPEG/LZW/deflate) TIFF, OME-TIFF or SVS without decoding it.
+
+    Every level of the first series becomes a dask array over tifffile's zarr
+    store, chunked like the file's tiles; nothing is read until computed.
+
+    Raises
+    ------
+    ImageReadError
+        With a one-line cause, when the file is not an RGB TIFF tifffile can tile.
+    """
+    import dask.array as da
+    import tifffile
+
+    path = Path(path)
+    try:
+        with tifffile.TiffFile(path) as tif:
+            page = tif.series[0].levels[0].keyframe
+            photometric = page.photometric.name if page.photometric is not None else None
+            pixel_size = tiff_pixel_size_um(tif)
+        levels = [da.from_zarr(a) for a in _zarr_levels(path)]
+    except Exception as error:
+        raise ImageReadError(f"not a readable tiled TIFF ({type(error).__name__}: {_one_line(error)})") from None
+    if int(np.prod(levels[0].shape[:2], dtype=np.float64)) > max_pixels:
+        raise ImageReadError(f"image of shape {levels[0].shape} exceeds the limit of {max_pixels} pixels")
+    if levels[0].ndim != 3 or levels[0].shape[-1] not in (3, 4) or photometric == "SEPARATED":
+        raise ImageReadError(f"whole-slide reading needs an RGB(A) image, got shape {levels[0].shape} ({photometric})")
+    return LazyImage(path, [level[..., :3] for level in levels], pixel_size)
+
+
+def read_window(path, window, *, level: int = 0) -> np.ndarray:
+    """Decode only the tiles under ``window`` (a pair of slices) of one level of a TIFF; RGB."""
+    array = _zarr_levels(Path(path))[level]
+    return np.ascontiguousarray(array[window[0], window[1]][..., :3])
+
+
+def write_label_pyramid(path, shape, pieces, *, dtype, pixel_size_um: float | None, tile_px: int = 1024, min_level_px: int = 1024) -> Path:
+    """Write a label image as a tiled, deflate-compressed, pyramidal OME-TIFF, tile by tile.
+
+    The full image is never held in memory: each tile is filled from the
+    pieces that overlap it.
+
+    Parameters
+    ----------
+    path : str or Path
+    shape : tuple
+        Full-resolution (rows, cols).
+    pieces : list of (window, values, inside, offset)
+        ``window`` a pair of slices in the full image; ``values`` the labels
+        in it (arrays or memory maps); ``inside`` (bool) the pixels the piece
+        owns (others keep 0); ``offset`` added to its non-zero values.
+    dtype : dtype, keyword-only
+    pixel_size_um : float, keyword-only
+    tile_px : int, keyword-only
+    min_level_px : int, keyword-only
+        Halve the resolution (nearest label, no blending) until the longer side is below this.
+
+    Returns
+    -------
+    Path
+    """
+    import tifffile
+
+    dtype = np.dtype(dtype)
+    rows, cols = (int(n) for n in shape[:2])
+    strides = [1]
+    while max(rows, cols) // strides[-1] > min_level_px:
+        strides.append(strides[-1] * 2)
+    metadata = {"axes": "YX"}
+    options = dict(tile=(tile_px, tile_px), compression="zlib", dtype=dtype, photometric="minisblack")
+    if pixel_size_um:
+        metadata.update(PhysicalSizeX=pixel_size_um, PhysicalSizeXUnit="µm", PhysicalSizeY=pixel_size_um, PhysicalSizeYUnit="µm")
+    with atomic_path(path) as tmp, tifffile.TiffWriter(tmp, bigtiff=True, ome=True) as tif:
+        for level, stride in enumerate(strides):
+            level_shape = (-(-rows // stride), -(-cols // stride))
+            extra = {"subifds": len(strides) - 1, "metadata": metadata} if level == 0 else {"subfiletype": 1}
+            if pixel_size_um:
+                extra.update(resolution=(1e4 / (pixel_size_um * stride),) * 2, resolutionunit="CENTIMETER")
+            tif.write(_compressed(_label_tiles(level_shape, stride, pieces, dtype, tile_px), dtype, tile_px), shape=level_shape, **options, **extra)
+    return Path(path)
+
+
+def _compressed(tiles, dtype, tile_px: int):
+    """Deflate each tile; the empty tile (None), most of a slide, is compressed once."""
+    import zlib
+
+    empty = zlib.compress(np.zeros((tile_px, tile_px), dtype).tobytes(), 6)
+    for tile in tiles:
+        yield empty if tile is None else zlib.compress(tile.tobytes(), 6)
+
+
+def _label_tiles(level_shape, stride: int, pieces, dtype, tile_px: int):
+    """Tiles of one pyramid level in row-major order, each sampled from the pieces at every ``stride``-th pixel; None when empty."""
+    for r0 in range(0, level_shape[0], tile_px):
+        for c0 in range(0, level_shape[1], tile_px):
+            tile = None
+            rows = (r0 + np.arange(tile_px)) * stride
+            cols = (c0 + np.arange(tile_px)) * stride
+            for window, values, inside, offset in pieces:
+                rsel = np.nonzero((rows >= window[0].start) & (rows < window[0].stop))[0]
+                csel = np.nonzero((cols >= window[1].start) & (cols < window[1].stop))[0]
+                if rsel.size == 0 or csel.size == 0:
+                    continue
+                tile = np.zeros((tile_px, tile_px), dtype) if tile is None else tile
+                ix = np.ix_(rows[rsel] - window[0].start, cols[csel] - window[1].start)
+                owned = inside[ix]
+                sub = tile[np.ix_(rsel, csel)]
+                found = np.asarray(values[ix]).astype(dtype)
+                found[found > 0] += dtype.type(offset)
+                sub[owned] = found[owned]
+                tile[np.ix_(rsel, csel)] = sub
+            yield tile
 
 
 def _one_line(error) -> str:

@@ -23,7 +23,18 @@ from .stains import (
     rgb_to_od,
 )
 
-__all__ = ["Illumination", "downscale", "estimate_illumination", "tissue_score", "find_pellets"]
+__all__ = [
+    "Illumination",
+    "block_mean",
+    "working_factor",
+    "estimate_illumination",
+    "illumination_from_small",
+    "tissue_score",
+    "pellet_topology",
+    "pellet_windows",
+    "pellet_margin_px",
+    "refine_pellet",
+]
 
 
 @dataclass
@@ -35,11 +46,14 @@ class Illumination:
     order: int = 2
     source: str = "estimated"  # estimated | flat-field | config | full-scale (no background)
 
-    def field(self, shape) -> np.ndarray:
-        """I0 at every pixel of ``shape`` (rows, cols) as (rows, cols, 3), or (3,) when constant."""
+    def field(self, shape, window=None) -> np.ndarray:
+        """I0 over an image of ``shape`` (rows, cols) as (rows, cols, 3), or (3,) when constant.
+
+        ``window`` (a pair of slices) renders only that part of the image.
+        """
         if self.coefficients is None:
             return np.asarray(self.background_rgb, dtype=np.float32)
-        return evaluate_background_field(self.coefficients, shape, order=self.order)
+        return evaluate_background_field(self.coefficients, shape, order=self.order, window=window)
 
     def to_dict(self, shape=None) -> dict:
         out = {"source": self.source, "background_rgb": [round(float(v), 3) for v in self.background_rgb]}
@@ -50,17 +64,6 @@ class Illumination:
         return out
 
 
-def downscale(image, max_side_px: int):
-    """Area-average ``image`` so its longer side is at most ``max_side_px``; returns (small, factor)."""
-    h, w = image.shape[:2]
-    factor = max(1, math.ceil(max(h, w) / max_side_px))
-    if factor == 1:
-        return image, 1
-    size = (max(1, round(w / factor)), max(1, round(h / factor)))
-    src = image if image.dtype != np.float64 else image.astype(np.float32)
-    return cv2.resize(src, size, interpolation=cv2.INTER_AREA), factor
-
-
 def tissue_score(od, *, channel_axis=-1) -> np.ndarray:
     """Tissue evidence per pixel: the largest channel optical density (float32)."""
     od = np.moveaxis(od, channel_axis, -1)
@@ -68,8 +71,54 @@ def tissue_score(od, *, channel_axis=-1) -> np.ndarray:
     return np.maximum(np.maximum(od[..., 0], od[..., 1]), od[..., 2]).astype(np.float32, copy=False)
 
 
+def working_factor(shape, max_working_px: int) -> int:
+    """Integer downscaling factor that brings the longer side of ``shape`` to at most ``max_working_px``."""
+    return max(1, math.ceil(max(shape[:2]) / max_working_px))
+
+
+def block_mean(image, factor: int):
+    """Mean of ``factor`` x ``factor`` blocks of an RGB image (float32); partial edge blocks are dropped.
+
+    Integer images are summed exactly, so a numpy array and a dask array of
+    the same pixels, chunked in any way, give identical results.
+    """
+    if factor == 1:
+        return np.asarray(image, dtype=np.float32) if not hasattr(image, "dask") else image.astype(np.float32)
+    rows, cols = (image.shape[0] // factor) * factor, (image.shape[1] // factor) * factor
+    acc = np.uint32 if np.issubdtype(image.dtype, np.integer) else np.float64
+    image = image[:rows, :cols]
+    if hasattr(image, "dask"):
+        import dask.array as da
+
+        image = image.rechunk({0: _multiple(image.chunks[0], factor), 1: _multiple(image.chunks[1], factor)})
+        total = da.coarsen(np.sum, image.astype(acc), {0: factor, 1: factor}, trim_excess=True)
+    else:
+        total = image.reshape(rows // factor, factor, cols // factor, factor, -1).astype(acc).sum(axis=(1, 3))
+    return (total / np.float64(factor * factor)).astype(np.float32)
+
+
+def _multiple(chunks, factor: int) -> int:
+    return max(factor, (max(chunks) // factor) * factor)
+
+
 def estimate_illumination(rgb, *, pixel_size_um: float, stains: StainConfig, pellets: PelletConfig) -> Illumination:
-    """Estimate the background intensity I0 of an RGB image.
+    """Estimate the background intensity I0 of an RGB image (see :func:`illumination_from_small`)."""
+    factor = working_factor(rgb.shape, pellets.max_working_px)
+    return illumination_from_small(block_mean(rgb, factor), rgb.dtype, pixel_size_um=pixel_size_um * factor, stains=stains, pellets=pellets)
+
+
+def illumination_from_small(small, dtype, *, pixel_size_um: float, stains: StainConfig, pellets: PelletConfig) -> Illumination:
+    """Estimate the background intensity I0 from a low-resolution copy of an image.
+
+    Parameters
+    ----------
+    small : ndarray, shape (rows, cols, 3)
+        Block means of the image (float).
+    dtype : dtype
+        The full image's dtype (its intensity range).
+    pixel_size_um : float, keyword-only
+        Pixel size of ``small``.
+    stains, pellets : config sections, keyword-only
 
     The brightest tenth of a low-resolution copy gives a first white point;
     tissue is masked out at that white point, then either a smooth
@@ -77,17 +126,16 @@ def estimate_illumination(rgb, *, pixel_size_um: float, stains: StainConfig, pel
     the remaining background gives I0. If even the brightest pixels are far
     from white, the tissue fills the image and the dtype's full scale is used.
     """
-    full = intensity_range(rgb.dtype)
+    full = intensity_range(dtype)
     if stains.background_rgb is not None:
         bg = np.asarray(stains.background_rgb, dtype=np.float64)
-        if np.issubdtype(rgb.dtype, np.floating) and bg.max() > 1.0:
+        if np.issubdtype(dtype, np.floating) and bg.max() > 1.0:
             bg = bg / 255.0
         return Illumination(bg, source="config")
-    small, factor = downscale(rgb, pellets.max_working_px)
     first = estimate_background(small)
     if first.mean() < 0.72 * full:
         return Illumination(np.full(3, full), source="full-scale (no background found)")
-    score = gaussian(tissue_score(rgb_to_od(small, first)), pellets.smoothing_um / (pixel_size_um * factor))
+    score = gaussian(tissue_score(rgb_to_od(small, first)), pellets.smoothing_um / pixel_size_um)
     mask = ndi.binary_dilation(score > pellets.tissue_min_od * 0.7, iterations=3)
     if stains.flat_field:
         coef = fit_background_field(small, mask)
@@ -98,44 +146,90 @@ def estimate_illumination(rgb, *, pixel_size_um: float, stains: StainConfig, pel
     return Illumination(estimate_background(small, mask), source="estimated")
 
 
-def find_pellets(od, *, pixel_size_um: float, config: PelletConfig) -> np.ndarray:
-    """Label every pellet section.
+def pellet_topology(small_rgb, illumination: Illumination, *, pixel_size_um: float, config: PelletConfig) -> np.ndarray:
+    """Which low-resolution pixels form which pellet: labels numbered left to right.
 
-    Topology (which pixels form which pellet, holes, small debris) is decided
-    on a low-resolution copy; the boundary is then placed at full resolution
-    by thresholding the smoothed tissue score inside the grown low-resolution
-    pellets.
+    Parameters
+    ----------
+    small_rgb : ndarray, shape (rows, cols, 3)
+        Block means of the image (:func:`block_mean`) or a pyramid level.
+    illumination : Illumination
+    pixel_size_um : float, keyword-only
+        Pixel size of ``small_rgb``.
+    config : PelletConfig, keyword-only
+
+    Returns
+    -------
+    ndarray of int32
+        0 outside pellets, 1..n inside, by the column of their centroid.
+    """
+    px = float(pixel_size_um)
+    od = rgb_to_od(small_rgb, illumination.field(small_rgb.shape[:2]))
+    score = gaussian(tissue_score(od), config.smoothing_um / px)
+    mask = score > float(config.tissue_min_od)
+    mask = ndi.binary_opening(mask, structure=disk(max(1, round(2.0 / px))))
+    mask = remove_small_holes(mask, max_size=max(1, int(config.fill_holes_max_um2 / px**2)))
+    mask = remove_small_objects(mask, max_size=max(1, int(config.min_pellet_area_um2 / px**2) - 1))
+    labels = cc_label(mask, connectivity=2)
+    props = sorted(regionprops(labels), key=lambda p: (p.centroid[1], p.centroid[0]))
+    lut = np.zeros(int(labels.max()) + 1, dtype=np.int32)
+    for new, p in enumerate(props, start=1):
+        lut[p.label] = new
+    return lut[labels]
+
+
+def pellet_margin_px(*, pixel_size_um: float, factor: int, config: PelletConfig, extra_px: int = 0) -> int:
+    """Margin (px) around a pellet's low-resolution box that holds its refined edge and its filters' reach."""
+    sigma = config.smoothing_um / pixel_size_um
+    return factor + 1 + int(math.ceil(4 * sigma)) + 2 + int(round(config.edge_band_um / pixel_size_um)) + int(extra_px)
+
+
+def pellet_windows(labels_small, factor: int, shape, margin_px: int) -> list:
+    """Full-resolution windows (pairs of slices) around each low-resolution pellet, grown by ``margin_px``."""
+    windows = []
+    for box in ndi.find_objects(labels_small):
+        windows.append(
+            tuple(slice(max(0, s.start * factor - margin_px), min(n, s.stop * factor + margin_px)) for s, n in zip(box, shape[:2]))
+        )
+    return windows
+
+
+def refine_pellet(od, labels_small, pellet: int, window, factor: int, *, pixel_size_um: float, config: PelletConfig) -> np.ndarray:
+    """One pellet's full-resolution mask inside its window.
+
+    The low-resolution pellets are enlarged to full resolution and grown by a
+    low-resolution pixel; inside its own grown region, the pellet's edge is
+    placed by thresholding the smoothed tissue score of ``od`` (the window's
+    optical density) at full resolution.
 
     Parameters
     ----------
     od : ndarray, shape (rows, cols, 3)
-        Optical density.
+        Optical density of ``window``.
+    labels_small : ndarray of int
+        From :func:`pellet_topology`.
+    pellet : int
+    window : tuple of slice
+        The window's place in the full image.
+    factor : int
+        Full-resolution pixels per low-resolution pixel.
     pixel_size_um : float, keyword-only
     config : PelletConfig, keyword-only
 
     Returns
     -------
-    labels : ndarray of uint16
-        0 outside pellets, 1..n inside, numbered left to right.
+    ndarray of bool, shape of ``od[..., 0]``
     """
+    rows = np.arange(window[0].start, window[0].stop) // factor
+    cols = np.arange(window[1].start, window[1].stop) // factor
+    h, w = labels_small.shape
+    up = labels_small[np.minimum(rows, h - 1)[:, None], np.minimum(cols, w - 1)[None, :]]
+    up[(rows >= h)[:, None] | (cols >= w)[None, :]] = 0  # the partial edge blocks left out of the low resolution
+    grown = expand_labels(up, distance=factor + 1) if factor > 1 else up
     score = gaussian(tissue_score(od), config.smoothing_um / pixel_size_um)
-    threshold = float(config.tissue_min_od)
-    small, factor = downscale(score, config.max_working_px)
-    px_small = pixel_size_um * factor
-    mask = small > threshold
-    mask = ndi.binary_opening(mask, structure=disk(max(1, round(2.0 / px_small))))
-    mask = remove_small_holes(mask, max_size=max(1, int(config.fill_holes_max_um2 / px_small**2)))
-    mask = remove_small_objects(mask, max_size=max(1, int(config.min_pellet_area_um2 / px_small**2) - 1))
-    labels_small = cc_label(mask, connectivity=2)
-    if factor > 1:
-        up = cv2.resize(labels_small.astype(np.float32), (score.shape[1], score.shape[0]), interpolation=cv2.INTER_NEAREST)
-        grown = expand_labels(up.astype(np.int32), distance=factor + 1)
-    else:
-        grown = labels_small
-    full_mask = _half_maximum_edges(score, threshold, band_px=max(1, round(config.edge_band_um / pixel_size_um)))
-    full_mask = remove_small_holes(full_mask, max_size=max(1, int(config.fill_holes_max_um2 / pixel_size_um**2)))
-    labels = np.where(full_mask, grown, 0)
-    return _renumber_left_to_right(labels, min_area_px=config.min_pellet_area_um2 / pixel_size_um**2)
+    mask = _half_maximum_edges(score, float(config.tissue_min_od), band_px=max(1, round(config.edge_band_um / pixel_size_um)))
+    mask &= grown == pellet
+    return remove_small_holes(mask, max_size=max(1, int(config.fill_holes_max_um2 / pixel_size_um**2)))
 
 
 def _half_maximum_edges(score, threshold: float, *, band_px: int) -> np.ndarray:
@@ -151,12 +245,3 @@ def _half_maximum_edges(score, threshold: float, *, band_px: int) -> np.ndarray:
     local_max = cv2.dilate(score, kernel)
     near_edge = cv2.dilate((~mask).astype(np.uint8), kernel).astype(bool)
     return mask & ~(near_edge & (score < 0.5 * local_max))
-
-
-def _renumber_left_to_right(labels, *, min_area_px: float) -> np.ndarray:
-    props = [p for p in regionprops(labels) if p.area >= min_area_px]
-    props.sort(key=lambda p: (p.centroid[1], p.centroid[0]))
-    lut = np.zeros(int(labels.max()) + 1, dtype=np.uint16)
-    for new, p in enumerate(props, start=1):
-        lut[p.label] = new
-    return lut[labels]

@@ -24,17 +24,19 @@ import numpy as np
 import pandas as pd
 
 from . import __version__
-from .bern import BERN_COLUMNS, bern_scores
-from .classify import classify_pixels
+from .bern import BERN_COLUMNS
 from .config import RunConfig
 from .geojson import pellet_feature_collection
-from .io import ImageReadError, read_image, sha256_file, write_json, write_label_tiff, write_tables
-from .measure import MEASUREMENT_COLUMNS, measure_pellets
+from .io import ImageReadError, open_lazy, read_image, sha256_file, write_json, write_label_tiff, write_tables
+from .measure import MEASUREMENT_COLUMNS
 from .metadata import METADATA_FIELDS, parse_name
-from .pellets import Illumination, estimate_illumination, find_pellets
-from .stains import StainSet, get_preset, rgb_to_od
+from .pellets import Illumination
+from .slide import analyze_pellet, number_pieces, paste_pieces, plan_image
+from .stains import StainSet, get_preset
 from .review import apply_review
+from .records import image_summary, table_row
 from .study import read_sample_sheet
+from .wholeslide import finish_slide, is_whole_slide, plan_whole_slide, slide_pellet
 
 __all__ = [
     "TABLE_COLUMNS",
@@ -95,36 +97,14 @@ def analyze_image(rgb, *, pixel_size_um: float, config: RunConfig, stains: Stain
     stains = stains or get_preset(config.stains.preset)
     t = {}
     t0 = time.perf_counter()
-    illumination = estimate_illumination(rgb, pixel_size_um=pixel_size_um, stains=config.stains, pellets=config.pellets)
-    od = rgb_to_od(rgb, illumination.field(rgb.shape[:2]))
-    t["optical_density"] = time.perf_counter() - t0
+    plan = plan_image(rgb, pixel_size_um=pixel_size_um, config=config)
+    t["plan"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    pellets = find_pellets(od, pixel_size_um=pixel_size_um, config=config.pellets)
-    t["find_pellets"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    result = classify_pixels(
-        od,
-        pellets,
-        stains,
-        pixel_size_um=pixel_size_um,
-        classify=config.classify,
-        nuclei=config.nuclei,
-        iron=config.iron,
-    )
-    t["classify"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    rows = measure_pellets(
-        pellets,
-        result.classes,
-        result.nuclei,
-        pixel_size_um=pixel_size_um,
-        proteoglycan_od=result.proteoglycan_od,
-        iron_cell_distance_um=config.iron.cell_distance_um,
-        rim_width_um=config.pellets.rim_width_um,
-    )
-    rows = [{**row, **bern_scores(row, config.bern)} for row in rows]
-    t["measure"] = time.perf_counter() - t0
-    return ImageAnalysis(pellets, result.classes, result.nuclei, result.proteoglycan_od, rows, stains, illumination, t)
+    pieces = [analyze_pellet(rgb[w], plan, k, config=config, stains=stains) for k, w in enumerate(plan.windows, start=1)]
+    pieces = number_pieces(pieces)
+    t["pellets"] = time.perf_counter() - t0
+    pellets, classes, nuclei, pg_od = paste_pieces(pieces, rgb.shape[:2])
+    return ImageAnalysis(pellets, classes, nuclei, pg_od, [p.row for p in pieces], stains, plan.illumination, t)
 
 
 def list_images(input_dir, extensions) -> list[Path]:
@@ -134,6 +114,29 @@ def list_images(input_dir, extensions) -> list[Path]:
         raise FileNotFoundError(f"{input_dir}: input folder does not exist")
     exts = {e.lower() for e in extensions}
     return sorted(p for p in input_dir.iterdir() if p.is_file() and p.suffix.lower() in exts and not p.name.startswith("."))
+
+
+def _pixel_size(file_px, config: RunConfig, warnings: list) -> tuple[float, str]:
+    """The pixel size to use and where it came from ("file" or "config"); notes an implausible file value in ``warnings``."""
+    if file_px and not PLAUSIBLE_PIXEL_SIZE_UM[0] <= file_px <= PLAUSIBLE_PIXEL_SIZE_UM[1]:
+        warnings.append(f"ignored pixel size {file_px:.4g} µm from the file (a screen resolution tag, not a scan's); used pixel_size_um")
+        file_px = None
+    if file_px and not config.force_pixel_size:
+        return file_px, "file"
+    return config.pixel_size_um, "config"
+
+
+def _metadata(path: Path, config: RunConfig, metadata, warnings: list):
+    """Study metadata from the sample sheet or the file name; None when required and missing."""
+    if metadata is not None:
+        return metadata
+    meta = parse_name(path.stem, config.filename_pattern)
+    if meta is None:
+        if config.require_metadata:
+            return None
+        warnings.append(f"file name does not match pattern {config.filename_pattern!r}; metadata left empty")
+        meta = {}
+    return meta
 
 
 def _failure(path: Path, reason: str, started: float) -> dict:
@@ -162,26 +165,17 @@ def process_file(path, config: RunConfig, output_dir, metadata: dict | None = No
     output_dir = Path(output_dir)
     started = time.perf_counter()
     stem = path.stem
-    meta = metadata if metadata is not None else parse_name(stem, config.filename_pattern)
     warnings = []
+    meta = _metadata(path, config, metadata, warnings)
     if meta is None:
-        if config.require_metadata:
-            return _failure(path, f"file name does not match pattern {config.filename_pattern!r}", started)
-        warnings.append(f"file name does not match pattern {config.filename_pattern!r}; metadata left empty")
-        meta = {}
+        return _failure(path, f"file name does not match pattern {config.filename_pattern!r}", started)
     try:
         t0 = time.perf_counter()
         rgb, file_px = read_image(path)
         read_s = time.perf_counter() - t0
     except ImageReadError as error:
         return _failure(path, str(error), started)
-    if file_px and not PLAUSIBLE_PIXEL_SIZE_UM[0] <= file_px <= PLAUSIBLE_PIXEL_SIZE_UM[1]:
-        warnings.append(f"ignored pixel size {file_px:.4g} µm from the file (a screen resolution tag, not a scan's); used pixel_size_um")
-        file_px = None
-    if file_px and not config.force_pixel_size:
-        pixel_size, px_source = file_px, "file"
-    else:
-        pixel_size, px_source = config.pixel_size_um, "config"
+    pixel_size, px_source = _pixel_size(file_px, config, warnings)
     try:
         analysis = analyze_image(rgb, pixel_size_um=pixel_size, config=config)
     except (ValueError, MemoryError) as error:
@@ -194,31 +188,23 @@ def process_file(path, config: RunConfig, output_dir, metadata: dict | None = No
     write_label_tiff(labels_dir / f"{stem}_classes.tif", analysis.classes.astype(np.uint8), pixel_size_um=pixel_size)
     write_label_tiff(labels_dir / f"{stem}_nuclei.tif", analysis.nuclei.astype(np.uint32), pixel_size_um=pixel_size)
     write_s = time.perf_counter() - t0
-    rows = []
-    for r in analysis.rows:
-        row = {"image": stem, **{k: meta.get(k) for k in METADATA_FIELDS}, **r}
-        row.update(pixel_size_um=pixel_size, excluded=False, exclusion_reason="", corrected=False)
-        rows.append(row)
+    rows = [table_row(stem, meta, r, pixel_size) for r in analysis.rows]
     write_json(output_dir / "geojson" / f"{stem}.geojson", pellet_feature_collection(analysis.pellets, rows))
-    summary = {
-        "image": stem,
-        "file": path.name,
-        "path": str(path.resolve()),
-        "ok": True,
-        "rows": rows,
-        "shape": list(rgb.shape),
-        "dtype": str(rgb.dtype),
-        "pixel_size_um": pixel_size,
-        "pixel_size_source": px_source,
-        "stains": analysis.stains.to_dict(),
-        "background": analysis.illumination.to_dict(rgb.shape[:2]),
-        "sha256": sha256_file(path),
-        "config_hash": config_hash(config),
-        "metadata_override": _jsonable(metadata),
-        "warnings": warnings,
-        "timings_s": {"read": read_s, **analysis.timings_s, "write": write_s},
-        "seconds": time.perf_counter() - started,
-    }
+    summary = image_summary(
+        path,
+        rows,
+        shape=rgb.shape,
+        dtype=rgb.dtype,
+        pixel_size_um=pixel_size,
+        pixel_size_source=px_source,
+        stains=analysis.stains,
+        background=analysis.illumination.to_dict(rgb.shape[:2]),
+        config_hash=config_hash(config),
+        metadata_override=_jsonable(metadata),
+        warnings=warnings,
+        timings_s={"read": read_s, **analysis.timings_s, "write": write_s},
+        seconds=time.perf_counter() - started,
+    )
     write_json(output_dir / "parts" / f"{stem}.json", summary)
     return summary
 
@@ -252,12 +238,53 @@ def _compute(tasks, config: RunConfig, progress):
         return list(dask.compute(*tasks, **kwargs))
 
 
+def plan_slide_task(path, config: RunConfig, metadata, output_dir) -> dict:
+    """Plan one whole-slide scan (see :mod:`pellet_analysis.wholeslide`); a failure summary if it cannot be planned."""
+    path = Path(path)
+    started_wall, started = time.time(), time.perf_counter()
+    warnings = []
+    meta = _metadata(path, config, metadata, warnings)
+    if meta is None:
+        return _failure(path, f"file name does not match pattern {config.filename_pattern!r}", started)
+    try:
+        pixel_size, px_source = _pixel_size(open_lazy(path).pixel_size_um, config, warnings)
+        plan = plan_whole_slide(path, pixel_size, config)
+    except ImageReadError as error:
+        return _failure(path, str(error), started)
+    except (ValueError, MemoryError) as error:
+        return _failure(path, f"analysis failed ({type(error).__name__}: {' '.join(str(error).split())[:200]})", started)
+    return {
+        "plan": plan,
+        "meta": meta,
+        "pixel_size_source": px_source,
+        "warnings": warnings,
+        "stains": get_preset(config.stains.preset),
+        "config_hash": config_hash(config),
+        "metadata_override": _jsonable(metadata),
+        "plan_s": time.perf_counter() - started,
+        "started_wall": started_wall,
+        "scratch": str(Path(output_dir) / "parts" / f"{path.stem}.pellets"),
+    }
+
+
+def _slide_graph(path: Path, info: dict, config: RunConfig, output_dir, metadata):
+    """One task per pellet window, then one that writes the slide's outputs."""
+    import dask
+
+    plan = dask.delayed(info["plan"], name=f"plan-{path.name}")
+    pellets = [
+        dask.delayed(slide_pellet, pure=False)(path, plan, k, config, info["stains"], info["scratch"], dask_key_name=f"pellet-{path.name}-{k}")
+        for k in range(1, len(info["plan"].windows) + 1)
+    ]
+    return dask.delayed(finish_slide, pure=False)(path, info, pellets, config, output_dir, info["meta"], dask_key_name=f"image-{path.name}")
+
+
 class RunFolderConflict(RuntimeError):
     """The output folder holds results of another config; results are never mixed."""
 
 
 #: Settings that do not change results (where and how the work runs) stay out of the config hash.
-_HASH_EXCLUDED = ("input_dir", "output_dir", "scheduler", "n_workers")
+_HASH_EXCLUDED = ("input_dir", "output_dir", "scheduler", "n_workers", "tile_px", "whole_slide_min_px")
 
 
 def config_hash(config: RunConfig) -> str:
@@ -336,7 +363,7 @@ def run_batch(config: RunConfig, *, progress=None) -> dict:
     images = list_images(config.input_dir, config.extensions)
     sheet = read_sample_sheet(config.sample_sheet, config.input_dir) if config.sample_sheet else None
     seen: dict[str, Path] = {}
-    tasks, pre_failures, skipped = [], [], []
+    tasks, pre_failures, skipped, slides = [], [], [], []
 
     def fail(stem, name, reason):
         pre_failures.append({"image": stem, "file": name, "ok": False, "reason": reason})
@@ -357,6 +384,9 @@ def run_batch(config: RunConfig, *, progress=None) -> dict:
         if done is not None:
             skipped.append(done)
             continue
+        if is_whole_slide(path, config):
+            slides.append((path, meta))
+            continue
         tasks.append(dask.delayed(process_file, pure=False)(path, config, output_dir, meta, dask_key_name=f"image-{path.name}"))
     if sheet is not None:
         for stem in sheet.index.difference(list(seen)):
@@ -364,6 +394,13 @@ def run_batch(config: RunConfig, *, progress=None) -> dict:
     report = progress or (lambda summary: None)
     for summary in skipped:
         report(summary)
+    if slides:
+        planned = _compute([dask.delayed(plan_slide_task, pure=False)(p, config, m, output_dir) for p, m in slides], config, lambda r: None)
+        for (path, meta), info in zip(slides, planned):
+            if not info.get("ok", True):
+                pre_failures.append(info)
+            else:
+                tasks.append(_slide_graph(path, info, config, output_dir, meta))
     results = _compute(tasks, config, report) if tasks else []
     results.extend(pre_failures)
     results.extend(skipped)

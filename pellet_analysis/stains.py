@@ -362,15 +362,18 @@ def fit_background_field(image, tissue_mask, *, order=2, channel_axis=-1, max_sa
     return coef
 
 
-def evaluate_background_field(coef, shape, *, order=2, dtype=np.float32) -> np.ndarray:
+def evaluate_background_field(coef, shape, *, order=2, dtype=np.float32, window=None) -> np.ndarray:
     """Render background coefficients from :func:`fit_background_field` at ``shape`` (rows, cols).
 
     Each term ``r**i * c**j`` is an outer product, so every channel is one
-    small matrix product (rows x terms @ terms x cols).
+    small matrix product (rows x terms @ terms x cols). ``window``, a pair of
+    slices, renders only that part of the image.
     """
-    h, w = shape
-    r = np.linspace(0.0, 1.0, h, dtype=np.float64)
-    c = np.linspace(0.0, 1.0, w, dtype=np.float64)
+    window = window or (slice(0, shape[0]), slice(0, shape[1]))
+    r, c = (
+        np.arange(*s.indices(n)[:2], dtype=np.float64) / max(n - 1, 1) for s, n in zip(window, shape)
+    )
+    h, w = r.size, c.size
     powers = [(i, j) for i in range(order + 1) for j in range(order + 1 - i)]
     rows = np.stack([r**i for i, _ in powers], axis=1)  # (h, terms)
     cols = np.stack([c**j for _, j in powers], axis=1)  # (w, terms)

@@ -1,0 +1,42 @@
+"""The per-image record of a run (``parts/<image>.json``) and its table rows, shared by both image paths."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .io import sha256_file
+from .metadata import METADATA_FIELDS
+
+__all__ = ["table_row", "image_summary"]
+
+
+def table_row(image: str, meta: dict, measurements: dict, pixel_size_um: float) -> dict:
+    """One pellets.csv row: image, study metadata, measurements, and review columns at their defaults."""
+    row = {"image": image, **{k: meta.get(k) for k in METADATA_FIELDS}, **measurements}
+    row.update(pixel_size_um=pixel_size_um, excluded=False, exclusion_reason="", corrected=False)
+    return row
+
+
+def image_summary(path, rows, *, shape, dtype, pixel_size_um, pixel_size_source, stains, background, config_hash, metadata_override, warnings, timings_s, seconds, **extra) -> dict:
+    """The summary of a finished image, as written to ``parts/<image>.json`` and run.json."""
+    path = Path(path)
+    return {
+        "image": path.stem,
+        "file": path.name,
+        "path": str(path.resolve()),
+        "ok": True,
+        "rows": rows,
+        "shape": list(shape),
+        "dtype": str(dtype),
+        "pixel_size_um": pixel_size_um,
+        "pixel_size_source": pixel_size_source,
+        "stains": stains.to_dict(),
+        "background": background,
+        "sha256": sha256_file(path),
+        "config_hash": config_hash,
+        "metadata_override": metadata_override,
+        "warnings": warnings,
+        "timings_s": timings_s,
+        "seconds": seconds,
+        **extra,
+    }

@@ -1,0 +1,173 @@
+"""One image, pellet by pellet: plan at low resolution, analyse each pellet's window.
+
+The same functions serve an image held in memory and a whole-slide scan read
+lazily: :func:`plan_slide` works on a low-resolution copy (block means or a
+pyramid level), :func:`analyze_pellet` on one pellet's full-resolution window,
+however it was read. Pellets are independent, so a scheduler can run them in
+parallel, and each window is small enough to hold in memory while the whole
+slide is not.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .bern import bern_scores
+from .classify import classify_pellet, pixel_maps_depth_px
+from .config import RunConfig
+from .measure import measure_pellets
+from .pellets import (
+    Illumination,
+    block_mean,
+    illumination_from_small,
+    pellet_margin_px,
+    pellet_topology,
+    pellet_windows,
+    refine_pellet,
+    working_factor,
+)
+from .stains import StainSet, rgb_to_od
+
+__all__ = ["SlidePlan", "PelletPiece", "plan_slide", "plan_image", "analyze_pellet", "number_pieces", "paste_pieces"]
+
+
+@dataclass
+class SlidePlan:
+    """Where the pellets of one image are, and its white point; decided at low resolution."""
+
+    shape: tuple  # full-resolution (rows, cols)
+    dtype: np.dtype
+    pixel_size_um: float  # full resolution
+    factor: int  # full-resolution pixels per low-resolution pixel
+    illumination: Illumination
+    labels_small: np.ndarray  # int32 low-resolution pellets, numbered left to right
+    windows: list  # full-resolution (row slice, column slice) per low-resolution pellet
+
+
+@dataclass
+class PelletPiece:
+    """One pellet's results inside its window."""
+
+    index: int  # low-resolution pellet number
+    window: tuple
+    inside: np.ndarray  # bool
+    classes: np.ndarray  # uint8
+    nuclei: np.ndarray  # uint32, 1..n within this pellet
+    proteoglycan_od: np.ndarray  # float32
+    row: dict  # measurements; centroids in full-image pixels
+
+
+def plan_slide(small_rgb, shape, dtype, *, factor: int, pixel_size_um: float, config: RunConfig) -> SlidePlan:
+    """Estimate the white point and find the pellets on a low-resolution copy.
+
+    Parameters
+    ----------
+    small_rgb : ndarray, shape (rows, cols, 3)
+        Block means of ``factor`` x ``factor`` full-resolution pixels.
+    shape : tuple
+        Full-resolution (rows, cols).
+    dtype : dtype
+        Full-resolution dtype.
+    factor : int, keyword-only
+    pixel_size_um : float, keyword-only
+        Full-resolution pixel size.
+    config : RunConfig, keyword-only
+    """
+    px_small = float(pixel_size_um) * factor
+    small_rgb = np.asarray(small_rgb, dtype=np.float32)
+    illumination = illumination_from_small(small_rgb, np.dtype(dtype), pixel_size_um=px_small, stains=config.stains, pellets=config.pellets)
+    labels = pellet_topology(small_rgb, illumination, pixel_size_um=px_small, config=config.pellets)
+    depth = pixel_maps_depth_px(pixel_size_um=pixel_size_um, classify=config.classify, nuclei=config.nuclei)
+    margin = pellet_margin_px(pixel_size_um=pixel_size_um, factor=factor, config=config.pellets, extra_px=depth)
+    return SlidePlan(
+        shape=tuple(int(n) for n in shape[:2]),
+        dtype=np.dtype(dtype),
+        pixel_size_um=float(pixel_size_um),
+        factor=int(factor),
+        illumination=illumination,
+        labels_small=labels,
+        windows=pellet_windows(labels, factor, shape, margin),
+    )
+
+
+def plan_image(rgb, *, pixel_size_um: float, config: RunConfig) -> SlidePlan:
+    """:func:`plan_slide` for an image in memory (numpy) or a lazy dask array of the full resolution."""
+    factor = working_factor(rgb.shape, config.pellets.max_working_px)
+    small = block_mean(rgb, factor)
+    if hasattr(small, "dask"):
+        small = small.compute()
+    return plan_slide(small, rgb.shape, rgb.dtype, factor=factor, pixel_size_um=pixel_size_um, config=config)
+
+
+def analyze_pellet(rgb_window, plan: SlidePlan, index: int, *, config: RunConfig, stains: StainSet) -> PelletPiece | None:
+    """Refine, classify and measure one pellet from its full-resolution window.
+
+    Parameters
+    ----------
+    rgb_window : ndarray, shape (rows, cols, 3)
+        ``rgb[plan.windows[index - 1]]``.
+    plan : SlidePlan
+    index : int
+        The pellet's low-resolution number (1-based).
+    config : RunConfig, keyword-only
+    stains : StainSet, keyword-only
+
+    Returns
+    -------
+    PelletPiece, or None when the refined pellet is smaller than ``pellets.min_pellet_area_um2``.
+    """
+    window = plan.windows[index - 1]
+    px = plan.pixel_size_um
+    field = plan.illumination.field(plan.shape, window)
+    od = rgb_to_od(np.asarray(rgb_window), field)
+    inside = refine_pellet(od, plan.labels_small, index, window, plan.factor, pixel_size_um=px, config=config.pellets)
+    if inside.sum() * px**2 < config.pellets.min_pellet_area_um2:
+        return None
+    tile_px = config.tile_px if config.tile_px and max(inside.shape) > config.tile_px else None
+    result = classify_pellet(
+        od, inside, stains, pixel_size_um=px, classify=config.classify, nuclei=config.nuclei, iron=config.iron, tile_px=tile_px
+    )
+    (row,) = measure_pellets(
+        inside.astype(np.uint8),
+        result.classes,
+        result.nuclei,
+        pixel_size_um=px,
+        proteoglycan_od=result.proteoglycan_od,
+        iron_cell_distance_um=config.iron.cell_distance_um,
+        rim_width_um=config.pellets.rim_width_um,
+    )
+    row["centroid_row_px"] += window[0].start
+    row["centroid_col_px"] += window[1].start
+    row = {**row, **bern_scores(row, config.bern)}
+    nuclei = np.where(inside, result.nuclei, 0).astype(np.uint32)
+    classes = np.where(inside, result.classes, 0).astype(np.uint8)
+    return PelletPiece(index, window, inside, classes, nuclei, np.where(inside, result.proteoglycan_od, 0).astype(np.float32), row)
+
+
+def number_pieces(pieces) -> list[PelletPiece]:
+    """Number the pellets 1..n left to right and make nucleus ids unique across them (in place)."""
+    pieces = sorted((p for p in pieces if p is not None), key=lambda p: p.index)
+    offset = 0
+    for pid, piece in enumerate(pieces, start=1):
+        piece.row["pellet_id"] = pid
+        n = int(piece.nuclei.max()) if piece.nuclei.size else 0
+        piece.nuclei = np.where(piece.nuclei > 0, piece.nuclei + np.uint32(offset), 0).astype(np.uint32)
+        offset += n
+    return pieces
+
+
+def paste_pieces(pieces, shape) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Full-size pellets (uint16), classes (uint8), nuclei (uint32) and proteoglycan OD (float32) from numbered pieces."""
+    pellets = np.zeros(shape, np.uint16)
+    classes = np.zeros(shape, np.uint8)
+    nuclei = np.zeros(shape, np.uint32)
+    pg_od = np.zeros(shape, np.float32)
+    for piece in pieces:
+        w, inside = piece.window, piece.inside
+        pellets[w][inside] = piece.row["pellet_id"]
+        classes[w][inside] = piece.classes[inside]
+        nuclei[w][inside] = piece.nuclei[inside]
+        pg_od[w][inside] = piece.proteoglycan_od[inside]
+    return pellets, classes, nuclei, pg_od

@@ -1,0 +1,167 @@
+"""Whole-slide scans: planned at low resolution, analysed pellet by pellet, written tile by tile.
+
+A scan too large to hold in memory (or any pyramidal TIFF) is never read
+whole. :func:`plan_whole_slide` reads a pyramid level (or block means of the
+full resolution, tile by tile) to find the pellets and the white point; each
+pellet is then one task (:func:`slide_pellet`) that decodes only the tiles of
+its window and leaves its labels as ``.npy`` files; :func:`finish_slide`
+numbers the pellets and writes the label images as tiled pyramidal OME-TIFF
+from those files, one tile at a time. Peak memory is set by the largest
+pellet, not by the slide.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .config import RunConfig
+from .geojson import feature_collection
+from .io import ImageReadError, atomic_path, open_lazy, read_window, write_json, write_label_pyramid
+from .records import image_summary, table_row
+from .pellets import block_mean, working_factor
+from .slide import SlidePlan, analyze_pellet, plan_slide
+from .stains import StainSet
+
+__all__ = ["is_whole_slide", "plan_whole_slide", "slide_pellet", "finish_slide", "LABEL_DTYPES"]
+
+#: dtype of each label image.
+LABEL_DTYPES = {"pellets": np.uint16, "classes": np.uint8, "nuclei": np.uint32}
+
+
+def is_whole_slide(path, config: RunConfig) -> bool:
+    """True for TIFFs with pyramid levels or at least ``config.whole_slide_min_px`` pixels (read from the header only)."""
+    import tifffile
+
+    path = Path(path)
+    if path.suffix.lower() not in (".tif", ".tiff", ".svs", ".btf"):
+        return False
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            shape = series.levels[0].shape
+            plane = shape[-3:-1] if len(shape) >= 3 and shape[-1] in (3, 4) else shape[-2:]
+            return len(series.levels) > 1 or math.prod(plane) >= config.whole_slide_min_px
+    except Exception:  # unreadable files fail later with their own one-line reason
+        return False
+
+
+def _low_resolution(levels, factor: int):
+    """Block means at ``factor`` or a little coarser, from the coarsest pyramid level that allows it.
+
+    Returns (small, factor actually used).
+    """
+    rows = levels[0].shape[0]
+    best, best_down = levels[0], 1
+    for level in levels[1:]:
+        down = max(1, round(rows / level.shape[0]))
+        if down <= factor and down > best_down and abs(rows / level.shape[0] - down) < 0.01 * down:
+            best, best_down = level, down
+    step = max(1, math.ceil(factor / best_down))
+    return np.asarray(block_mean(best, step).compute(scheduler="threads")), best_down * step
+
+
+def plan_whole_slide(path, pixel_size_um: float, config: RunConfig) -> SlidePlan:
+    """Find the pellets and the white point of a whole-slide scan from low resolution.
+
+    Raises
+    ------
+    ImageReadError
+    """
+    lazy = open_lazy(path)
+    factor = working_factor(lazy.shape, config.pellets.max_working_px)
+    try:
+        small, factor = _low_resolution(lazy.levels, factor)
+    except Exception as error:  # a truncated or corrupt tile surfaces from the codec or the zarr store
+        raise ImageReadError(f"cannot decode the image's tiles ({type(error).__name__}: {' '.join(str(error).split())[:160]})") from None
+    return plan_slide(small, lazy.shape, lazy.dtype, factor=factor, pixel_size_um=pixel_size_um, config=config)
+
+
+def slide_pellet(path, plan: SlidePlan, index: int, config: RunConfig, stains: StainSet, scratch) -> dict:
+    """Analyse pellet ``index`` from its window of the scan; its labels go to ``scratch`` as .npy files.
+
+    Never raises: returns ``{"index", "kept": False}`` for a pellet smaller than
+    the minimum area, ``{"index", "error"}`` for a failure.
+    """
+    try:
+        piece = analyze_pellet(read_window(path, plan.windows[index - 1]), plan, index, config=config, stains=stains)
+    except Exception as error:  # one pellet's failure is reported with its image, never kills the batch
+        return {"index": index, "error": f"pellet {index}: {type(error).__name__}: {' '.join(str(error).split())[:200]}"}
+    if piece is None:
+        return {"index": index, "kept": False}
+    scratch = Path(scratch)
+    scratch.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for kind, values in (("inside", piece.inside), ("classes", piece.classes), ("nuclei", piece.nuclei)):
+        files[kind] = str(scratch / f"pellet{index}_{kind}.npy")
+        with atomic_path(files[kind]) as tmp, open(tmp, "wb") as fh:
+            np.save(fh, values)
+    return {"index": index, "kept": True, "window": piece.window, "row": piece.row, "files": files, "n_nuclei": int(piece.nuclei.max())}
+
+
+def finish_slide(path, info: dict, pellet_results, config: RunConfig, output_dir, meta: dict) -> dict:
+    """Number the pellets, write the pyramidal label images, GeoJSON and the image summary.
+
+    ``info`` holds the plan and what :func:`pellet_analysis.pipeline.process_file`
+    records (pixel size and its source, warnings, read time, start time).
+    """
+    path, output_dir = Path(path), Path(output_dir)
+    stem = path.stem
+    errors = [r["error"] for r in pellet_results if "error" in r]
+    if errors:
+        return {"image": stem, "file": path.name, "ok": False, "reason": errors[0], "seconds": time.time() - info["started_wall"]}
+    kept = sorted((r for r in pellet_results if r.get("kept")), key=lambda r: r["index"])
+    if not kept:
+        reason = "no pellet section found (no tissue object above pellets.tissue_min_od and pellets.min_pellet_area_um2)"
+        return {"image": stem, "file": path.name, "ok": False, "reason": reason, "seconds": time.time() - info["started_wall"]}
+    plan: SlidePlan = info["plan"]
+    px = plan.pixel_size_um
+    t0 = time.perf_counter()
+    pieces = {kind: [] for kind in LABEL_DTYPES}
+    rows, outlined, offset = [], [], 0
+    for pid, r in enumerate(kept, start=1):
+        inside = np.load(r["files"]["inside"], mmap_mode="r")
+        window = r["window"]
+        pieces["pellets"].append((window, inside, inside, pid - 1))
+        pieces["classes"].append((window, np.load(r["files"]["classes"], mmap_mode="r"), inside, 0))
+        pieces["nuclei"].append((window, np.load(r["files"]["nuclei"], mmap_mode="r"), inside, offset))
+        offset += r["n_nuclei"]
+        row = table_row(stem, meta, {**r["row"], "pellet_id": pid}, px)
+        rows.append(row)
+        outlined.append((row, np.asarray(inside), (window[0].start, window[1].start)))
+    for kind, dtype in LABEL_DTYPES.items():
+        write_label_pyramid(output_dir / "labels" / f"{stem}_{kind}.tif", plan.shape, pieces[kind], dtype=dtype, pixel_size_um=px)
+    write_json(output_dir / "geojson" / f"{stem}.geojson", feature_collection(outlined))
+    write_s = time.perf_counter() - t0
+    summary = image_summary(
+        path,
+        rows,
+        shape=[*plan.shape, 3],
+        dtype=plan.dtype,
+        pixel_size_um=px,
+        pixel_size_source=info["pixel_size_source"],
+        stains=info["stains"],
+        background=plan.illumination.to_dict(plan.shape),
+        config_hash=info["config_hash"],
+        metadata_override=info["metadata_override"],
+        warnings=info["warnings"],
+        timings_s={"plan": info["plan_s"], "write": write_s},
+        seconds=time.time() - info["started_wall"],
+        whole_slide={
+            "low_resolution_factor": plan.factor,
+            "pellet_windows": [[[w[0].start, w[0].stop], [w[1].start, w[1].stop]] for w in plan.windows],
+        },
+    )
+    write_json(output_dir / "parts" / f"{stem}.json", summary)
+    shutil.rmtree(info["scratch"], ignore_errors=True)
+    return summary
+
+
+def read_error(path, error: ImageReadError) -> dict:
+    """The failure summary of a scan that cannot be opened."""
+    path = Path(path)
+    return {"image": path.stem, "file": path.name, "ok": False, "reason": str(error), "seconds": 0.0}
