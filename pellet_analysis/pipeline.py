@@ -17,7 +17,7 @@ import json
 import os
 import platform
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -25,14 +25,14 @@ import pandas as pd
 
 from . import __version__
 from .bern import BERN_COLUMNS, bern_scores
-from .classify import classify_pixels
+from .classify import classify_pixels, deconvolution_stains
 from .config import RunConfig
 from .geojson import pellet_feature_collection
 from .io import ImageReadError, read_image, sha256_file, write_json, write_label_tiff, write_tables
 from .measure import MEASUREMENT_COLUMNS, measure_pellets
 from .metadata import METADATA_FIELDS, parse_name
 from .pellets import Illumination, estimate_illumination, find_pellets
-from .stains import StainSet, get_preset, rgb_to_od
+from .stains import StainSet, choose_stains, configured_stains, rgb_to_od
 from .review import apply_review
 from .study import read_sample_sheet
 
@@ -69,6 +69,7 @@ class ImageAnalysis:
     stains: StainSet
     illumination: Illumination
     timings_s: dict
+    stains_info: dict = field(default_factory=dict)  # which vectors were used and why (choose_stains)
 
 
 def analyze_image(rgb, *, pixel_size_um: float, config: RunConfig, stains: StainSet | None = None) -> ImageAnalysis:
@@ -81,7 +82,9 @@ def analyze_image(rgb, *, pixel_size_um: float, config: RunConfig, stains: Stain
     pixel_size_um : float, keyword-only
     config : RunConfig, keyword-only
     stains : StainSet, optional, keyword-only
-        Defaults to the preset named in the config.
+        Defaults to the preset named in the config with its ``stains.vectors``;
+        with ``stains.estimate: auto`` replaced by vectors estimated from the
+        pellets when plausible (:func:`~pellet_analysis.stains.choose_stains`).
 
     Returns
     -------
@@ -92,7 +95,7 @@ def analyze_image(rgb, *, pixel_size_um: float, config: RunConfig, stains: Stain
         raise ValueError(f"expected an RGB image of shape (rows, cols, 3), got {rgb.shape}")
     if not pixel_size_um or pixel_size_um <= 0:
         raise ValueError("pixel_size_um must be > 0")
-    stains = stains or get_preset(config.stains.preset)
+    stains = stains or configured_stains(config.stains)
     t = {}
     t0 = time.perf_counter()
     illumination = estimate_illumination(rgb, pixel_size_um=pixel_size_um, stains=config.stains, pellets=config.pellets)
@@ -101,6 +104,11 @@ def analyze_image(rgb, *, pixel_size_um: float, config: RunConfig, stains: Stain
     t0 = time.perf_counter()
     pellets = find_pellets(od, pixel_size_um=pixel_size_um, config=config.pellets)
     t["find_pellets"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    stains, stains_info = choose_stains(
+        od, pellets > 0, stains, config.stains, pixel_size_um=pixel_size_um, names=deconvolution_stains(stains)
+    )
+    t["choose_stains"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     result = classify_pixels(
         od,
@@ -124,7 +132,7 @@ def analyze_image(rgb, *, pixel_size_um: float, config: RunConfig, stains: Stain
     )
     rows = [{**row, **bern_scores(row, config.bern)} for row in rows]
     t["measure"] = time.perf_counter() - t0
-    return ImageAnalysis(pellets, result.classes, result.nuclei, result.proteoglycan_od, rows, stains, illumination, t)
+    return ImageAnalysis(pellets, result.classes, result.nuclei, result.proteoglycan_od, rows, stains, illumination, t, stains_info)
 
 
 def list_images(input_dir, extensions) -> list[Path]:
@@ -211,6 +219,7 @@ def process_file(path, config: RunConfig, output_dir, metadata: dict | None = No
         "pixel_size_um": pixel_size,
         "pixel_size_source": px_source,
         "stains": analysis.stains.to_dict(),
+        "stains_source": analysis.stains_info,
         "background": analysis.illumination.to_dict(rgb.shape[:2]),
         "sha256": sha256_file(path),
         "config_hash": config_hash(config),
