@@ -8,10 +8,10 @@ Invalid files raise :class:`ConfigError` with one line naming the key.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 __all__ = [
     "ConfigError",
@@ -51,6 +51,23 @@ class StainConfig(_Strict):
         description="Correct uneven illumination with a smooth background surface "
         "fitted to the background pixels (ignored when background_rgb is given).",
     )
+    vectors: Optional[dict[str, tuple[float, float, float]]] = Field(
+        None,
+        description="Stain OD vectors (R, G, B) replacing the preset's, by stain name, e.g. a lab's "
+        "QuPath vectors {alcian_blue: [0.892, 0.396, 0.219]}; normalised to unit length.",
+    )
+    estimate: Literal["off", "auto"] = Field(
+        "off",
+        description="auto: estimate the stain vectors from each image's pellet pixels (Macenko for two "
+        "stains, sparse NMF from the preset for more) and use them when plausible, else the preset; "
+        "off: always the preset (or vectors). The choice and reason are written to run.json.",
+    )
+    estimate_max_angle_deg: float = Field(
+        20.0, gt=0, le=90, description="An estimated stain vector further than this from its preset vector (degrees) is rejected."
+    )
+    estimate_min_stained_um2: float = Field(
+        5000.0, ge=0, description="Estimation needs at least this pellet area with OD above 0.15 (µm²)."
+    )
 
     @field_validator("preset")
     @classmethod
@@ -69,6 +86,16 @@ class StainConfig(_Strict):
         if value is not None and min(value) <= 0:
             raise ValueError("background intensities must be > 0")
         return value
+
+    @model_validator(mode="after")
+    def _known_stain_vectors(self):
+        from .stains import configured_stains
+
+        for name, vector in (self.vectors or {}).items():
+            if min(vector) < 0 or max(vector) <= 0:
+                raise ValueError(f"vectors: {name}: must be non-negative and not all zero")
+        configured_stains(self)  # names a stain the preset lacks -> ValueError
+        return self
 
 
 class PelletConfig(_Strict):

@@ -17,7 +17,7 @@ import json
 import os
 import platform
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +32,7 @@ from .measure import MEASUREMENT_COLUMNS
 from .metadata import METADATA_FIELDS, parse_name
 from .pellets import Illumination
 from .slide import analyze_pellet, number_pieces, paste_pieces, plan_image
-from .stains import StainSet, get_preset
+from .stains import StainSet, configured_stains
 from .review import apply_review
 from .records import image_summary, table_row
 from .study import read_sample_sheet
@@ -71,6 +71,7 @@ class ImageAnalysis:
     stains: StainSet
     illumination: Illumination
     timings_s: dict
+    stains_info: list = field(default_factory=list)  # per pellet: which vectors were used and why (choose_stains)
 
 
 def analyze_image(rgb, *, pixel_size_um: float, config: RunConfig, stains: StainSet | None = None) -> ImageAnalysis:
@@ -83,7 +84,9 @@ def analyze_image(rgb, *, pixel_size_um: float, config: RunConfig, stains: Stain
     pixel_size_um : float, keyword-only
     config : RunConfig, keyword-only
     stains : StainSet, optional, keyword-only
-        Defaults to the preset named in the config.
+        Defaults to the preset named in the config with its ``stains.vectors``;
+        with ``stains.estimate: auto`` replaced by vectors estimated from the
+        pellets when plausible (:func:`~pellet_analysis.stains.choose_stains`).
 
     Returns
     -------
@@ -94,7 +97,7 @@ def analyze_image(rgb, *, pixel_size_um: float, config: RunConfig, stains: Stain
         raise ValueError(f"expected an RGB image of shape (rows, cols, 3), got {rgb.shape}")
     if not pixel_size_um or pixel_size_um <= 0:
         raise ValueError("pixel_size_um must be > 0")
-    stains = stains or get_preset(config.stains.preset)
+    stains = stains or configured_stains(config.stains)
     t = {}
     t0 = time.perf_counter()
     plan = plan_image(rgb, pixel_size_um=pixel_size_um, config=config)
@@ -104,7 +107,7 @@ def analyze_image(rgb, *, pixel_size_um: float, config: RunConfig, stains: Stain
     pieces = number_pieces(pieces)
     t["pellets"] = time.perf_counter() - t0
     pellets, classes, nuclei, pg_od = paste_pieces(pieces, rgb.shape[:2])
-    return ImageAnalysis(pellets, classes, nuclei, pg_od, [p.row for p in pieces], stains, plan.illumination, t)
+    return ImageAnalysis(pellets, classes, nuclei, pg_od, [p.row for p in pieces], stains, plan.illumination, t, [p.stains_info for p in pieces])
 
 
 def list_images(input_dir, extensions) -> list[Path]:
@@ -204,6 +207,7 @@ def process_file(path, config: RunConfig, output_dir, metadata: dict | None = No
         warnings=warnings,
         timings_s={"read": read_s, **analysis.timings_s, "write": write_s},
         seconds=time.perf_counter() - started,
+        stains_source=analysis.stains_info,
     )
     write_json(output_dir / "parts" / f"{stem}.json", summary)
     return summary
@@ -258,7 +262,7 @@ def plan_slide_task(path, config: RunConfig, metadata, output_dir) -> dict:
         "meta": meta,
         "pixel_size_source": px_source,
         "warnings": warnings,
-        "stains": get_preset(config.stains.preset),
+        "stains": configured_stains(config.stains),
         "config_hash": config_hash(config),
         "metadata_override": _jsonable(metadata),
         "plan_s": time.perf_counter() - started,

@@ -31,7 +31,7 @@ from .config import RunConfig
 from .io import read_image, write_label_tiff
 from .measure import CLASS_NAMES, measure_pellets
 from .pellets import estimate_illumination
-from .stains import get_preset, rgb_to_od
+from .stains import StainSet, configured_stains, rgb_to_od
 
 __all__ = [
     "LABEL_KINDS",
@@ -236,7 +236,8 @@ def requantify(run_dir, image: str, pellet_ids=None, *, config: RunConfig | None
     margin = pixel_maps_depth_px(pixel_size_um=px, classify=config.classify, nuclei=config.nuclei)
     wide = tuple(slice(max(0, s.start - margin), min(n, s.stop + margin)) for s, n in zip(box, pellets.shape))
     inner = tuple(slice(s.start - w.start, s.stop - w.start) for s, w in zip(box, wide))
-    stains = get_preset(config.stains.preset)
+    # the vectors the image was analysed with (estimated per image or given in the config)
+    stains = StainSet.from_dict(meta["stains"]) if "stains" in meta else configured_stains(config.stains)
     illumination = estimate_illumination(rgb, pixel_size_um=px, stains=config.stains, pellets=config.pellets)
     field = illumination.field(rgb.shape[:2])
     od = rgb_to_od(rgb[wide], field[wide] if field.ndim == 3 else field)

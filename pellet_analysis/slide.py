@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .bern import bern_scores
-from .classify import classify_pellet, pixel_maps_depth_px
+from .classify import classify_pellet, deconvolution_stains, pixel_maps_depth_px
 from .config import RunConfig
 from .measure import measure_pellets
 from .pellets import (
@@ -28,7 +28,7 @@ from .pellets import (
     refine_pellet,
     working_factor,
 )
-from .stains import StainSet, rgb_to_od
+from .stains import StainSet, choose_stains, rgb_to_od
 
 __all__ = ["SlidePlan", "PelletPiece", "plan_slide", "plan_image", "analyze_pellet", "number_pieces", "paste_pieces"]
 
@@ -57,6 +57,7 @@ class PelletPiece:
     nuclei: np.ndarray  # uint32, 1..n within this pellet
     proteoglycan_od: np.ndarray  # float32
     row: dict  # measurements; centroids in full-image pixels
+    stains_info: dict  # which stain vectors were used and why (choose_stains)
 
 
 def plan_slide(small_rgb, shape, dtype, *, factor: int, pixel_size_um: float, config: RunConfig) -> SlidePlan:
@@ -104,6 +105,9 @@ def plan_image(rgb, *, pixel_size_um: float, config: RunConfig) -> SlidePlan:
 def analyze_pellet(rgb_window, plan: SlidePlan, index: int, *, config: RunConfig, stains: StainSet) -> PelletPiece | None:
     """Refine, classify and measure one pellet from its full-resolution window.
 
+    With ``stains.estimate: auto`` the stain vectors are estimated from the
+    pellet's own pixels (:func:`~pellet_analysis.stains.choose_stains`).
+
     Parameters
     ----------
     rgb_window : ndarray, shape (rows, cols, 3)
@@ -125,6 +129,9 @@ def analyze_pellet(rgb_window, plan: SlidePlan, index: int, *, config: RunConfig
     inside = refine_pellet(od, plan.labels_small, index, window, plan.factor, pixel_size_um=px, config=config.pellets)
     if inside.sum() * px**2 < config.pellets.min_pellet_area_um2:
         return None
+    stains, stains_info = choose_stains(od, inside, stains, config.stains, pixel_size_um=px, names=deconvolution_stains(stains))
+    if stains_info["source"] != "preset":
+        stains_info = {**stains_info, "vectors": {name: [round(float(v), 5) for v in stains.vector(name)] for name in stains.stains}}
     tile_px = config.tile_px if config.tile_px and max(inside.shape) > config.tile_px else None
     result = classify_pellet(
         od, inside, stains, pixel_size_um=px, classify=config.classify, nuclei=config.nuclei, iron=config.iron, tile_px=tile_px
@@ -143,7 +150,8 @@ def analyze_pellet(rgb_window, plan: SlidePlan, index: int, *, config: RunConfig
     row = {**row, **bern_scores(row, config.bern)}
     nuclei = np.where(inside, result.nuclei, 0).astype(np.uint32)
     classes = np.where(inside, result.classes, 0).astype(np.uint8)
-    return PelletPiece(index, window, inside, classes, nuclei, np.where(inside, result.proteoglycan_od, 0).astype(np.float32), row)
+    pg_od = np.where(inside, result.proteoglycan_od, 0).astype(np.float32)
+    return PelletPiece(index, window, inside, classes, nuclei, pg_od, row, stains_info)
 
 
 def number_pieces(pieces) -> list[PelletPiece]:

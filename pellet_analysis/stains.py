@@ -26,6 +26,10 @@ __all__ = [
     "fit_background_field",
     "evaluate_background_field",
     "estimate_stains_macenko",
+    "estimate_stains_nmf",
+    "angles_deg",
+    "configured_stains",
+    "choose_stains",
 ]
 
 
@@ -81,6 +85,19 @@ class StainSet:
     def with_vectors(self, vectors) -> "StainSet":
         """The same stains and roles with other vectors (e.g. estimated per image)."""
         return StainSet(self.name, self.stains, np.asarray(vectors, dtype=np.float64), dict(self.roles))
+
+    def with_overrides(self, vectors: dict) -> "StainSet":
+        """The same set with some stains' vectors replaced, ``{stain name: (r, g, b)}``."""
+        unknown = sorted(set(vectors) - set(self.stains))
+        if unknown:
+            raise ValueError(f"stain set {self.name!r} has no stain {unknown[0]!r}; its stains are {', '.join(self.stains)}")
+        return self.with_vectors([vectors.get(s, self.vector(s)) for s in self.stains])
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "StainSet":
+        """Inverse of :meth:`to_dict` (e.g. the stains an image was analysed with, from run.json)."""
+        stains = tuple(data["stains"])
+        return cls(data["name"], stains, np.array([data["stains"][s] for s in stains], dtype=np.float64), dict(data["roles"]))
 
     def to_dict(self) -> dict:
         """JSON-ready description (saved with every run)."""
@@ -440,3 +457,158 @@ def estimate_stains_macenko(od, *, min_od: float = 0.151, percentile: float = 1.
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     signs = np.where(vectors[np.arange(2), np.abs(vectors).argmax(axis=1)] < 0, -1.0, 1.0)
     return vectors * signs[:, None]
+
+
+def estimate_stains_nmf(od, init, *, free=None, sparsity: float = 0.003, n_iter: int = 300, channel_axis=-1, mask=None) -> np.ndarray:
+    """Refine stain vectors by sparse non-negative matrix factorisation of optical densities.
+
+    Minimises ``||X - C V||^2 + sparsity * sum(C)`` over non-negative
+    concentrations ``C`` and unit stain vectors ``V`` (rows) with Lee & Seung
+    multiplicative updates, starting from ``init``. The L1 term on the
+    concentrations makes each pixel prefer few stains, which moves the
+    vectors towards the pixels of pure stain (the edges of the data cone);
+    without it more stains than channels would have no unique solution.
+
+    Parameters
+    ----------
+    od : ndarray
+        Optical density, 3 channels on ``channel_axis`` (a pixel sample is enough).
+    init : array_like, shape (n_stains, 3)
+        Starting vectors, e.g. a preset's.
+    free : sequence of bool, optional, keyword-only
+        Which rows are refined; the others stay fixed (e.g. near-neutral dark
+        stains that absorb the grey of nuclei). Default: all.
+    sparsity : float, keyword-only
+        Weight of the L1 term, in OD units.
+    n_iter : int, keyword-only
+    channel_axis : int, keyword-only
+    mask : ndarray of bool, optional, keyword-only
+        Pixels to use; default all.
+
+    Returns
+    -------
+    ndarray, shape (n_stains, 3)
+        Unit, non-negative stain vectors in the order of ``init``.
+    """
+    x = np.moveaxis(np.asarray(od, dtype=np.float64), channel_axis, -1).reshape(-1, 3)
+    if mask is not None:
+        x = x[np.asarray(mask, bool).reshape(-1)]
+    x = np.maximum(x[np.isfinite(x).all(axis=1)], 0)
+    v = np.maximum(np.atleast_2d(np.asarray(init, dtype=np.float64)), 1e-6)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    free = np.ones(len(v), bool) if free is None else np.asarray(free, bool)
+    c = np.maximum(x @ np.linalg.pinv(v), 1e-6)
+    eps = 1e-12
+    for _ in range(n_iter):
+        c *= (x @ v.T) / (c @ (v @ v.T) + sparsity + eps)
+        updated = v * (c.T @ x) / ((c.T @ c) @ v + eps)
+        v[free] = updated[free]
+        norms = np.linalg.norm(v, axis=1, keepdims=True)
+        v /= norms
+        c *= norms.T  # same product C V, so the L1 term cannot shrink by scaling
+    # the L1 term biases stains of few pixels (nuclei) outwards: end with the mean direction of
+    # the pixels each free stain dominates (80 % or more of their concentration), where there are enough
+    share = c / (c.sum(axis=1, keepdims=True) + eps)
+    for k in np.flatnonzero(free):
+        pure = share[:, k] >= 0.8
+        if pure.sum() >= 30:
+            mean = x[pure].sum(axis=0)
+            v[k] = mean / np.linalg.norm(mean)
+    return v
+
+
+def angles_deg(a, b) -> np.ndarray:
+    """Angle in degrees between corresponding rows of two arrays of vectors."""
+    a = np.atleast_2d(np.asarray(a, dtype=np.float64))
+    b = np.atleast_2d(np.asarray(b, dtype=np.float64))
+    cos = np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    return np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
+
+
+def configured_stains(config) -> StainSet:
+    """The preset named in a :class:`~pellet_analysis.config.StainConfig` with its ``vectors`` overrides applied."""
+    preset = get_preset(config.preset)
+    return preset.with_overrides(config.vectors) if config.vectors else preset
+
+
+#: Largest condition number of an estimated (completed) stain matrix; the presets have 2.8-5.5.
+MAX_CONDITION = 20.0
+#: In-pellet pixels with an OD vector longer than this count as stained (Macenko's 0.15).
+STAINED_MIN_OD = 0.15
+
+
+def choose_stains(od, mask, preset: StainSet, config, *, pixel_size_um: float, names=None, max_pixels: int = 20000, seed: int = 0):
+    """Stain vectors estimated from an image's own (pellet) pixels, or the preset when implausible.
+
+    Two-stain sets are estimated with :func:`estimate_stains_macenko`, larger
+    ones with :func:`estimate_stains_nmf` started from the preset, refining
+    only ``names`` and keeping the other stains fixed. The estimate is used
+    only when enough pixels are stained, every refined vector lies within
+    ``config.estimate_max_angle_deg`` of its preset vector and the completed
+    matrix is well conditioned; otherwise the preset is returned.
+
+    Parameters
+    ----------
+    od : ndarray, shape (rows, cols, 3)
+        Optical density.
+    mask : ndarray of bool, shape (rows, cols)
+        Pixels to learn from (the pellets).
+    preset : StainSet
+        Stains as configured (preset with any user vectors).
+    config : StainConfig
+        ``estimate`` ("off" or "auto"), ``estimate_max_angle_deg``,
+        ``estimate_min_stained_um2``.
+    pixel_size_um : float, keyword-only
+    names : sequence of str, optional, keyword-only
+        Stains to estimate (at most three; e.g. those separated by colour
+        deconvolution). Default: all when at most three, else the first three.
+    max_pixels : int, keyword-only
+        Stained pixels sampled (fixed ``seed``: the result is reproducible).
+
+    Returns
+    -------
+    stains : StainSet
+    info : dict
+        ``source`` ("estimated-macenko", "estimated-nmf" or "preset"),
+        ``reason`` (why), ``angles_deg`` (stain -> angle between estimate and
+        preset, when estimated) and ``n_stained_px``.
+    """
+    names = list(names) if names is not None else list(preset.stains[:3])
+    if config.estimate == "off":
+        return preset, {"source": "preset", "reason": "stains.estimate is off"}
+    pixels = np.asarray(od).reshape(-1, 3)[np.flatnonzero(np.asarray(mask, bool).reshape(-1))]
+    pixels = pixels[np.linalg.norm(pixels, axis=1) > STAINED_MIN_OD]
+    info = {"n_stained_px": int(len(pixels))}
+    stained_um2 = len(pixels) * pixel_size_um**2
+    if stained_um2 < config.estimate_min_stained_um2:
+        return preset, {**info, "source": "preset", "reason": f"only {stained_um2:.0f} µm² stained (< stains.estimate_min_stained_um2)"}
+    if len(pixels) > max_pixels:
+        pixels = pixels[np.sort(np.random.default_rng(seed).choice(len(pixels), max_pixels, replace=False))]
+    rows = [preset.stains.index(n) for n in names]
+    vectors = preset.vectors.copy()
+    if len(names) == 2 and len(preset.stains) == 2:
+        source = "estimated-macenko"
+        try:
+            pair = estimate_stains_macenko(pixels)
+        except ValueError as error:
+            return preset, {**info, "source": "preset", "reason": str(error)}
+        # the two extremes carry no names: pair them with the preset's vectors by the smaller total angle
+        if angles_deg(pair[::-1], vectors[rows]).sum() < angles_deg(pair, vectors[rows]).sum():
+            pair = pair[::-1]
+        vectors[rows] = pair
+    else:
+        source = "estimated-nmf"
+        vectors = estimate_stains_nmf(pixels, vectors, free=np.isin(np.arange(len(vectors)), rows))
+    angles = angles_deg(vectors[rows], preset.vectors[rows])
+    info["angles_deg"] = {n: round(float(a), 2) for n, a in zip(names, angles)}
+    worst = int(np.argmax(angles))
+    if angles[worst] > config.estimate_max_angle_deg:
+        reason = f"{names[worst]} estimated {angles[worst]:.1f}° from the preset (> stains.estimate_max_angle_deg)"
+        return preset, {**info, "source": "preset", "reason": reason}
+    try:
+        condition = float(np.linalg.cond(complete_matrix(vectors[rows])))
+    except ValueError:
+        condition = np.inf
+    if condition > MAX_CONDITION:
+        return preset, {**info, "source": "preset", "reason": f"estimated matrix ill-conditioned (condition number {condition:.3g})"}
+    return preset.with_vectors(vectors), {**info, "source": source, "reason": f"plausible: within {config.estimate_max_angle_deg:g}° of the preset"}

@@ -100,7 +100,15 @@ def slide_pellet(path, plan: SlidePlan, index: int, config: RunConfig, stains: S
         files[kind] = str(scratch / f"pellet{index}_{kind}.npy")
         with atomic_path(files[kind]) as tmp, open(tmp, "wb") as fh:
             np.save(fh, values)
-    return {"index": index, "kept": True, "window": piece.window, "row": piece.row, "files": files, "n_nuclei": int(piece.nuclei.max())}
+    return {
+        "index": index,
+        "kept": True,
+        "window": piece.window,
+        "row": piece.row,
+        "stains_info": piece.stains_info,
+        "files": files,
+        "n_nuclei": int(piece.nuclei.max()),
+    }
 
 
 def finish_slide(path, info: dict, pellet_results, config: RunConfig, output_dir, meta: dict) -> dict:
@@ -151,6 +159,7 @@ def finish_slide(path, info: dict, pellet_results, config: RunConfig, output_dir
         warnings=info["warnings"],
         timings_s={"plan": info["plan_s"], "write": write_s},
         seconds=time.time() - info["started_wall"],
+        stains_source=[r["stains_info"] for r in kept],
         whole_slide={
             "low_resolution_factor": plan.factor,
             "pellet_windows": [[[w[0].start, w[0].stop], [w[1].start, w[1].stop]] for w in plan.windows],

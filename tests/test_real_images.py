@@ -39,3 +39,74 @@ def test_macenko_on_easy1_matches_histomicstk_expected_matrix():
     for column in expected.T:
         diffs = [np.abs(row - s * column).max() for row in ours for s in (1, -1)]
         assert min(diffs) < 1e-3, (column, ours)
+
+
+# ---- Alcian-blue valve sections: our classification against the lab's QuPath protocol ----
+
+VALVES = ["ab_valve_KI_POST_493-13.tif", "ab_valve_KI_ANT_510-4.tif"]
+VALVE_PIXEL_SIZE_UM = 0.912  # SOURCES.tsv; the files carry no resolution tag
+
+
+def lab_qupath_stains():
+    """(counterstain, BA, residual) rows from qupath_BA_stain_vectors.txt."""
+    import re
+
+    text = (REAL_IMAGES / "qupath_BA_stain_vectors.txt").read_text()
+    number = r"(-?\d+\.\d+)"
+    rows = [re.search(rf"^\s*{key}[^:\n]*:\s+{number} {number} {number}", text, re.M).groups() for key in ("counterstain", "Alcian blue", "residual")]
+    return np.array(rows, dtype=np.float64)
+
+
+def qupath_ba_positive(rgb, matrix, *, threshold_od=0.2):
+    """The lab's QuPath pixel classifier 'ThresholdBA', re-implemented.
+
+    QuPath (ColorDeconvolutionHelper.makeOD) takes OD = max(0, -log10(max(I, 1) / I0)) with
+    I0 = 255 per channel; ColorDeconvolutionStains normalises each stain row to unit length and
+    inverts the 3 x 3 matrix (rows: stain 1, 2, 3), and stain j of a pixel is
+    sum_c OD_c * inverse[c][j]. The classifier thresholds stain 2 (BA) at 0.2 with no smoothing,
+    at the image's own resolution (0.912 µm per pixel).
+    """
+    od = np.maximum(0.0, -np.log10(np.maximum(rgb.astype(np.float64), 1.0) / 255.0))
+    m = matrix / np.linalg.norm(matrix, axis=1, keepdims=True)
+    return (od @ np.linalg.inv(m))[..., 1] > threshold_od
+
+
+@pytest.fixture(scope="module")
+def valves():
+    from pellet_analysis.measure import CLASS_CODES
+
+    lab = lab_qupath_stains()
+    lab_vectors = {"nuclear_fast_red": lab[0].tolist(), "alcian_blue": lab[1].tolist()}
+    out = {}
+    for name in VALVES:
+        rgb, _ = read_image(REAL_IMAGES / name)
+        given = analyze_image(rgb, pixel_size_um=VALVE_PIXEL_SIZE_UM, config=RunConfig(stains={"preset": "alcian-nfr", "vectors": lab_vectors}))
+        estimated = analyze_image(rgb, pixel_size_um=VALVE_PIXEL_SIZE_UM, config=RunConfig(stains={"preset": "alcian-nfr", "estimate": "auto"}))
+        # one denominator for all three: our tissue (pellet) mask, which does not depend on the stain vectors
+        tissue = given.pellets > 0
+        assert np.array_equal(tissue, estimated.pellets > 0) and tissue.mean() > 0.1
+        out[name] = {
+            "reference": float(qupath_ba_positive(rgb, lab)[tissue].mean()),
+            "lab_vectors": float((given.classes[tissue] == CLASS_CODES["proteoglycan"]).mean()),
+            "estimated": float((estimated.classes[tissue] == CLASS_CODES["proteoglycan"]).mean()),
+            "stains_source": estimated.stains_info,
+            # vectors are estimated pellet by pellet (here: tissue piece by piece); the largest piece holds most pixels
+            "largest_source": max(zip((r["area_um2"] for r in estimated.rows), estimated.stains_info), key=lambda pair: pair[0])[1]["source"],
+        }
+        print(f"\n{name}: reference {100 * out[name]['reference']:.2f} %, ours with lab vectors "
+              f"{100 * out[name]['lab_vectors']:.2f} %, ours with estimated vectors {100 * out[name]['estimated']:.2f} % "
+              f"({estimated.stains_info})")
+    return out
+
+
+@pytest.mark.parametrize("name", VALVES)
+def test_alcian_blue_fraction_with_lab_vectors_within_3_points_of_lab_qupath_protocol(valves, name):
+    v = valves[name]
+    assert abs(v["lab_vectors"] - v["reference"]) <= 0.03, v
+
+
+@pytest.mark.parametrize("name", VALVES)
+def test_alcian_blue_fraction_with_estimated_vectors_within_5_points_of_lab_qupath_protocol(valves, name):
+    v = valves[name]
+    assert v["largest_source"] == "estimated-macenko", v
+    assert abs(v["estimated"] - v["reference"]) <= 0.05, v
