@@ -1,0 +1,185 @@
+"""Whole-slide scale: tiles give the in-memory labels; large TIFFs are read lazily and written as pyramids."""
+
+import numpy as np
+import pytest
+import tifffile
+
+from pellet_analysis.classify import classify_pellet, classify_pixels, objects_depth_px, pellet_window, pixel_maps_depth_px
+from pellet_analysis.config import RunConfig
+from pellet_analysis.io import ImageReadError, open_lazy, read_window, write_label_pyramid
+from pellet_analysis.pellets import block_mean
+from pellet_analysis.pipeline import analyze_image, run_batch
+from pellet_analysis.slide import plan_image
+from pellet_analysis.stains import get_preset, rgb_to_od
+from pellet_analysis.synthetic import make_section
+
+PX = 0.5
+
+
+@pytest.fixture(scope="module")
+def section():
+    # iron-labeled, two pellets, fine pixels: many nuclei and granules lie across any tile grid
+    return make_section(labeled=True, pixel_size_um=PX, n_pellets=2, seed=3, jpeg_quality=None, pellet_diameter_um=(260.0, 340.0))
+
+
+@pytest.fixture(scope="module")
+def in_memory(section):
+    return analyze_image(section.image, pixel_size_um=PX, config=RunConfig())
+
+
+def _od_and_pellets(section, config):
+    plan = plan_image(section.image, pixel_size_um=PX, config=config)
+    full = analyze_image(section.image, pixel_size_um=PX, config=config)
+    od = rgb_to_od(section.image, plan.illumination.field(section.image.shape[:2]))
+    return od, full.pellets
+
+
+@pytest.mark.parametrize(
+    "chunks",
+    [
+        ((333, 271, 500, 197), (411, 389, 600, 251, 310)),  # deliberately uneven, none a multiple of another
+        ((150,) * 20, (199,) * 20),  # thinner than the overlap: merged with neighbours
+    ],
+)
+def test_tiled_classification_equals_in_memory(section, chunks):
+    from scipy import ndimage as ndi
+
+    config = RunConfig()
+    od, pellets = _od_and_pellets(section, config)
+    kw = dict(pixel_size_um=PX, classify=config.classify, nuclei=config.nuclei, iron=config.iron)
+    margin = pixel_maps_depth_px(pixel_size_um=PX, classify=config.classify, nuclei=config.nuclei)
+    window = pellet_window(ndi.find_objects(pellets.astype(int))[0], pellets.shape, margin)
+    inside = pellets[window] == 1
+    chunks = tuple(_fit(c, n) for c, n in zip(chunks, inside.shape))
+    whole = classify_pellet(od[window], inside, get_preset("ab-vg"), **kw)
+    tiled = classify_pellet(od[window], inside, get_preset("ab-vg"), tile_px=chunks, **kw)
+    assert whole.nuclei.max() > 100 and (whole.classes == 5).sum() > 1000  # many nuclei and iron pixels to get wrong
+    np.testing.assert_array_equal(tiled.classes, whole.classes)
+    np.testing.assert_array_equal(tiled.nuclei, whole.nuclei)
+    np.testing.assert_array_equal(tiled.proteoglycan_od, whole.proteoglycan_od)
+    # and the whole image, pellet by pellet, in square tiles
+    np.testing.assert_array_equal(classify_pixels(od, pellets, get_preset("ab-vg"), tile_px=256, **kw).nuclei, classify_pixels(od, pellets, get_preset("ab-vg"), **kw).nuclei)
+
+
+def _fit(chunks, n):
+    """Uneven chunks summing to n: the given sizes repeated, the last one cut."""
+    out, total = [], 0
+    for c in list(chunks) * (n // min(chunks) + 1):
+        if total + c >= n:
+            out.append(n - total)
+            break
+        out.append(c)
+        total += c
+    return tuple(out)
+
+
+def test_overlaps_come_from_the_filters_and_the_largest_nucleus():
+    config = RunConfig()
+    small = pixel_maps_depth_px(pixel_size_um=1.0, classify=config.classify, nuclei=config.nuclei)
+    fine = pixel_maps_depth_px(pixel_size_um=0.25, classify=config.classify, nuclei=config.nuclei)
+    assert fine > 3.5 * small  # in pixels, the reach scales with 1 / pixel size
+    bigger = config.nuclei.model_copy(update={"max_diameter_um": 2 * config.nuclei.max_diameter_um})
+    assert objects_depth_px(pixel_size_um=1.0, nuclei=bigger, iron=config.iron) >= objects_depth_px(
+        pixel_size_um=1.0, nuclei=config.nuclei, iron=config.iron
+    ) + 2 * config.nuclei.max_diameter_um
+
+
+def test_whole_image_tile_size_does_not_change_measurements(section, in_memory):
+    tiled = analyze_image(section.image, pixel_size_um=PX, config=RunConfig(tile_px=300))
+    np.testing.assert_array_equal(tiled.nuclei, in_memory.nuclei)
+    np.testing.assert_array_equal(tiled.classes, in_memory.classes)
+    assert tiled.rows == in_memory.rows
+
+
+def test_block_means_of_dask_chunks_equal_numpy(section):
+    import dask.array as da
+
+    image = section.image
+    lazy = da.from_array(image, chunks=(137, 211, 3))
+    np.testing.assert_array_equal(block_mean(lazy, 7).compute(), block_mean(image, 7))
+
+
+@pytest.fixture(scope="module")
+def slide_run(section, tmp_path_factory):
+    """The section as a tiled, deflate-compressed TIFF processed by the whole-slide path."""
+    root = tmp_path_factory.mktemp("slide")
+    (root / "in").mkdir()
+    tifffile.imwrite(
+        root / "in" / "D1_labeled_d14_s1.tif", section.image, tile=(256, 256), compression="zlib",
+        photometric="rgb", resolution=(1e4 / PX, 1e4 / PX), resolutionunit="CENTIMETER",
+    )
+    config = RunConfig(input_dir=root / "in", output_dir=root / "out", whole_slide_min_px=1000, tile_px=700, scheduler="threads")
+    return run_batch(config), root
+
+
+def test_whole_slide_run_equals_in_memory_labels_and_table(slide_run, in_memory):
+    record, root = slide_run
+    assert record["n_failures"] == 0 and record["n_pellets"] == len(in_memory.rows) == 2
+    for kind, expected in (("pellets", in_memory.pellets), ("classes", in_memory.classes), ("nuclei", in_memory.nuclei)):
+        with tifffile.TiffFile(root / "out" / "labels" / f"D1_labeled_d14_s1_{kind}.tif") as tif:
+            assert tif.is_ome and tif.pages[0].is_tiled
+            levels = tif.series[0].levels
+            np.testing.assert_array_equal(levels[0].asarray(), expected)
+            # pyramid levels: every second label of the level above, never a blend of two labels
+            np.testing.assert_array_equal(levels[1].asarray(), expected[::2, ::2])
+            assert 'PhysicalSizeX="0.5"' in tif.ome_metadata
+    table = record["table"]
+    for row in in_memory.rows:
+        got = table[table.pellet_id == row["pellet_id"]].iloc[0]
+        for key, value in row.items():
+            assert got[key] == pytest.approx(value, rel=1e-9, abs=1e-12), key
+    summary = record["images"]["D1_labeled_d14_s1"]
+    assert summary["whole_slide"]["low_resolution_factor"] >= 1
+    assert not (root / "out" / "parts" / "D1_labeled_d14_s1.pellets").exists()  # scratch pieces removed
+
+
+def test_whole_slide_rerun_skips_the_finished_slide(slide_run, section):
+    record, root = slide_run
+    config = RunConfig(input_dir=root / "in", output_dir=root / "out", whole_slide_min_px=1000, tile_px=700, scheduler="threads")
+    again = run_batch(config)
+    assert again["n_skipped"] == 1 and again["table"].equals(record["table"])
+
+
+def test_lazy_reading_decodes_only_the_window_and_every_level(tmp_path):
+    rr, cc = np.mgrid[:1000, :1500]
+    image = np.stack([rr * 255 // 1000, cc * 255 // 1500, (rr + cc) * 255 // 2500], axis=-1).astype(np.uint8)  # smooth: JPEG keeps it
+    path = tmp_path / "pyramid.tif"
+    with tifffile.TiffWriter(path, bigtiff=True) as tif:
+        tif.write(image, tile=(256, 256), compression="jpeg", compressionargs={"level": 95}, photometric="rgb", subifds=1,
+                  resolution=(1e4 / 0.25, 1e4 / 0.25), resolutionunit="CENTIMETER")
+        tif.write(image[::2, ::2], tile=(256, 256), compression="jpeg", compressionargs={"level": 95}, photometric="rgb", subfiletype=1)
+    lazy = open_lazy(path)
+    assert lazy.shape == (1000, 1500, 3) and [lvl.shape[:2] for lvl in lazy.levels] == [(1000, 1500), (500, 750)]
+    assert lazy.pixel_size_um == pytest.approx(0.25)
+    assert lazy.levels[0].chunksize[:2] == (256, 256)
+    window = (slice(300, 420), slice(700, 777))
+    got = read_window(path, window)
+    assert got.shape == (120, 77, 3)
+    assert np.abs(got.astype(int) - image[window].astype(int)).max() <= 3  # JPEG-lossy, but the same pixels
+
+
+def test_unreadable_or_oversized_slides_fail_with_one_line(tmp_path):
+    path = tmp_path / "text.tif"
+    path.write_text("not a tiff")
+    with pytest.raises(ImageReadError, match="not a readable tiled TIFF"):
+        open_lazy(path)
+    small = tmp_path / "small.tif"
+    tifffile.imwrite(small, np.zeros((64, 64, 3), np.uint8), tile=(32, 32))
+    with pytest.raises(ImageReadError, match="exceeds the limit"):
+        open_lazy(small, max_pixels=1000)
+
+
+def test_label_pyramid_is_written_without_the_full_image(tmp_path):
+    shape = (5000, 7000)
+    values = np.arange(1, 1201 * 801 + 1, dtype=np.uint32).reshape(1201, 801)
+    inside = values % 7 != 0
+    window = (slice(3000, 4201), slice(6100, 6901))
+    path = write_label_pyramid(tmp_path / "l.tif", shape, [(window, values, inside, 10)], dtype=np.uint32, pixel_size_um=0.5, tile_px=512)
+    with tifffile.TiffFile(path) as tif:
+        levels = tif.series[0].levels
+        assert [lvl.shape for lvl in levels] == [(5000, 7000), (2500, 3500), (1250, 1750), (625, 875)]
+        full = levels[0].asarray()
+    expected = np.zeros(shape, np.uint32)
+    expected[window][inside] = values[inside] + 10
+    np.testing.assert_array_equal(full, expected)
+    assert path.stat().st_size < 0.05 * full.nbytes  # empty tiles compress to almost nothing
