@@ -17,13 +17,13 @@ import cv2
 import numpy as np
 from scipy import ndimage as ndi
 from skimage.filters import threshold_otsu
-from skimage.measure import regionprops
-from skimage.morphology import disk, h_maxima, remove_small_objects
-from skimage.segmentation import expand_labels, watershed
+from skimage.morphology import convex_hull_image, remove_small_objects
+from skimage.segmentation import watershed
 
 from .config import ClassifyConfig, IronConfig, NucleiConfig
 from .filters import smooth_channels
 from .measure import CLASS_CODES
+from .morphology import binary_dilation_disk, binary_opening_disk, distance_transform, expand_labels, h_maxima, median_by_label
 from .stains import StainSet, unmix
 
 __all__ = [
@@ -84,18 +84,24 @@ def split_nuclei(mask, *, min_radius_px: float, darkness=None) -> np.ndarray:
     """
     if not mask.any():
         return np.zeros(mask.shape, np.uint32)
-    dist = ndi.distance_transform_edt(mask).astype(np.float32)
+    dist = distance_transform(mask)
     components, n = ndi.label(mask)
     # a seed per distance maximum that stands out by h from the saddle to its neighbour:
     # touching nuclei keep a waist between them, an elongated nucleus does not. Concave
     # objects (solidity below 0.9: a waist) are seeded with a small h, convex ones with a
     # larger h, so ellipses stay whole at fine pixel sizes and touching pairs split at coarse ones.
     eight = np.ones((3, 3), bool)
-    fine, _ = ndi.label(h_maxima(dist, 0.3), structure=eight)
+    fine, n_fine = ndi.label(h_maxima(dist, 0.3), structure=eight)
     coarse, _ = ndi.label(h_maxima(dist, max(0.5, 0.2 * min_radius_px)), structure=eight)
     concave = np.zeros(n + 1, bool)
-    for region in regionprops(components):
-        concave[region.label] = region.solidity < 0.9
+    # only an object with two or more fine seeds can split: the (slow) solidity is needed for those only
+    fine_object = np.zeros(int(fine.max()) + 1, np.int64)
+    fine_object[fine[fine > 0]] = components[fine > 0]
+    seeds_per_object = np.bincount(fine_object[1:], minlength=n + 1)
+    windows = ndi.find_objects(components)
+    for k in np.nonzero(seeds_per_object >= 2)[0]:
+        obj = components[windows[k - 1]] == k
+        concave[k] = obj.sum() < 0.9 * convex_hull_image(obj).sum()
     use_fine = concave[components]
     markers, n_markers = ndi.label(np.where(use_fine, fine > 0, coarse > 0), structure=eight)
     # every component gets at least one seed
@@ -121,9 +127,9 @@ def _compact_objects(mask, *, min_radius_px: float, min_area_px: int):
     yellow of the cytoplasm around nuclei into each other.
     """
     radius = max(1, int(0.4 * min_radius_px))
-    opened = ndi.binary_opening(mask, structure=disk(radius))
+    opened = binary_opening_disk(mask, radius)
     opened = remove_small_objects(opened, max_size=max(1, min_area_px - 1))
-    objects = mask & ndi.binary_dilation(opened, structure=disk(1))
+    objects = mask & binary_dilation_disk(opened, 1)
     objects = ndi.binary_fill_holes(objects)
     return remove_small_objects(objects, max_size=max(1, min_area_px - 1))
 
@@ -137,8 +143,7 @@ def _grow_to_half_maximum(instances, signal, inside, *, distance_px: int):
     n = int(instances.max())
     if n == 0:
         return instances
-    median = np.zeros(n + 1, np.float32)
-    median[1:] = ndi.median(signal, instances, np.arange(1, n + 1))
+    median = median_by_label(signal, instances, n)
     grown = expand_labels(instances, distance=distance_px)
     keep = (instances > 0) | (inside & (signal >= 0.5 * median[grown]))
     return np.where(keep, grown, 0).astype(np.uint32)
@@ -150,7 +155,7 @@ def _granules(candidates, nuclear, *, gap_px: int, max_area_px: float):
     Candidates within ``gap_px`` of a nucleus (its blurred edge) and objects
     larger than ``max_area_px`` (matrix overlaps, not granules) are dropped.
     """
-    near = ndi.binary_dilation(nuclear, structure=disk(gap_px)) if nuclear.any() and gap_px > 0 else np.zeros_like(nuclear)
+    near = binary_dilation_disk(nuclear, gap_px)
     candidates = candidates & ~near
     labels, n = ndi.label(candidates)
     if n == 0:
@@ -390,9 +395,11 @@ def _decode(packed) -> tuple[np.ndarray, np.ndarray]:
     """Classes (uint8) and instances numbered 1..n in raster order of their first pixel (uint32)."""
     classes = (packed >> _CLASS_SHIFT).astype(np.uint8)
     anchors = packed & _ID_MASK
-    ids, inverse = np.unique(anchors, return_inverse=True)
-    numbers = np.arange(ids.size, dtype=np.uint32) + np.uint32(ids.size == 0 or ids[0] != 0)
-    return classes, numbers[inverse.reshape(anchors.shape)]
+    found = anchors > 0
+    instances = np.zeros(anchors.shape, np.uint32)
+    _, inverse = np.unique(anchors[found], return_inverse=True)  # sorted anchors: raster order of first pixels
+    instances[found] = inverse.astype(np.uint32) + 1
+    return classes, instances
 
 
 def _block_origin(block_info, depth: int) -> tuple[int, int]:

@@ -197,8 +197,8 @@ def pellet_windows(labels_small, factor: int, shape, margin_px: int) -> list:
 def refine_pellet(od, labels_small, pellet: int, window, factor: int, *, pixel_size_um: float, config: PelletConfig) -> np.ndarray:
     """One pellet's full-resolution mask inside its window.
 
-    The low-resolution pellets are enlarged to full resolution and grown by a
-    low-resolution pixel; inside its own grown region, the pellet's edge is
+    The low-resolution pellets are grown by two low-resolution pixels and
+    enlarged to full resolution; inside its own grown region, the pellet's edge is
     placed by thresholding the smoothed tissue score of ``od`` (the window's
     optical density) at full resolution.
 
@@ -223,9 +223,13 @@ def refine_pellet(od, labels_small, pellet: int, window, factor: int, *, pixel_s
     rows = np.arange(window[0].start, window[0].stop) // factor
     cols = np.arange(window[1].start, window[1].stop) // factor
     h, w = labels_small.shape
-    up = labels_small[np.minimum(rows, h - 1)[:, None], np.minimum(cols, w - 1)[None, :]]
-    up[(rows >= h)[:, None] | (cols >= w)[None, :]] = 0  # the partial edge blocks left out of the low resolution
-    grown = expand_labels(up, distance=factor + 1) if factor > 1 else up
+    # grown by two low-resolution pixels (at least a full-resolution block beyond the low-resolution edge)
+    # on the window's part of the low resolution, then enlarged
+    r0, r1 = max(0, rows[0] - 3), min(h, rows[-1] + 4)
+    c0, c1 = max(0, cols[0] - 3), min(w, cols[-1] + 4)
+    grown_small = expand_labels(labels_small[r0:r1, c0:c1], distance=2) if factor > 1 else labels_small[r0:r1, c0:c1]
+    grown = grown_small[np.clip(rows, r0, r1 - 1)[:, None] - r0, np.clip(cols, c0, c1 - 1)[None, :] - c0]
+    # (rows and columns of the partial edge blocks, left out of the low resolution, take the last block's label)
     score = gaussian(tissue_score(od), config.smoothing_um / pixel_size_um)
     mask = _half_maximum_edges(score, float(config.tissue_min_od), band_px=max(1, round(config.edge_band_um / pixel_size_um)))
     mask &= grown == pellet
