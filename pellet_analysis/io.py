@@ -304,12 +304,22 @@ def write_label_pyramid(path, shape, pieces, *, dtype, pixel_size_um: float | No
 
 
 def _compressed(tiles, dtype, tile_px: int):
-    """Deflate each tile; the empty tile (None), most of a slide, is compressed once."""
-    import zlib
+    """Deflate each tile (libdeflate, level 1: labels compress well even so); the empty tile is compressed once."""
+    from imagecodecs import deflate_encode
 
-    empty = zlib.compress(np.zeros((tile_px, tile_px), dtype).tobytes(), 6)
+    empty = deflate_encode(np.zeros((tile_px, tile_px), dtype).tobytes(), 1)
     for tile in tiles:
-        yield empty if tile is None else zlib.compress(tile.tobytes(), 6)
+        yield empty if tile is None else deflate_encode(tile.tobytes(), 1)
+
+
+def _strided(start: int, stop: int, first: int, stride: int, n: int):
+    """Slices (into a level tile, into a piece) of the full-resolution rows ``(first + k) * stride``, k < n, within [start, stop)."""
+    k0 = max(0, -(-start // stride) - first)
+    k1 = min(n, -(-stop // stride) - first)
+    if k1 <= k0:
+        return None
+    local = (first + k0) * stride - start
+    return slice(k0, k1), slice(local, local + (k1 - k0 - 1) * stride + 1, stride)
 
 
 def _label_tiles(level_shape, stride: int, pieces, dtype, tile_px: int):
@@ -317,21 +327,18 @@ def _label_tiles(level_shape, stride: int, pieces, dtype, tile_px: int):
     for r0 in range(0, level_shape[0], tile_px):
         for c0 in range(0, level_shape[1], tile_px):
             tile = None
-            rows = (r0 + np.arange(tile_px)) * stride
-            cols = (c0 + np.arange(tile_px)) * stride
             for window, values, inside, offset in pieces:
-                rsel = np.nonzero((rows >= window[0].start) & (rows < window[0].stop))[0]
-                csel = np.nonzero((cols >= window[1].start) & (cols < window[1].stop))[0]
-                if rsel.size == 0 or csel.size == 0:
+                rows = _strided(window[0].start, window[0].stop, r0, stride, tile_px)
+                cols = _strided(window[1].start, window[1].stop, c0, stride, tile_px)
+                if rows is None or cols is None:
                     continue
                 tile = np.zeros((tile_px, tile_px), dtype) if tile is None else tile
-                ix = np.ix_(rows[rsel] - window[0].start, cols[csel] - window[1].start)
-                owned = inside[ix]
-                sub = tile[np.ix_(rsel, csel)]
-                found = np.asarray(values[ix]).astype(dtype)
-                found[found > 0] += dtype.type(offset)
-                sub[owned] = found[owned]
-                tile[np.ix_(rsel, csel)] = sub
+                owned = np.asarray(inside[rows[1], cols[1]])
+                found = np.asarray(values[rows[1], cols[1]]).astype(dtype)
+                if offset:
+                    found[found > 0] += dtype.type(offset)
+                target = tile[rows[0], cols[0]]
+                target[owned] = found[owned]
             yield tile
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 import time
 from pathlib import Path
 
@@ -141,8 +142,14 @@ def finish_slide(path, info: dict, pellet_results, config: RunConfig, output_dir
         row = table_row(stem, meta, {**r["row"], "pellet_id": pid}, px)
         rows.append(row)
         outlined.append((row, np.asarray(inside), (window[0].start, window[1].start)))
-    for kind, dtype in LABEL_DTYPES.items():
-        write_label_pyramid(output_dir / "labels" / f"{stem}_{kind}.tif", plan.shape, pieces[kind], dtype=dtype, pixel_size_um=px)
+    # the three label images at once: compression and file writes release the GIL
+    with ThreadPoolExecutor(len(LABEL_DTYPES)) as pool:
+        futures = [
+            pool.submit(write_label_pyramid, output_dir / "labels" / f"{stem}_{kind}.tif", plan.shape, pieces[kind], dtype=dtype, pixel_size_um=px)
+            for kind, dtype in LABEL_DTYPES.items()
+        ]
+        for future in futures:
+            future.result()
     write_json(output_dir / "geojson" / f"{stem}.geojson", feature_collection(outlined))
     write_s = time.perf_counter() - t0
     summary = image_summary(
