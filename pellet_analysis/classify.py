@@ -23,7 +23,7 @@ from skimage.segmentation import watershed
 from .config import ClassifyConfig, IronConfig, NucleiConfig
 from .filters import smooth_channels
 from .measure import CLASS_CODES
-from .morphology import binary_dilation_disk, binary_opening_disk, distance_transform, expand_labels, h_maxima, median_by_label
+from .morphology import binary_dilation_disk, binary_opening_disk, distance_transform, expand_labels, fill_holes, h_maxima, median_by_label
 from .stains import StainSet, unmix
 
 __all__ = [
@@ -130,7 +130,7 @@ def _compact_objects(mask, *, min_radius_px: float, min_area_px: int):
     opened = binary_opening_disk(mask, radius)
     opened = remove_small_objects(opened, max_size=max(1, min_area_px - 1))
     objects = mask & binary_dilation_disk(opened, 1)
-    objects = ndi.binary_fill_holes(objects)
+    objects = fill_holes(objects)
     return remove_small_objects(objects, max_size=max(1, min_area_px - 1))
 
 

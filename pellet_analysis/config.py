@@ -257,7 +257,7 @@ class RunConfig(_Strict):
         None, ge=1, description="Local workers (threads or processes); None: one per core."
     )
     tile_px: Optional[int] = Field(
-        2048,
+        4096,
         ge=128,
         description="Pellets wider or taller than this (px) are processed in tiles of this size with "
         "overlaps derived from the filters and the largest nucleus (same result as one block, less "

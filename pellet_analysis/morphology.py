@@ -10,7 +10,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-__all__ = ["distance_transform", "binary_opening_disk", "binary_dilation_disk", "h_maxima", "median_by_label", "expand_labels"]
+__all__ = ["fill_holes", "distance_transform", "binary_opening_disk", "binary_dilation_disk", "h_maxima", "median_by_label", "expand_labels"]
 
 _SQUARE = np.ones((3, 3), np.uint8)
 
@@ -27,6 +27,19 @@ def distance_transform(mask) -> np.ndarray:
     As there, pixels beyond the array's edge do not count as False.
     """
     return cv2.distanceTransform(np.asarray(mask, dtype=np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+
+
+def fill_holes(mask) -> np.ndarray:
+    """Fill the holes of a binary mask, like scipy.ndimage.binary_fill_holes (background 4-connected to the border stays)."""
+    mask = np.asarray(mask, dtype=bool)
+    n, background = cv2.connectedComponents((~mask).astype(np.uint8), connectivity=4)
+    if n <= 1:
+        return mask.copy()
+    border = np.zeros(n, bool)
+    for edge in (background[0], background[-1], background[:, 0], background[:, -1]):
+        border[edge] = True
+    border[0] = True  # label 0: the mask itself
+    return ~border[background] | mask
 
 
 def binary_opening_disk(mask, radius: int) -> np.ndarray:

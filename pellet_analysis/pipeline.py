@@ -280,7 +280,8 @@ def _slide_graph(path: Path, info: dict, config: RunConfig, output_dir, metadata
         dask.delayed(slide_pellet, pure=False)(path, plan, k, config, info["stains"], info["scratch"], dask_key_name=f"pellet-{path.name}-{k}")
         for k in range(1, len(info["plan"].windows) + 1)
     ]
-    return dask.delayed(finish_slide, pure=False)(path, info, pellets, config, output_dir, info["meta"], dask_key_name=f"image-{path.name}")
+    digest = dask.delayed(sha256_file, pure=False)(path, dask_key_name=f"sha256-{path.name}")  # read alongside the pellets
+    return dask.delayed(finish_slide, pure=False)(path, info, pellets, config, output_dir, info["meta"], digest, dask_key_name=f"image-{path.name}")
 
 
 class RunFolderConflict(RuntimeError):

@@ -17,8 +17,8 @@ def table_row(image: str, meta: dict, measurements: dict, pixel_size_um: float) 
     return row
 
 
-def image_summary(path, rows, *, shape, dtype, pixel_size_um, pixel_size_source, stains, background, config_hash, metadata_override, warnings, timings_s, seconds, **extra) -> dict:
-    """The summary of a finished image, as written to ``parts/<image>.json`` and run.json."""
+def image_summary(path, rows, *, sha256=None, shape, dtype, pixel_size_um, pixel_size_source, stains, background, config_hash, metadata_override, warnings, timings_s, seconds, **extra) -> dict:
+    """The summary of a finished image, as written to ``parts/<image>.json`` and run.json (``sha256`` of the input: computed when None)."""
     path = Path(path)
     return {
         "image": path.stem,
@@ -32,7 +32,7 @@ def image_summary(path, rows, *, shape, dtype, pixel_size_um, pixel_size_source,
         "pixel_size_source": pixel_size_source,
         "stains": stains.to_dict(),
         "background": background,
-        "sha256": sha256_file(path),
+        "sha256": sha256 or sha256_file(path),
         "config_hash": config_hash,
         "metadata_override": metadata_override,
         "warnings": warnings,

@@ -112,7 +112,7 @@ def slide_pellet(path, plan: SlidePlan, index: int, config: RunConfig, stains: S
     }
 
 
-def finish_slide(path, info: dict, pellet_results, config: RunConfig, output_dir, meta: dict) -> dict:
+def finish_slide(path, info: dict, pellet_results, config: RunConfig, output_dir, meta: dict, sha256: str | None = None) -> dict:
     """Number the pellets, write the pyramidal label images, GeoJSON and the image summary.
 
     ``info`` holds the plan and what :func:`pellet_analysis.pipeline.process_file`
@@ -155,6 +155,7 @@ def finish_slide(path, info: dict, pellet_results, config: RunConfig, output_dir
     summary = image_summary(
         path,
         rows,
+        sha256=sha256,
         shape=[*plan.shape, 3],
         dtype=plan.dtype,
         pixel_size_um=px,

@@ -48,3 +48,11 @@ def test_expand_labels_reaches_what_skimage_reaches_and_ignores_label_numbers(ma
     # renumbering the labels renumbers the result and changes nothing else (tiles number objects differently)
     perm = np.concatenate([[0], np.random.default_rng(3).permutation(n) + 1])
     np.testing.assert_array_equal(fast.expand_labels(perm[labels], 3), perm[ours])
+
+
+def test_fill_holes_equals_scipy(mask):
+    holes = mask.copy()
+    holes[100:140, 100:140] = True
+    holes[110:120, 110:120] = False  # a hole
+    np.testing.assert_array_equal(fast.fill_holes(holes), ndi.binary_fill_holes(holes))
+    np.testing.assert_array_equal(fast.fill_holes(~mask), ndi.binary_fill_holes(~mask))
