@@ -22,6 +22,8 @@ __all__ = [
     "LazyImage",
     "open_lazy",
     "read_window",
+    "read_label_window",
+    "zarr_levels",
     "write_label_pyramid",
     "atomic_path",
     "atomic_write",
@@ -210,11 +212,12 @@ class LazyImage:
         return self.levels[0].dtype
 
 
-def _zarr_levels(path: Path) -> list:
+def zarr_levels(path) -> list:
+    """Every level of a TIFF's first series as a zarr array (tiles decoded on access), full resolution first."""
     import tifffile
     import zarr
 
-    store = tifffile.imread(path, aszarr=True, series=0)
+    store = tifffile.imread(Path(path), aszarr=True, series=0)
     root = zarr.open(store, mode="r")
     if hasattr(root, "array_keys"):
         return [root[k] for k in sorted(root.array_keys(), key=int)]
@@ -241,7 +244,7 @@ def open_lazy(path, *, max_pixels: int = 100_000_000_000) -> LazyImage:
             page = tif.series[0].levels[0].keyframe
             photometric = page.photometric.name if page.photometric is not None else None
             pixel_size = tiff_pixel_size_um(tif)
-        levels = [da.from_zarr(a) for a in _zarr_levels(path)]
+        levels = [da.from_zarr(a) for a in zarr_levels(path)]
     except Exception as error:
         raise ImageReadError(f"not a readable tiled TIFF ({type(error).__name__}: {_one_line(error)})") from None
     if int(np.prod(levels[0].shape[:2], dtype=np.float64)) > max_pixels:
@@ -253,8 +256,14 @@ def open_lazy(path, *, max_pixels: int = 100_000_000_000) -> LazyImage:
 
 def read_window(path, window, *, level: int = 0) -> np.ndarray:
     """Decode only the tiles under ``window`` (a pair of slices) of one level of a TIFF; RGB."""
-    array = _zarr_levels(Path(path))[level]
+    array = zarr_levels(Path(path))[level]
     return np.ascontiguousarray(array[window[0], window[1]][..., :3])
+
+
+def read_label_window(path, window) -> np.ndarray:
+    """Decode only the tiles (or strips) under ``window`` of a label TIFF's full resolution."""
+    array = zarr_levels(Path(path))[0]
+    return np.asarray(array[window[0], window[1]])
 
 
 def write_label_pyramid(path, shape, pieces, *, dtype, pixel_size_um: float | None, tile_px: int = 1024, min_level_px: int = 1024) -> Path:

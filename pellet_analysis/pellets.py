@@ -56,12 +56,27 @@ class Illumination:
         return evaluate_background_field(self.coefficients, shape, order=self.order, window=window)
 
     def to_dict(self, shape=None) -> dict:
-        out = {"source": self.source, "background_rgb": [round(float(v), 3) for v in self.background_rgb]}
-        if self.coefficients is not None and shape is not None:
-            f = self.field((min(shape[0], 64), min(shape[1], 64))).reshape(-1, 3)
-            out["field_min_rgb"] = [round(float(v), 3) for v in f.min(0)]
-            out["field_max_rgb"] = [round(float(v), 3) for v in f.max(0)]
+        """JSON-ready summary; with the polynomial coefficients, :meth:`from_dict` restores it exactly."""
+        out = {"source": self.source, "background_rgb": [float(v) for v in self.background_rgb]}
+        if self.coefficients is not None:
+            out["coefficients"] = np.asarray(self.coefficients, dtype=np.float64).tolist()
+            out["order"] = int(self.order)
+            if shape is not None:
+                f = self.field((min(shape[0], 64), min(shape[1], 64))).reshape(-1, 3)
+                out["field_min_rgb"] = [round(float(v), 3) for v in f.min(0)]
+                out["field_max_rgb"] = [round(float(v), 3) for v in f.max(0)]
         return out
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Illumination":
+        """The illumination recorded by :meth:`to_dict` (a run's summary)."""
+        coefficients = data.get("coefficients")
+        return cls(
+            np.asarray(data["background_rgb"], dtype=np.float64),
+            None if coefficients is None else np.asarray(coefficients, dtype=np.float64),
+            int(data.get("order", 2)),
+            data.get("source", "estimated"),
+        )
 
 
 def tissue_score(od, *, channel_axis=-1) -> np.ndarray:

@@ -34,7 +34,7 @@ from .pellets import Illumination
 from .slide import analyze_pellet, number_pieces, paste_pieces, plan_image
 from .stains import StainSet, configured_stains
 from .review import apply_review
-from .records import image_summary, table_row
+from .records import image_summary, pellet_boxes, table_row
 from .study import read_sample_sheet
 from .wholeslide import finish_slide, is_whole_slide, plan_whole_slide, slide_pellet
 
@@ -208,6 +208,7 @@ def process_file(path, config: RunConfig, output_dir, metadata: dict | None = No
         timings_s={"read": read_s, **analysis.timings_s, "write": write_s},
         seconds=time.perf_counter() - started,
         stains_source=analysis.stains_info,
+        pellet_boxes=pellet_boxes(analysis.pellets),
     )
     write_json(output_dir / "parts" / f"{stem}.json", summary)
     return summary

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+from scipy import ndimage as ndi
+
 from .io import sha256_file
 from .metadata import METADATA_FIELDS
 
-__all__ = ["table_row", "image_summary"]
+__all__ = ["table_row", "image_summary", "pellet_boxes"]
 
 
 def table_row(image: str, meta: dict, measurements: dict, pixel_size_um: float) -> dict:
@@ -40,3 +43,12 @@ def image_summary(path, rows, *, sha256=None, shape, dtype, pixel_size_um, pixel
         "seconds": seconds,
         **extra,
     }
+
+
+def pellet_boxes(pellets, origin=(0, 0)) -> dict:
+    """Pellet id (str) -> [row_start, row_stop, col_start, col_stop] of its bounding box in the image."""
+    boxes = {}
+    for pid, box in enumerate(ndi.find_objects(np.asarray(pellets).astype(np.int64, copy=False)), start=1):
+        if box is not None:
+            boxes[str(pid)] = [box[0].start + origin[0], box[0].stop + origin[0], box[1].start + origin[1], box[1].stop + origin[1]]
+    return boxes

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from . import __version__
-from .io import atomic_write, read_image, write_tables
+from .io import atomic_write, write_tables
 from .overlay import render_overlay
 from .review import apply_review
 from .stats import comparison_table
@@ -76,21 +76,17 @@ def _plot_metrics(donors: pd.DataFrame) -> str:
     return _data_uri(buf.getvalue(), "image/png")
 
 
-def _thumbnail(image_path: Path, labels_dir: Path, stem: str, pellet_id: int, size_px: int = 200) -> str | None:
+def _thumbnail(run_dir: Path, stem: str, pellet_id: int, size_px: int = 200) -> str | None:
+    """The pellet's overlay (reviewed labels where they exist) as a JPEG data URI; only its window is read."""
     import cv2
-    import tifffile
+
+    from .review import pellet_crop
 
     try:
-        rgb, _ = read_image(image_path)
-        pellets = tifffile.imread(labels_dir / f"{stem}_pellets.tif")
-        classes = tifffile.imread(labels_dir / f"{stem}_classes.tif")
+        crop = pellet_crop(run_dir, stem, pellet_id, margin_px=0)
     except Exception:  # a moved input or label file leaves its thumbnail out, not the report
         return None
-    rows, cols = np.nonzero(pellets == pellet_id)
-    if rows.size == 0:
-        return None
-    crop = (slice(rows.min(), rows.max() + 1), slice(cols.min(), cols.max() + 1))
-    overlay = render_overlay(rgb[crop], classes[crop], pellets=(pellets[crop] == pellet_id).astype(np.uint8))
+    overlay = render_overlay(crop["rgb"], crop["classes"], pellets=(crop["pellets"] == pellet_id).astype(np.uint8))
     scale = size_px / max(overlay.shape[:2])
     if scale < 1:
         overlay = cv2.resize(overlay, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
@@ -182,13 +178,9 @@ def make_report(run_dir, *, seed: int = 0, thumbnails: bool = True) -> dict:
         row_classes=["excluded" if bool(x) else "" for x in table["excluded"]]) + "</div>")
 
     if thumbnails:
-        labels_dir = run_dir / "labels"
         figures = []
-        images_meta = run.get("images", {})
         for row, anchor in zip(table.itertuples(), anchors):
-            meta = images_meta.get(row.image, {})
-            path = Path(meta.get("path", Path(run.get("config", {}).get("input_dir", ".")) / meta.get("file", "")))
-            uri = _thumbnail(path, labels_dir, row.image, int(row.pellet_id))
+            uri = _thumbnail(run_dir, row.image, int(row.pellet_id))
             img = f"<img src='{uri}' alt='{html.escape(anchor)}'>" if uri else "<p class='note'>image not found</p>"
             figures.append(f"<figure id='thumb-{anchor}'><a href='#{anchor}'>{img}</a>"
                            f"<figcaption>{html.escape(row.image)} #{row.pellet_id}</figcaption></figure>")

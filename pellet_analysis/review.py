@@ -28,9 +28,10 @@ import pandas as pd
 from .bern import bern_scores
 from .classify import pixel_maps, pixel_maps_depth_px
 from .config import RunConfig
-from .io import read_image, write_label_tiff
+from .io import read_image, read_label_window, read_window, write_label_pyramid, write_label_tiff, zarr_levels
 from .measure import CLASS_NAMES, measure_pellets
-from .pellets import estimate_illumination
+from .pellets import Illumination, estimate_illumination
+from .records import pellet_boxes
 from .stains import StainSet, configured_stains, rgb_to_od
 
 __all__ = [
@@ -117,22 +118,23 @@ def save_corrections(run_dir, image: str, pellet_id: int, edits: dict, *, origin
         kind and, for classes, per class (pixels gained minus lost).
     """
     r0, c0 = (int(v) for v in origin)
+    meta = _run_record(run_dir)["images"].get(image, {})
     changed = {}
     per_class = {}
     for kind, crop in edits.items():
-        full, _ = load_labels(run_dir, image, kind)
         crop = np.asarray(crop)
         region = (slice(r0, r0 + crop.shape[0]), slice(c0, c0 + crop.shape[1]))
+        if meta.get("whole_slide"):
+            changed[kind] = _save_slide_correction(run_dir, image, kind, crop, region, meta, per_class)
+            continue
+        full, _ = load_labels(run_dir, image, kind)
         before = full[region]
         if before.shape != crop.shape:
             raise ValueError(f"{image}: {kind} edit of shape {crop.shape} at {origin} does not fit the image {full.shape}")
         diff = before != crop
         changed[kind] = int(diff.sum())
-        if kind == "classes" and diff.any():
-            for code in np.union1d(np.unique(before[diff]), np.unique(crop[diff])):
-                gained = int((crop[diff] == code).sum())
-                lost = int((before[diff] == code).sum())
-                per_class[CLASS_NAMES.get(int(code), str(code))] = {"gained": gained, "lost": lost}
+        if kind == "classes":
+            per_class.update(_class_changes(before, crop))
         if diff.any() or not label_path(run_dir, image, kind, corrected=True).is_file():
             full = full.copy()
             full[region] = crop.astype(full.dtype)
@@ -147,6 +149,42 @@ def save_corrections(run_dir, image: str, pellet_id: int, edits: dict, *, origin
         "classes_changed": per_class,
     }
     return _append_log(run_dir, record)
+
+
+def _class_changes(before, after) -> dict:
+    """Class name -> pixels gained and lost where ``before`` and ``after`` differ."""
+    diff = before != after
+    out = {}
+    for code in np.union1d(np.unique(before[diff]), np.unique(after[diff])):
+        out[CLASS_NAMES.get(int(code), str(code))] = {"gained": int((after[diff] == code).sum()), "lost": int((before[diff] == code).sum())}
+    return out
+
+
+class _Everywhere:
+    """A boolean array-like that is True at every index (a label image piece that owns all its pixels)."""
+
+    def __getitem__(self, index):
+        return np.ones(tuple(len(range(*s.indices(1 << 62))) for s in index), bool)
+
+
+def _save_slide_correction(run_dir, image: str, kind: str, crop, region, meta: dict, per_class: dict) -> int:
+    """Write a whole-slide scan's corrected label pyramid: its current labels with ``crop`` pasted, tile by tile."""
+    shape = tuple(meta["shape"][:2])
+    if region[0].stop > shape[0] or region[1].stop > shape[1] or crop.shape != (region[0].stop - region[0].start, region[1].stop - region[1].start):
+        raise ValueError(f"{image}: {kind} edit of shape {crop.shape} at {(region[0].start, region[1].start)} does not fit the image {shape}")
+    before = load_label_window(run_dir, image, kind, region)
+    diff = before != crop
+    if kind == "classes":
+        per_class.update(_class_changes(before, crop))
+    target = label_path(run_dir, image, kind, corrected=True)
+    if not diff.any() and target.is_file():
+        return 0
+    source = target if target.is_file() else label_path(run_dir, image, kind)
+    base = zarr_levels(source)[0]  # read tile by tile while the new pyramid is written beside it
+    full = (slice(0, shape[0]), slice(0, shape[1]))
+    pieces = [(full, base, _Everywhere(), 0), (region, crop.astype(LABEL_KINDS[kind]), np.ones(crop.shape, bool), 0)]
+    write_label_pyramid(target, shape, pieces, dtype=LABEL_KINDS[kind], pixel_size_um=float(meta["pixel_size_um"]))
+    return int(diff.sum())
 
 
 def set_exclusion(run_dir, image: str, pellet_id: int, reason: str = "", *, excluded: bool = True, user: str | None = None) -> dict:
@@ -219,47 +257,79 @@ def requantify(run_dir, image: str, pellet_ids=None, *, config: RunConfig | None
     run = _run_record(run_dir)
     config = config or RunConfig.model_validate(run["config"])
     meta = run["images"][image]
-    labels = {kind: load_labels(run_dir, image, kind) for kind in LABEL_KINDS}
-    pellets = labels["pellets"][0]
-    corrected = any(flag for _, flag in labels.values())
-    ids = sorted(set(np.unique(pellets).tolist()) - {0}) if pellet_ids is None else [int(p) for p in pellet_ids]
-    ids = [p for p in ids if (pellets == p).any()]
-    if not ids:
-        return []
-    if rgb is None:
-        rgb, _ = read_image(meta["path"])
+    shape = tuple(meta["shape"][:2])
     px = float(meta["pixel_size_um"])
-    rows_, cols_ = np.nonzero(np.isin(pellets, ids))
-    box = (slice(rows_.min(), rows_.max() + 1), slice(cols_.min(), cols_.max() + 1))
-    # the stain concentration is computed on the box grown by the filters' reach, so its values
-    # inside the box are those of the whole-image pipeline
-    margin = pixel_maps_depth_px(pixel_size_um=px, classify=config.classify, nuclei=config.nuclei)
-    wide = tuple(slice(max(0, s.start - margin), min(n, s.stop + margin)) for s, n in zip(box, pellets.shape))
-    inner = tuple(slice(s.start - w.start, s.stop - w.start) for s, w in zip(box, wide))
-    # the vectors the image was analysed with (estimated per image or given in the config)
+    boxes = _pellet_boxes(run_dir, image, meta)
+    ids = sorted(int(k) for k in boxes) if pellet_ids is None else [int(p) for p in pellet_ids if str(int(p)) in boxes]
+    corrected = any(label_path(run_dir, image, kind, corrected=True).is_file() for kind in LABEL_KINDS)
+    # the white point and vectors the image was analysed with (recorded in run.json)
     stains = StainSet.from_dict(meta["stains"]) if "stains" in meta else configured_stains(config.stains)
-    illumination = estimate_illumination(rgb, pixel_size_um=px, stains=config.stains, pellets=config.pellets)
-    field = illumination.field(rgb.shape[:2])
-    od = rgb_to_od(rgb[wide], field[wide] if field.ndim == 3 else field)
-    pg_od = None
-    if "proteoglycan" in stains.roles:
-        pg_od = pixel_maps(od, stains, pixel_size_um=px, classify=config.classify, nuclei=config.nuclei)[inner][..., 1]
-    crop_pellets = np.where(np.isin(pellets[box], ids), pellets[box], 0)
-    rows = measure_pellets(
-        crop_pellets,
-        labels["classes"][0][box],
-        labels["nuclei"][0][box],
-        pixel_size_um=px,
-        proteoglycan_od=pg_od,
-        iron_cell_distance_um=config.iron.cell_distance_um,
-        rim_width_um=config.pellets.rim_width_um,
-    )
+    background = meta.get("background", {})
+    if "coefficients" in background or (background and background.get("source") != "flat-field"):
+        illumination = Illumination.from_dict(background)
+    else:  # a run from before the surface was recorded
+        rgb = read_image(meta["path"])[0] if rgb is None else rgb
+        illumination = estimate_illumination(rgb, pixel_size_um=px, stains=config.stains, pellets=config.pellets)
+    # the stain concentration is computed on the box grown by the filters' reach, so its values
+    # inside the box are those of the pipeline
+    margin = pixel_maps_depth_px(pixel_size_um=px, classify=config.classify, nuclei=config.nuclei)
     out = []
-    for row in rows:
+    for pid in ids:
+        r0, r1, c0, c1 = boxes[str(pid)]
+        box = (slice(r0, r1), slice(c0, c1))
+        wide = _grown(box, margin, shape)
+        inner = tuple(slice(s.start - w.start, s.stop - w.start) for s, w in zip(box, wide))
+        pellet_stains = _pellet_stains(stains, meta, pid)
+        od = rgb_to_od(rgb[wide] if rgb is not None else _rgb_window(meta, wide), illumination.field(shape, wide))
+        pg_od = None
+        if "proteoglycan" in pellet_stains.roles:
+            pg_od = pixel_maps(od, pellet_stains, pixel_size_um=px, classify=config.classify, nuclei=config.nuclei)[inner][..., 1]
+        pellets = load_label_window(run_dir, image, "pellets", box)
+        (row,) = measure_pellets(
+            np.where(pellets == pid, pid, 0),
+            load_label_window(run_dir, image, "classes", box),
+            load_label_window(run_dir, image, "nuclei", box),
+            pixel_size_um=px,
+            proteoglycan_od=pg_od,
+            iron_cell_distance_um=config.iron.cell_distance_um,
+            rim_width_um=config.pellets.rim_width_um,
+        )
         row["centroid_row_px"] += box[0].start
         row["centroid_col_px"] += box[1].start
         out.append({**row, **bern_scores(row, config.bern), "corrected": corrected})
     return out
+
+
+def _grown(box, margin: int, shape) -> tuple:
+    return tuple(slice(max(0, s.start - margin), min(n, s.stop + margin)) for s, n in zip(box, shape))
+
+
+def _pellet_stains(stains: StainSet, meta: dict, pellet_id: int) -> StainSet:
+    """The vectors pellet ``pellet_id`` was classified with (estimated per pellet when recorded so)."""
+    infos = meta.get("stains_source")
+    if isinstance(infos, list) and 0 < pellet_id <= len(infos) and "vectors" in infos[pellet_id - 1]:
+        return stains.with_overrides(infos[pellet_id - 1]["vectors"])
+    return stains
+
+
+def _pellet_boxes(run_dir, image: str, meta: dict) -> dict:
+    """Pellet id (str) -> [r0, r1, c0, c1]: from run.json, or from the reviewer's corrected pellet labels."""
+    if "pellet_boxes" in meta and not label_path(run_dir, image, "pellets", corrected=True).is_file():
+        return meta["pellet_boxes"]
+    return pellet_boxes(load_labels(run_dir, image, "pellets")[0])
+
+
+def _rgb_window(meta: dict, window) -> np.ndarray:
+    """The input image's pixels under ``window``: decoded tile by tile for whole-slide scans."""
+    if meta.get("whole_slide"):
+        return read_window(meta["path"], window)
+    return read_image(meta["path"])[0][window]
+
+
+def load_label_window(run_dir, image: str, kind: str, window) -> np.ndarray:
+    """The part of the current (corrected, else automatic) label image under ``window``."""
+    corrected = label_path(run_dir, image, kind, corrected=True)
+    return read_label_window(corrected if corrected.is_file() else label_path(run_dir, image, kind), window)
 
 
 def apply_review(table: pd.DataFrame, run_dir, *, config: RunConfig | None = None) -> pd.DataFrame:
@@ -303,19 +373,14 @@ def pellet_crop(run_dir, image: str, pellet_id: int, *, margin_px: int = 20) -> 
     """
     run = _run_record(run_dir)
     meta = run["images"][image]
-    labels = {kind: load_labels(run_dir, image, kind) for kind in LABEL_KINDS}
-    pellets = labels["pellets"][0]
-    rows, cols = np.nonzero(pellets == int(pellet_id))
-    if rows.size == 0:
+    box = _pellet_boxes(run_dir, image, meta).get(str(int(pellet_id)))
+    if box is None:
         raise ValueError(f"{image}: no pellet {pellet_id} in its labels")
-    r0, c0 = max(0, rows.min() - margin_px), max(0, cols.min() - margin_px)
-    r1, c1 = min(pellets.shape[0], rows.max() + 1 + margin_px), min(pellets.shape[1], cols.max() + 1 + margin_px)
-    box = (slice(r0, r1), slice(c0, c1))
-    rgb, _ = read_image(meta["path"])
+    window = _grown((slice(box[0], box[1]), slice(box[2], box[3])), margin_px, tuple(meta["shape"][:2]))
     return {
-        "rgb": rgb[box],
-        **{kind: arr[box].copy() for kind, (arr, _) in labels.items()},
-        "origin": (int(r0), int(c0)),
+        "rgb": _rgb_window(meta, window),
+        **{kind: load_label_window(run_dir, image, kind, window) for kind in LABEL_KINDS},
+        "origin": (int(window[0].start), int(window[1].start)),
         "pixel_size_um": float(meta["pixel_size_um"]),
-        "corrected": any(flag for _, flag in labels.values()),
+        "corrected": any(label_path(run_dir, image, kind, corrected=True).is_file() for kind in LABEL_KINDS),
     }

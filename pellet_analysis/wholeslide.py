@@ -23,7 +23,7 @@ import numpy as np
 from .config import RunConfig
 from .geojson import feature_collection
 from .io import ImageReadError, atomic_path, open_lazy, read_window, write_json, write_label_pyramid
-from .records import image_summary, table_row
+from .records import image_summary, pellet_boxes, table_row
 from .pellets import block_mean, working_factor
 from .slide import SlidePlan, analyze_pellet, plan_slide
 from .stains import StainSet
@@ -131,7 +131,7 @@ def finish_slide(path, info: dict, pellet_results, config: RunConfig, output_dir
     px = plan.pixel_size_um
     t0 = time.perf_counter()
     pieces = {kind: [] for kind in LABEL_DTYPES}
-    rows, outlined, offset = [], [], 0
+    rows, outlined, offset, boxes = [], [], 0, {}
     for pid, r in enumerate(kept, start=1):
         inside = np.load(r["files"]["inside"], mmap_mode="r")
         window = r["window"]
@@ -142,6 +142,7 @@ def finish_slide(path, info: dict, pellet_results, config: RunConfig, output_dir
         row = table_row(stem, meta, {**r["row"], "pellet_id": pid}, px)
         rows.append(row)
         outlined.append((row, np.asarray(inside), (window[0].start, window[1].start)))
+        boxes.update({str(pid): box for box in pellet_boxes(inside, (window[0].start, window[1].start)).values()})
     # the three label images at once: compression and file writes release the GIL
     with ThreadPoolExecutor(len(LABEL_DTYPES)) as pool:
         futures = [
@@ -168,6 +169,7 @@ def finish_slide(path, info: dict, pellet_results, config: RunConfig, output_dir
         timings_s={"plan": info["plan_s"], "write": write_s},
         seconds=time.time() - info["started_wall"],
         stains_source=[r["stains_info"] for r in kept],
+        pellet_boxes=boxes,
         whole_slide={
             "low_resolution_factor": plan.factor,
             "pellet_windows": [[[w[0].start, w[0].stop], [w[1].start, w[1].stop]] for w in plan.windows],

@@ -183,3 +183,35 @@ def test_label_pyramid_is_written_without_the_full_image(tmp_path):
     expected[window][inside] = values[inside] + 10
     np.testing.assert_array_equal(full, expected)
     assert path.stat().st_size < 0.05 * full.nbytes  # empty tiles compress to almost nothing
+
+
+def test_review_of_a_whole_slide_reads_windows_and_writes_a_corrected_pyramid(slide_run, in_memory):
+    from pellet_analysis import review
+
+    record, root = slide_run
+    run_dir, image = root / "out", "D1_labeled_d14_s1"
+    crop = review.pellet_crop(run_dir, image, 2, margin_px=5)
+    r0, c0 = crop["origin"]
+    h, w = crop["pellets"].shape
+    np.testing.assert_array_equal(crop["nuclei"], in_memory.nuclei[r0 : r0 + h, c0 : c0 + w])
+    # re-quantifying the untouched labels gives the run's own measurements
+    (again,) = review.requantify(run_dir, image, [2])
+    row = record["table"].set_index("pellet_id").loc[2]
+    for key in ("proteoglycan_area_fraction", "proteoglycan_mean_od", "nuclei_count", "iron_area_fraction"):
+        assert again[key] == pytest.approx(row[key], rel=1e-6), key
+    # the reviewer relabels a block of the pellet as collagen (code 3)
+    classes = crop["classes"].copy()
+    block = (slice(h // 2 - 20, h // 2 + 20), slice(w // 2 - 20, w // 2 + 20))
+    classes[block] = 3
+    automatic = (root / "out" / "labels" / f"{image}_classes.tif").read_bytes()
+    audit = review.save_corrections(run_dir, image, 2, {"classes": classes}, origin=crop["origin"])
+    assert audit["pixels_changed"]["classes"] == int((crop["classes"][block] != 3).sum()) > 0
+    assert (root / "out" / "labels" / f"{image}_classes.tif").read_bytes() == automatic  # never overwritten
+    with tifffile.TiffFile(root / "out" / "labels" / f"{image}_classes.corrected.tif") as tif:
+        corrected = tif.series[0].levels[0].asarray()
+        assert len(tif.series[0].levels) > 1
+    expected = in_memory.classes.copy()
+    expected[r0 : r0 + h, c0 : c0 + w] = classes
+    np.testing.assert_array_equal(corrected, expected)
+    (after,) = review.requantify(run_dir, image, [2])
+    assert after["collagen_area_fraction"] > again["collagen_area_fraction"] and after["corrected"]
