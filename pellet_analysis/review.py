@@ -242,7 +242,7 @@ def requantify(run_dir, image: str, pellet_ids=None, *, config: RunConfig | None
     od = rgb_to_od(rgb[wide], field[wide] if field.ndim == 3 else field)
     pg_od = None
     if "proteoglycan" in stains.roles:
-        pg_od = pixel_maps(od, stains, pixel_size_um=px, classify=config.classify, nuclei=config.nuclei)[inner][..., 1]
+        pg_od = pixel_maps(od, stains, pixel_size_um=px, classify=config.classify, nuclei=config.nuclei, iron=config.iron)[inner][..., 1]
     crop_pellets = np.where(np.isin(pellets[box], ids), pellets[box], 0)
     rows = measure_pellets(
         crop_pellets,
