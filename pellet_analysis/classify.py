@@ -376,11 +376,6 @@ def classify_objects(
     min_r_px = nuclei.min_diameter_um / 2 / px
     min_nucleus_px = max(2, int(math.pi * min_r_px**2 * 0.55))
     nuclear = _compact_objects(inside & (spots > thresholds.dark), min_radius_px=min_r_px, min_area_px=min_nucleus_px)
-    if has_iron and iron.min_od < thresholds.dark:
-        # nuclei of low contrast (in the collagen rim, say) are missed at the pellet's threshold but
-        # are still nucleus-sized and thick at the granules' lower one: nuclei, not iron
-        faint = _compact_objects(inside & (spots > iron.min_od) & ~nuclear, min_radius_px=min_r_px, min_area_px=min_nucleus_px)
-        nuclear |= faint
     iron_mask = np.zeros(inside.shape, bool)
     if has_iron:
         granule_map = maps[..., 3]

@@ -150,8 +150,8 @@ class IronConfig(_Strict):
     min_od: float = Field(
         0.3,
         gt=0,
-        description="Lowest local darkness (OD above the surrounding matrix) at which nucleus-sized, thick "
-        "objects of low contrast are still taken as nuclei.",
+        description="Ignored; kept so that configs of earlier runs still load. Granules are now found on "
+        "their own contrast (granule_min_od), on which faint nuclei do not show.",
     )
     granule_min_od: float = Field(
         0.2,
