@@ -377,18 +377,20 @@ def classify_objects(
     min_nucleus_px = max(2, int(math.pi * min_r_px**2 * 0.55))
     nuclear = _compact_objects(inside & (spots > thresholds.dark), min_radius_px=min_r_px, min_area_px=min_nucleus_px)
     iron_mask = np.zeros(inside.shape, bool)
+    contrast = np.zeros(inside.shape, bool)
     if has_iron:
         granule_map = maps[..., 3]
+        contrast = granule_map > iron.granule_min_od
         iron_mask = _granules(
-            inside & (granule_map > iron.granule_min_od) & ~nuclear,
+            inside & contrast & ~nuclear,
             nuclear,
             gap_px=round(iron.nucleus_gap_um / px),
             max_area_px=3 * math.pi * (iron.max_granule_diameter_um / 2 / px) ** 2,
         )
     # nuclei are cut inside their blurred edges by the threshold: grow each to half its own
-    # darkness, by up to 1 µm, but not over a granule beside it
+    # darkness, by up to 1 µm, but not over the granule-sized spots beside it
     instances = _grow_to_half_maximum(
-        split_nuclei(nuclear, min_radius_px=min_r_px, darkness=spots), spots, inside & ~iron_mask, distance_px=max(1, round(1.0 / px))
+        split_nuclei(nuclear, min_radius_px=min_r_px, darkness=spots), spots, inside & ~contrast, distance_px=max(1, round(1.0 / px))
     )
     nuclear = instances > 0
     if has_iron:
