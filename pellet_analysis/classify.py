@@ -4,8 +4,10 @@ Classes (``CLASS_CODES``): proteoglycan and collagen come from colour
 deconvolution of the chromatic stains; nuclei and iron from local dark spots.
 For ``ab-vg`` (Weigert's iron hematoxylin, near-neutral black) darkness is the
 OD of the least-absorbed channel above the surrounding matrix (a white
-top-hat); dark objects thick and large enough to be a nucleus are nuclei, the
-small ones beside them iron granules. Other presets take nuclei from the
+top-hat); dark objects thick and large enough to be a nucleus are nuclei.
+Iron granules are spots of green and blue OD above a granule-sized top-hat
+(brown granules absorb those channels most), outside and not on the rim of a
+nucleus. Other presets take nuclei from the
 deconvolved nuclear stain."""
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ __all__ = [
     "stain_concentrations",
     "classify_pellet",
     "pixel_maps",
+    "granule_contrast",
     "pellet_window",
     "split_nuclei",
     "classify_pixels",
@@ -187,6 +190,25 @@ def dark_spots(od_fine, stains: StainSet, *, pixel_size_um: float, nuclei: Nucle
     return cv2.morphologyEx(np.ascontiguousarray(signal, dtype=np.float32), cv2.MORPH_TOPHAT, kernel)
 
 
+def granule_contrast(od_fine, *, pixel_size_um: float, iron: IronConfig) -> np.ndarray:
+    """Contrast of granule-sized dark spots: a white top-hat of the green and blue OD at granule scale.
+
+    Iron granules absorb green and blue most (brown), so the mean of those
+    two channels sees them better than the least-absorbed channel; a disk
+    just larger than the largest granule keeps granules and removes nuclei
+    and the cytoplasm ring, which are wider.
+    """
+    signal = 0.5 * (od_fine[..., 1] + od_fine[..., 2])
+    radius_px = granule_radius_px(pixel_size_um=pixel_size_um, iron=iron)
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius_px + 1, 2 * radius_px + 1))
+    return cv2.morphologyEx(np.ascontiguousarray(signal, dtype=np.float32), cv2.MORPH_TOPHAT, kernel)
+
+
+def granule_radius_px(*, pixel_size_um: float, iron: IronConfig) -> int:
+    """Radius (px) of the granule top-hat: half the largest granule diameter."""
+    return max(1, int(math.ceil(iron.max_granule_diameter_um / 2 / pixel_size_um)))
+
+
 def top_hat_radius_px(*, pixel_size_um: float, nuclei: NucleiConfig) -> int:
     """Radius (px) of the top-hat: half the largest nucleus diameter."""
     return max(1, int(math.ceil(nuclei.max_diameter_um / 2 / pixel_size_um)))
@@ -218,7 +240,7 @@ def stain_concentrations(od, spots, stains: StainSet, *, pixel_size_um: float, c
 # ---------------------------------------------------------------------------------------------
 
 #: Names of the pixel maps, in the order of the channels of the stacked map array.
-MAP_NAMES = ("spots", "proteoglycan", "collagen")
+MAP_NAMES = ("spots", "proteoglycan", "collagen", "granules")
 
 #: Histogram bins (OD) for the pellet's thresholds: fine enough that a threshold moves by < 0.002 OD.
 _SPOT_EDGES = np.linspace(0.0, 4.0, 2001)
@@ -242,19 +264,18 @@ def _gaussian_radius_px(sigma_px: float) -> int:
     return 0 if sigma_px <= 0.3 else (int(round(sigma_px * 8 + 1)) | 1) // 2
 
 
-def pixel_maps_depth_px(*, pixel_size_um: float, classify: ClassifyConfig, nuclei: NucleiConfig) -> int:
+def pixel_maps_depth_px(*, pixel_size_um: float, classify: ClassifyConfig, nuclei: NucleiConfig, iron: IronConfig | None = None) -> int:
     """Overlap (px) that makes tiled :func:`pixel_maps` equal to the in-memory result.
 
-    The sum of the supports of the filters: the fine Gaussian, the top-hat's
-    erosion and dilation, and the concentration smoothing.
+    The sum of the supports of the filters: the fine Gaussian, the wider
+    top-hat's erosion and dilation (nucleus or granule scale), and the
+    concentration smoothing.
     """
     px = float(pixel_size_um)
-    return (
-        _gaussian_radius_px(0.4 / px)
-        + 2 * top_hat_radius_px(pixel_size_um=px, nuclei=nuclei)
-        + _gaussian_radius_px(classify.smoothing_um / px)
-        + 1
-    )
+    radius = top_hat_radius_px(pixel_size_um=px, nuclei=nuclei)
+    if iron is not None:
+        radius = max(radius, granule_radius_px(pixel_size_um=px, iron=iron))
+    return _gaussian_radius_px(0.4 / px) + 2 * radius + _gaussian_radius_px(classify.smoothing_um / px) + 1
 
 
 def objects_depth_px(*, pixel_size_um: float, nuclei: NucleiConfig, iron: IronConfig) -> int:
@@ -263,20 +284,25 @@ def objects_depth_px(*, pixel_size_um: float, nuclei: NucleiConfig, iron: IronCo
     return int(math.ceil((2 * nuclei.max_diameter_um + iron.nucleus_gap_um + 2.0) / px)) + 2
 
 
-def pixel_maps(od, stains: StainSet, *, pixel_size_um: float, classify: ClassifyConfig, nuclei: NucleiConfig) -> np.ndarray:
-    """Darkness and stain concentrations per pixel, stacked as (rows, cols, 3) float32 (:data:`MAP_NAMES`).
+def pixel_maps(
+    od, stains: StainSet, *, pixel_size_um: float, classify: ClassifyConfig, nuclei: NucleiConfig, iron: IronConfig | None = None
+) -> np.ndarray:
+    """Darkness, stain concentrations and granule contrast per pixel, stacked as (rows, cols, 4) float32 (:data:`MAP_NAMES`).
 
-    Missing stains are 0.
+    Missing stains are 0; the granule map is 0 for stain sets without iron.
     """
     od = np.asarray(od, dtype=np.float32)
     px = float(pixel_size_um)
-    spots = dark_spots(smooth_channels(od, 0.4 / px), stains, pixel_size_um=px, nuclei=nuclei)
+    fine = smooth_channels(od, 0.4 / px)
+    spots = dark_spots(fine, stains, pixel_size_um=px, nuclei=nuclei)
     conc = stain_concentrations(od, spots, stains, pixel_size_um=px, classify=classify)
     out = np.zeros(od.shape[:2] + (len(MAP_NAMES),), np.float32)
     out[..., 0] = spots
-    for k, role in enumerate(MAP_NAMES[1:], start=1):
+    for k, role in enumerate(MAP_NAMES[1:3], start=1):
         if role in conc:
             out[..., k] = conc[role]
+    if "iron" in stains.roles:
+        out[..., 3] = granule_contrast(fine, pixel_size_um=px, iron=iron or IronConfig())
     return out
 
 
@@ -352,27 +378,27 @@ def classify_objects(
     min_r_px = nuclei.min_diameter_um / 2 / px
     min_nucleus_px = max(2, int(math.pi * min_r_px**2 * 0.55))
     nuclear = _compact_objects(inside & (spots > thresholds.dark), min_radius_px=min_r_px, min_area_px=min_nucleus_px)
-    if has_iron and iron.min_od < thresholds.dark:
-        # nuclei of low contrast (in the collagen rim, say) are missed at the pellet's threshold but
-        # are still nucleus-sized and thick at the granules' lower one: nuclei, not iron
-        faint = _compact_objects(inside & (spots > iron.min_od) & ~nuclear, min_radius_px=min_r_px, min_area_px=min_nucleus_px)
-        nuclear |= faint
-    instances = _grow_to_half_maximum(
-        split_nuclei(nuclear, min_radius_px=min_r_px, darkness=spots), spots, inside, distance_px=max(1, round(1.0 / px))
-    )
-    nuclear = instances > 0
     iron_mask = np.zeros(inside.shape, bool)
+    contrast = np.zeros(inside.shape, bool)
     if has_iron:
+        granule_map = maps[..., 3]
+        contrast = granule_map > iron.granule_min_od
         iron_mask = _granules(
-            inside & (spots > iron.min_od) & ~nuclear,
+            inside & contrast & ~nuclear,
             nuclear,
             gap_px=round(iron.nucleus_gap_um / px),
             max_area_px=3 * math.pi * (iron.max_granule_diameter_um / 2 / px) ** 2,
         )
-        # granules, like nuclei, are cut inside their blurred edges by the threshold: grow each
-        # to half its own peak darkness, by up to 1 µm, without entering a nucleus
-        granules, _ = ndi.label(iron_mask, structure=np.ones((3, 3), bool))
-        grown = _grow_to_half_maximum(granules, spots, inside & ~nuclear, distance_px=max(1, round(1.0 / px)))
+    # nuclei are cut inside their blurred edges by the threshold: grow each to half its own
+    # darkness, by up to 1 µm, but not over the granule-sized spots beside it
+    instances = _grow_to_half_maximum(
+        split_nuclei(nuclear, min_radius_px=min_r_px, darkness=spots), spots, inside & ~contrast, distance_px=max(1, round(1.0 / px))
+    )
+    nuclear = instances > 0
+    if has_iron:
+        # granules likewise: grow each to half its own contrast, by up to 0.5 µm, without entering a nucleus
+        granules, _ = ndi.label(iron_mask & ~nuclear, structure=np.ones((3, 3), bool))
+        grown = _grow_to_half_maximum(granules, granule_map, inside & ~nuclear, distance_px=max(1, round(0.5 / px)))
         iron_mask = grown > 0
     classes = np.zeros(inside.shape, np.uint8)
     classes[inside] = CLASS_CODES["other_tissue"]
@@ -454,9 +480,10 @@ def classify_pellet(
     """
     inside = np.asarray(inside, dtype=bool)
     settings = _settings(pixel_size_um, classify, nuclei, iron)
-    depth_maps = pixel_maps_depth_px(pixel_size_um=pixel_size_um, classify=classify, nuclei=nuclei)
+    depth_maps = pixel_maps_depth_px(pixel_size_um=pixel_size_um, classify=classify, nuclei=nuclei, iron=iron)
     depth_objects = objects_depth_px(pixel_size_um=pixel_size_um, nuclei=nuclei, iron=iron)
-    map_kwargs = dict(pixel_size_um=float(pixel_size_um), classify=classify, nuclei=nuclei)
+    map_kwargs = dict(pixel_size_um=float(pixel_size_um), classify=classify, nuclei=nuclei, iron=iron)
+    n_maps = len(MAP_NAMES)
     width = inside.shape[1]
     if tile_px is None and not hasattr(od, "dask"):
         maps = pixel_maps(od, stains, **map_kwargs)
@@ -468,7 +495,13 @@ def classify_pellet(
         chunks = _tile_chunks(inside.shape, tile_px, od, min_px=max(depth_maps, depth_objects))
         od_tiles = od.rechunk(chunks + ((3,),)) if hasattr(od, "dask") else da.from_array(np.asarray(od), chunks=chunks + ((3,),))
         maps = od_tiles.map_overlap(
-            pixel_maps, depth={0: depth_maps, 1: depth_maps, 2: 0}, boundary="none", dtype=np.float32, stains=stains, **map_kwargs
+            pixel_maps,
+            depth={0: depth_maps, 1: depth_maps, 2: 0},
+            boundary="none",
+            dtype=np.float32,
+            chunks=chunks + ((n_maps,),),
+            stains=stains,
+            **map_kwargs,
         ).compute(scheduler="synchronous")
         thresholds = thresholds_from_histograms(map_histograms(maps, inside), classify=classify, nuclei=nuclei)
 
@@ -478,7 +511,7 @@ def classify_pellet(
 
         packed = da.map_overlap(
             block,
-            da.from_array(maps, chunks=chunks + ((3,),)),
+            da.from_array(maps, chunks=chunks + ((n_maps,),)),
             da.from_array(inside[..., None], chunks=chunks + ((1,),)),
             depth={0: depth_objects, 1: depth_objects, 2: 0},
             boundary="none",
@@ -553,7 +586,7 @@ def classify_pixels(
     classes = np.zeros(shape, np.uint8)
     instances = np.zeros(shape, np.uint32)
     pg_od = np.zeros(shape, np.float32)
-    margin = pixel_maps_depth_px(pixel_size_um=pixel_size_um, classify=classify, nuclei=nuclei)
+    margin = pixel_maps_depth_px(pixel_size_um=pixel_size_um, classify=classify, nuclei=nuclei, iron=iron)
     n_nuclei = 0
     for pid, window in enumerate(ndi.find_objects(pellets.astype(np.int64, copy=False)), start=1):
         if window is None:

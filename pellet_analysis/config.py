@@ -175,13 +175,22 @@ class IronConfig(_Strict):
     """Iron granules of iron-sucrose labeled cells."""
 
     min_od: float = Field(
-        0.3, gt=0, description="Lowest local darkness (OD above the surrounding matrix) of an iron granule pixel."
+        0.3,
+        gt=0,
+        description="Ignored; kept so that configs of earlier runs still load. Granules are now found on "
+        "their own contrast (granule_min_od), on which faint nuclei do not show.",
+    )
+    granule_min_od: float = Field(
+        0.2,
+        gt=0,
+        description="Lowest granule contrast of an iron granule pixel: the mean green and blue OD above "
+        "its surroundings (white top-hat of a disk as wide as the largest granule).",
     )
     max_granule_diameter_um: float = Field(
         3.5, gt=0, description="Largest granule (equivalent diameter, µm); clusters up to three times its area are kept."
     )
     nucleus_gap_um: float = Field(
-        0.3, ge=0, description="Dark pixels this close to a nucleus (µm) are its blurred edge, not iron."
+        0.6, ge=0, description="Dark pixels this close to a nucleus (µm) are its blurred edge, not iron."
     )
     cell_distance_um: float = Field(
         5.0, ge=0, description="A cell is iron-positive when a granule lies within this distance of its nucleus (µm)."

@@ -80,7 +80,7 @@ def plan_slide(small_rgb, shape, dtype, *, factor: int, pixel_size_um: float, co
     small_rgb = np.asarray(small_rgb, dtype=np.float32)
     illumination = illumination_from_small(small_rgb, np.dtype(dtype), pixel_size_um=px_small, stains=config.stains, pellets=config.pellets)
     labels = pellet_topology(small_rgb, illumination, pixel_size_um=px_small, config=config.pellets)
-    depth = pixel_maps_depth_px(pixel_size_um=pixel_size_um, classify=config.classify, nuclei=config.nuclei)
+    depth = pixel_maps_depth_px(pixel_size_um=pixel_size_um, classify=config.classify, nuclei=config.nuclei, iron=config.iron)
     margin = pellet_margin_px(pixel_size_um=pixel_size_um, factor=factor, config=config.pellets, extra_px=depth)
     return SlidePlan(
         shape=tuple(int(n) for n in shape[:2]),

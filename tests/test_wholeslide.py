@@ -78,6 +78,9 @@ def test_overlaps_come_from_the_filters_and_the_largest_nucleus():
     small = pixel_maps_depth_px(pixel_size_um=1.0, classify=config.classify, nuclei=config.nuclei)
     fine = pixel_maps_depth_px(pixel_size_um=0.25, classify=config.classify, nuclei=config.nuclei)
     assert fine > 3.5 * small  # in pixels, the reach scales with 1 / pixel size
+    # the wider of the two top-hats (nucleus or granule scale) sets the reach
+    coarse_granules = config.iron.model_copy(update={"max_granule_diameter_um": 3 * config.nuclei.max_diameter_um})
+    assert pixel_maps_depth_px(pixel_size_um=1.0, classify=config.classify, nuclei=config.nuclei, iron=coarse_granules) >= small + 2 * config.nuclei.max_diameter_um
     bigger = config.nuclei.model_copy(update={"max_diameter_um": 2 * config.nuclei.max_diameter_um})
     assert objects_depth_px(pixel_size_um=1.0, nuclei=bigger, iron=config.iron) >= objects_depth_px(
         pixel_size_um=1.0, nuclei=config.nuclei, iron=config.iron
