@@ -36,7 +36,7 @@ from .stains import StainSet, configured_stains
 from .review import apply_review
 from .records import image_summary, pellet_boxes, table_row
 from .study import read_sample_sheet
-from .wholeslide import finish_slide, is_whole_slide, plan_whole_slide, slide_pellet
+from .wholeslide import finish_slide, is_whole_slide, one_thread_per_task, plan_whole_slide, slide_pellet
 
 __all__ = [
     "TABLE_COLUMNS",
@@ -167,6 +167,7 @@ def process_file(path, config: RunConfig, output_dir, metadata: dict | None = No
     path = Path(path)
     output_dir = Path(output_dir)
     started = time.perf_counter()
+    one_thread_per_task()
     stem = path.stem
     warnings = []
     meta = _metadata(path, config, metadata, warnings)
@@ -239,6 +240,9 @@ def _compute(tasks, config: RunConfig, progress):
     kwargs = {"scheduler": config.scheduler}
     if config.n_workers and config.scheduler != "synchronous":
         kwargs["num_workers"] = config.n_workers
+    if config.scheduler == "processes":
+        # one task per dispatch: Dask's default batches of 6 would run a slide's pellets one after another
+        kwargs["chunksize"] = 1
     with _Progress():
         return list(dask.compute(*tasks, **kwargs))
 

@@ -124,8 +124,8 @@ def analyze_pellet(rgb_window, plan: SlidePlan, index: int, *, config: RunConfig
     """
     window = plan.windows[index - 1]
     px = plan.pixel_size_um
-    field = plan.illumination.field(plan.shape, window)
-    od = rgb_to_od(np.asarray(rgb_window), field)
+    od = rgb_to_od(np.asarray(rgb_window), plan.illumination.field(plan.shape, window))
+    del rgb_window
     inside = refine_pellet(od, plan.labels_small, index, window, plan.factor, pixel_size_um=px, config=config.pellets)
     if inside.sum() * px**2 < config.pellets.min_pellet_area_um2:
         return None

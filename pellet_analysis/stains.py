@@ -184,12 +184,14 @@ def intensity_range(dtype) -> float:
 
 
 def _broadcast_background(background, image_shape, channel_axis) -> np.ndarray:
-    bg = np.asarray(background, dtype=np.float64)
+    # a field stays in its own (float32) dtype: a float64 copy of a whole-window field is hundreds of MB
+    bg = np.asarray(background)
+    bg = bg if bg.ndim >= 2 and bg.dtype == np.float32 else bg.astype(np.float64)
     if bg.ndim == 1:
         shape = [1] * len(image_shape)
         shape[channel_axis] = bg.shape[0]
         bg = bg.reshape(shape)
-    if np.any(bg <= 0):
+    if bg.min() <= 0:
         raise ValueError("background intensity must be > 0 in every channel")
     return bg
 
@@ -219,11 +221,30 @@ def rgb_to_od(image, background=None, *, channel_axis=-1) -> np.ndarray:
     if background is None:
         background = full
     bg = _broadcast_background(background, image.shape, channel_axis)
+    if image.dtype == np.uint8 and image.ndim == 3 and image.shape[-1] == 3 and channel_axis in (-1, 2):
+        return _uint8_od(image, bg)
     floor = bg / 255.0 if np.issubdtype(image.dtype, np.floating) else 1.0
     intensity = np.maximum(image.astype(np.float32), np.asarray(floor, dtype=np.float32))
     od = -np.log10(intensity / bg.astype(np.float32))
     np.maximum(od, 0, out=od)
     return od.astype(np.float32, copy=False)
+
+
+#: -log10 of each 8-bit intensity (0 taken as 1), per channel, for cv2.LUT.
+_NEG_LOG_LUT = np.repeat(-np.log10(np.maximum(np.arange(256), 1.0)).astype(np.float32)[:, None], 3, axis=1).reshape(256, 1, 3)
+
+
+def _uint8_od(image, bg) -> np.ndarray:
+    """:func:`rgb_to_od` of 8-bit RGB: a table look-up, then ``+ log10(I0)`` channel by channel, in place."""
+    od = cv2.LUT(np.ascontiguousarray(image), _NEG_LOG_LUT)
+    bg = np.asarray(bg, dtype=np.float32)
+    if bg.ndim < 3:
+        od += np.log10(bg.reshape(-1)).astype(np.float32)
+    else:
+        for c in range(3):
+            od[..., c] += np.log10(bg[..., c])
+    np.maximum(od, 0, out=od)
+    return od
 
 
 def od_to_rgb(od, background=255.0, *, dtype=np.uint8, channel_axis=-1) -> np.ndarray:

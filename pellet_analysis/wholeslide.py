@@ -13,6 +13,7 @@ pellet, not by the slide.
 from __future__ import annotations
 
 import math
+import os
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 import time
@@ -28,7 +29,7 @@ from .pellets import block_mean, working_factor
 from .slide import SlidePlan, analyze_pellet, plan_slide
 from .stains import StainSet
 
-__all__ = ["is_whole_slide", "plan_whole_slide", "slide_pellet", "finish_slide", "LABEL_DTYPES"]
+__all__ = ["one_thread_per_task", "is_whole_slide", "plan_whole_slide", "slide_pellet", "finish_slide", "LABEL_DTYPES"]
 
 #: dtype of each label image.
 LABEL_DTYPES = {"pellets": np.uint16, "classes": np.uint8, "nuclei": np.uint32}
@@ -82,12 +83,21 @@ def plan_whole_slide(path, pixel_size_um: float, config: RunConfig) -> SlidePlan
     return plan_slide(small, lazy.shape, lazy.dtype, factor=factor, pixel_size_um=pixel_size_um, config=config)
 
 
+def one_thread_per_task() -> None:
+    """Keep OpenCV to one thread inside a task: Dask runs one task per worker, so more threads only oversubscribe the cores."""
+    import cv2
+
+    cv2.setNumThreads(1)
+
+
 def slide_pellet(path, plan: SlidePlan, index: int, config: RunConfig, stains: StainSet, scratch) -> dict:
     """Analyse pellet ``index`` from its window of the scan; its labels go to ``scratch`` as .npy files.
 
     Never raises: returns ``{"index", "kept": False}`` for a pellet smaller than
     the minimum area, ``{"index", "error"}`` for a failure.
     """
+    one_thread_per_task()
+    started = time.time()
     try:
         piece = analyze_pellet(read_window(path, plan.windows[index - 1]), plan, index, config=config, stains=stains)
     except Exception as error:  # one pellet's failure is reported with its image, never kills the batch
@@ -109,6 +119,9 @@ def slide_pellet(path, plan: SlidePlan, index: int, config: RunConfig, stains: S
         "stains_info": piece.stains_info,
         "files": files,
         "n_nuclei": int(piece.nuclei.max()),
+        "started_wall": started,
+        "seconds": time.time() - started,
+        "pid": os.getpid(),
     }
 
 
@@ -166,7 +179,12 @@ def finish_slide(path, info: dict, pellet_results, config: RunConfig, output_dir
         config_hash=info["config_hash"],
         metadata_override=info["metadata_override"],
         warnings=info["warnings"],
-        timings_s={"plan": info["plan_s"], "write": write_s},
+        timings_s={
+            "plan": info["plan_s"],
+            "pellets": [round(r["seconds"], 3) for r in kept],
+            "pellets_started_after_plan_s": [round(r["started_wall"] - info["started_wall"], 3) for r in kept],
+            "write": write_s,
+        },
         seconds=time.time() - info["started_wall"],
         stains_source=[r["stains_info"] for r in kept],
         pellet_boxes=boxes,
