@@ -329,16 +329,35 @@ _BLOCK_ROWS = 128
 
 
 def _rows_transform(od, matrix, lut=None) -> np.ndarray:
-    """``od @ matrix.T`` per pixel (float32), block by block of rows with OpenCV; ``lut`` first maps uint8 input to OD."""
+    """``od @ matrix.T`` per pixel (float32), block by block of rows with OpenCV; ``lut`` first maps uint8 input to OD.
+
+    Blocks run on as many threads as OpenCV may use (``cv2.getNumThreads()``;
+    pipeline tasks set it to one, as Dask supplies their parallelism).
+    """
     out = np.empty(od.shape[:-1] + (matrix.shape[0],), np.float32)
     if od.ndim != 3 or od.shape[0] * od.shape[1] == 0:
         return (np.asarray(od, np.float32) @ matrix.T.astype(np.float32)).astype(np.float32)
     m = np.ascontiguousarray(matrix, dtype=np.float32)
-    for r in range(0, od.shape[0], _BLOCK_ROWS):
-        block = od[r : r + _BLOCK_ROWS]
-        block = cv2.LUT(block, lut) if lut is not None else np.ascontiguousarray(block, dtype=np.float32)
-        res = cv2.transform(block, m)
-        out[r : r + _BLOCK_ROWS] = res.reshape(out[r : r + _BLOCK_ROWS].shape)
+
+    def block(r):
+        rows = od[r : r + _BLOCK_ROWS]
+        rows = cv2.LUT(rows, lut) if lut is not None else np.ascontiguousarray(rows, dtype=np.float32)
+        target = out[r : r + _BLOCK_ROWS]
+        if m.shape[0] > 1:
+            cv2.transform(rows, m, dst=target)  # straight into the output rows: no copy
+        else:
+            target[..., 0] = cv2.transform(rows, m)
+
+    starts = range(0, od.shape[0], _BLOCK_ROWS)
+    threads = max(1, cv2.getNumThreads())
+    if threads == 1 or len(starts) < 4:
+        for r in starts:
+            block(r)
+    else:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(threads) as pool:  # OpenCV releases the GIL
+            list(pool.map(block, starts))
     return out
 
 

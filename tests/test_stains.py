@@ -87,3 +87,22 @@ def test_background_estimate_and_flat_field_recover_uneven_tinted_illumination()
     assert np.abs(field - truth).max() < 1.5
     flat = estimate_background(image, tissue)
     np.testing.assert_allclose(flat, np.median(truth[~tissue], axis=0), atol=2)
+
+
+def test_fused_separation_equals_unmixing_and_skimage():
+    from skimage.color import separate_stains as skimage_separate
+
+    from pellet_analysis.stains import get_preset, rgb_to_od, separate_stains, unmix
+
+    rgb = np.random.default_rng(5).integers(1, 256, (301, 257, 3), dtype=np.uint8)  # rows not a multiple of the block
+    st = get_preset("ab-vg")
+    vectors = np.stack([st.vector(n) for n in ("alcian_blue", "acid_fuchsin", "picric_acid")])
+    ours = separate_stains(rgb, vectors, (250.0, 245.0, 240.0))
+    np.testing.assert_allclose(ours, unmix(rgb_to_od(rgb, (250.0, 245.0, 240.0)), vectors), atol=1e-5)
+    # skimage: natural log scaled by log(1e-6), background 255, negative concentrations clipped
+    unit = np.stack([v / np.linalg.norm(v) for v in vectors])
+    reference = skimage_separate(rgb, np.linalg.inv(unit)) * (-np.log(1e-6) / np.log(10))
+    np.testing.assert_allclose(np.maximum(separate_stains(rgb, unit), 0), reference, atol=1e-3)
+    two = separate_stains(rgb, vectors[:2])
+    assert two.shape == (301, 257, 2)
+    np.testing.assert_allclose(two, unmix(rgb_to_od(rgb), vectors[:2]), atol=1e-5)
