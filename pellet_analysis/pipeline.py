@@ -36,7 +36,16 @@ from .stains import StainSet, configured_stains
 from .review import apply_review
 from .records import image_summary, pellet_boxes, table_row
 from .study import read_sample_sheet
-from .wholeslide import finish_slide, is_whole_slide, one_thread_per_task, plan_whole_slide, slide_pellet
+from .wholeslide import (
+    LABEL_DTYPES,
+    finish_slide,
+    is_whole_slide,
+    number_pellets,
+    one_thread_per_task,
+    plan_whole_slide,
+    slide_pellet,
+    write_slide_labels,
+)
 
 __all__ = [
     "TABLE_COLUMNS",
@@ -215,7 +224,19 @@ def process_file(path, config: RunConfig, output_dir, metadata: dict | None = No
     return summary
 
 
-def _compute(tasks, config: RunConfig, progress):
+def _process_pool(config: RunConfig):
+    """One pool of worker processes for all of a batch's computations (as Dask would make one per call)."""
+    from concurrent.futures import ProcessPoolExecutor
+    from functools import partial
+
+    from dask.multiprocessing import get_context, initialize_worker_process
+
+    if os.environ.get("PYTHONHASHSEED") in (None, "0"):
+        os.environ["PYTHONHASHSEED"] = "6640"  # Dask's choice: the same hashing in every worker
+    return ProcessPoolExecutor(config.n_workers or os.cpu_count(), mp_context=get_context(), initializer=partial(initialize_worker_process))
+
+
+def _compute(tasks, config: RunConfig, progress, pool=None):
     """Run delayed tasks on the configured scheduler, reporting each finished image."""
     import dask
 
@@ -243,6 +264,8 @@ def _compute(tasks, config: RunConfig, progress):
     if config.scheduler == "processes":
         # one task per dispatch: Dask's default batches of 6 would run a slide's pellets one after another
         kwargs["chunksize"] = 1
+        if pool is not None:
+            kwargs["pool"] = pool
     with _Progress():
         return list(dask.compute(*tasks, **kwargs))
 
@@ -286,7 +309,17 @@ def _slide_graph(path: Path, info: dict, config: RunConfig, output_dir, metadata
         for k in range(1, len(info["plan"].windows) + 1)
     ]
     digest = dask.delayed(sha256_file, pure=False)(path, dask_key_name=f"sha256-{path.name}")  # read alongside the pellets
-    return dask.delayed(finish_slide, pure=False)(path, info, pellets, config, output_dir, info["meta"], digest, dask_key_name=f"image-{path.name}")
+    numbered = dask.delayed(number_pellets, pure=False)(pellets, dask_key_name=f"number-{path.name}")
+    shape, px = info["plan"].shape, info["plan"].pixel_size_um
+    written = [  # one task per label image: on two workers two are written at once
+        dask.delayed(write_slide_labels, pure=False)(
+            numbered, kind, Path(output_dir) / "labels" / f"{path.stem}_{kind}.tif", shape, px, dask_key_name=f"labels-{kind}-{path.name}"
+        )
+        for kind in LABEL_DTYPES
+    ]
+    return dask.delayed(finish_slide, pure=False)(
+        path, info, numbered, written, config, output_dir, info["meta"], digest, dask_key_name=f"image-{path.name}"
+    )
 
 
 class RunFolderConflict(RuntimeError):
@@ -404,14 +437,23 @@ def run_batch(config: RunConfig, *, progress=None) -> dict:
     report = progress or (lambda summary: None)
     for summary in skipped:
         report(summary)
-    if slides:
-        planned = _compute([dask.delayed(plan_slide_task, pure=False)(p, config, m, output_dir) for p, m in slides], config, lambda r: None)
-        for (path, meta), info in zip(slides, planned):
-            if not info.get("ok", True):
-                pre_failures.append(info)
-            else:
-                tasks.append(_slide_graph(path, info, config, output_dir, meta))
-    results = _compute(tasks, config, report) if tasks else []
+    # whole-slide scans are planned first (their pellets become tasks); the worker processes, once
+    # started and their imports done, serve both steps
+    pool = _process_pool(config) if config.scheduler == "processes" and (slides or tasks) else None
+    try:
+        if slides:
+            planned = _compute(
+                [dask.delayed(plan_slide_task, pure=False)(p, config, m, output_dir) for p, m in slides], config, lambda r: None, pool
+            )
+            for (path, meta), info in zip(slides, planned):
+                if not info.get("ok", True):
+                    pre_failures.append(info)
+                else:
+                    tasks.append(_slide_graph(path, info, config, output_dir, meta))
+        results = _compute(tasks, config, report, pool) if tasks else []
+    finally:
+        if pool is not None:
+            pool.shutdown()
     results.extend(pre_failures)
     results.extend(skipped)
     for f in pre_failures:

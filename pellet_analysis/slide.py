@@ -136,6 +136,7 @@ def analyze_pellet(rgb_window, plan: SlidePlan, index: int, *, config: RunConfig
     result = classify_pellet(
         od, inside, stains, pixel_size_um=px, classify=config.classify, nuclei=config.nuclei, iron=config.iron, tile_px=tile_px
     )
+    del od  # the largest array of the window: freed before measuring
     (row,) = measure_pellets(
         inside.astype(np.uint8),
         result.classes,

@@ -15,7 +15,6 @@ from __future__ import annotations
 import math
 import os
 import shutil
-from concurrent.futures import ThreadPoolExecutor
 import time
 from pathlib import Path
 
@@ -29,7 +28,7 @@ from .pellets import block_mean, working_factor
 from .slide import SlidePlan, analyze_pellet, plan_slide
 from .stains import StainSet
 
-__all__ = ["one_thread_per_task", "is_whole_slide", "plan_whole_slide", "slide_pellet", "finish_slide", "LABEL_DTYPES"]
+__all__ = ["one_thread_per_task", "is_whole_slide", "plan_whole_slide", "slide_pellet", "number_pellets", "write_slide_labels", "finish_slide", "LABEL_DTYPES"]
 
 #: dtype of each label image.
 LABEL_DTYPES = {"pellets": np.uint16, "classes": np.uint8, "nuclei": np.uint32}
@@ -125,47 +124,58 @@ def slide_pellet(path, plan: SlidePlan, index: int, config: RunConfig, stains: S
     }
 
 
-def finish_slide(path, info: dict, pellet_results, config: RunConfig, output_dir, meta: dict, sha256: str | None = None) -> dict:
-    """Number the pellets, write the pyramidal label images, GeoJSON and the image summary.
+def number_pellets(pellet_results) -> dict:
+    """Pellet ids 1..n (left to right) and nucleus id offsets for the kept pellets; or the first error."""
+    errors = [r["error"] for r in pellet_results if "error" in r]
+    if errors:
+        return {"error": errors[0]}
+    kept = sorted((r for r in pellet_results if r.get("kept")), key=lambda r: r["index"])
+    offsets = np.concatenate([[0], np.cumsum([r["n_nuclei"] for r in kept])]).astype(int).tolist()
+    return {"kept": kept, "nuclei_offsets": offsets[:-1]}
+
+
+def write_slide_labels(numbered: dict, kind: str, path, shape, pixel_size_um: float) -> float | None:
+    """Write one label image of a slide (``kind`` of :data:`LABEL_DTYPES`) from its pellets' files; seconds taken."""
+    if "error" in numbered or not numbered["kept"]:
+        return None
+    t0 = time.perf_counter()
+    pieces = []
+    for pid, (r, offset) in enumerate(zip(numbered["kept"], numbered["nuclei_offsets"]), start=1):
+        inside = np.load(r["files"]["inside"], mmap_mode="r")
+        if kind == "pellets":
+            pieces.append((r["window"], inside, inside, pid - 1))
+        else:
+            pieces.append((r["window"], np.load(r["files"][kind], mmap_mode="r"), inside, offset if kind == "nuclei" else 0))
+    write_label_pyramid(path, shape, pieces, dtype=LABEL_DTYPES[kind], pixel_size_um=pixel_size_um)
+    return time.perf_counter() - t0
+
+
+def finish_slide(path, info: dict, numbered: dict, written, config: RunConfig, output_dir, meta: dict, sha256: str | None = None) -> dict:
+    """The slide's GeoJSON and summary, once its pellets are numbered and its label images written.
 
     ``info`` holds the plan and what :func:`pellet_analysis.pipeline.process_file`
-    records (pixel size and its source, warnings, read time, start time).
+    records (pixel size and its source, warnings, start time); ``written``
+    the seconds each label image took.
     """
     path, output_dir = Path(path), Path(output_dir)
     stem = path.stem
-    errors = [r["error"] for r in pellet_results if "error" in r]
-    if errors:
-        return {"image": stem, "file": path.name, "ok": False, "reason": errors[0], "seconds": time.time() - info["started_wall"]}
-    kept = sorted((r for r in pellet_results if r.get("kept")), key=lambda r: r["index"])
+    if "error" in numbered:
+        return {"image": stem, "file": path.name, "ok": False, "reason": numbered["error"], "seconds": time.time() - info["started_wall"]}
+    kept = numbered["kept"]
     if not kept:
         reason = "no pellet section found (no tissue object above pellets.tissue_min_od and pellets.min_pellet_area_um2)"
         return {"image": stem, "file": path.name, "ok": False, "reason": reason, "seconds": time.time() - info["started_wall"]}
     plan: SlidePlan = info["plan"]
     px = plan.pixel_size_um
-    t0 = time.perf_counter()
-    pieces = {kind: [] for kind in LABEL_DTYPES}
-    rows, outlined, offset, boxes = [], [], 0, {}
+    rows, outlined, boxes = [], [], {}
     for pid, r in enumerate(kept, start=1):
         inside = np.load(r["files"]["inside"], mmap_mode="r")
-        window = r["window"]
-        pieces["pellets"].append((window, inside, inside, pid - 1))
-        pieces["classes"].append((window, np.load(r["files"]["classes"], mmap_mode="r"), inside, 0))
-        pieces["nuclei"].append((window, np.load(r["files"]["nuclei"], mmap_mode="r"), inside, offset))
-        offset += r["n_nuclei"]
+        origin = (r["window"][0].start, r["window"][1].start)
         row = table_row(stem, meta, {**r["row"], "pellet_id": pid}, px)
         rows.append(row)
-        outlined.append((row, np.asarray(inside), (window[0].start, window[1].start)))
-        boxes.update({str(pid): box for box in pellet_boxes(inside, (window[0].start, window[1].start)).values()})
-    # the three label images at once: compression and file writes release the GIL
-    with ThreadPoolExecutor(len(LABEL_DTYPES)) as pool:
-        futures = [
-            pool.submit(write_label_pyramid, output_dir / "labels" / f"{stem}_{kind}.tif", plan.shape, pieces[kind], dtype=dtype, pixel_size_um=px)
-            for kind, dtype in LABEL_DTYPES.items()
-        ]
-        for future in futures:
-            future.result()
+        outlined.append((row, np.asarray(inside), origin))
+        boxes.update({str(pid): box for box in pellet_boxes(inside, origin).values()})
     write_json(output_dir / "geojson" / f"{stem}.geojson", feature_collection(outlined))
-    write_s = time.perf_counter() - t0
     summary = image_summary(
         path,
         rows,
@@ -183,7 +193,7 @@ def finish_slide(path, info: dict, pellet_results, config: RunConfig, output_dir
             "plan": info["plan_s"],
             "pellets": [round(r["seconds"], 3) for r in kept],
             "pellets_started_after_plan_s": [round(r["started_wall"] - info["started_wall"], 3) for r in kept],
-            "write": write_s,
+            "write_labels": [round(s, 3) for s in written],
         },
         seconds=time.time() - info["started_wall"],
         stains_source=[r["stains_info"] for r in kept],
