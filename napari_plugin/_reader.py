@@ -70,12 +70,20 @@ def read_run(path):
 
 
 def read_label_file(path):
+    """A label TIFF as a labels layer; a whole-slide label pyramid as a lazy multiscale layer."""
     import tifffile
 
-    from pellet_analysis.io import tiff_pixel_size_um
+    from pellet_analysis.io import tiff_pixel_size_um, zarr_levels
 
     path = Path(path[0] if isinstance(path, list) else path)
     with tifffile.TiffFile(path) as tif:
-        data = tif.asarray()
         px = tiff_pixel_size_um(tif) or 1.0
-    return [(data, {"name": path.stem, "scale": (px, px), "units": "µm"}, "labels")]
+        levels = len(tif.series[0].levels)
+        data = tif.asarray() if levels == 1 else None
+    meta = {"name": path.stem, "scale": (px, px), "units": "µm"}
+    if data is None:
+        import dask.array as da
+
+        data = [da.from_zarr(level) for level in zarr_levels(path)]  # napari reads only the tiles it shows
+        meta["multiscale"] = True
+    return [(data, meta, "labels")]

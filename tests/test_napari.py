@@ -73,6 +73,21 @@ def test_reader_accepts_only_our_files(run_dir, tmp_path):
     assert layers[0][1]["scale"] == (1.5, 1.5)
 
 
+def test_reader_gives_label_pyramids_as_lazy_multiscale(tmp_path):
+    from napari_plugin._reader import get_reader
+
+    from pellet_analysis.io import write_label_pyramid
+
+    values = np.arange(1, 301 * 401 + 1, dtype=np.uint32).reshape(301, 401)
+    path = write_label_pyramid(tmp_path / "slide_nuclei.tif", (3000, 2500), [((slice(100, 401), slice(2000, 2401)), values, values > 0, 0)],
+                               dtype=np.uint32, pixel_size_um=0.5, tile_px=256, min_level_px=512)
+    ((data, meta, kind),) = get_reader(str(path))(str(path))
+    assert kind == "labels" and meta["multiscale"] and meta["scale"] == (0.5, 0.5)
+    assert [level.shape for level in data] == [(3000, 2500), (1500, 1250), (750, 625), (375, 313)]
+    np.testing.assert_array_equal(np.asarray(data[0][100:401, 2000:2401]), values)
+    np.testing.assert_array_equal(np.asarray(data[1][50:60, 1000:1010]), values[0:20:2, 0:20:2])
+
+
 def test_writer_and_sample(tmp_path):
     from napari_plugin._sample import synthetic_pellet
     from napari_plugin._writer import write_labels
