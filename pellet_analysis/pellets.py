@@ -34,6 +34,7 @@ __all__ = [
     "pellet_windows",
     "pellet_margin_px",
     "refine_pellet",
+    "fill_enclosed_holes",
 ]
 
 
@@ -248,7 +249,22 @@ def refine_pellet(od, labels_small, pellet: int, window, factor: int, *, pixel_s
     score = gaussian(tissue_score(od), config.smoothing_um / pixel_size_um)
     mask = _half_maximum_edges(score, float(config.tissue_min_od), band_px=max(1, round(config.edge_band_um / pixel_size_um)))
     mask &= grown == pellet
-    return remove_small_holes(mask, max_size=max(1, int(config.fill_holes_max_um2 / pixel_size_um**2)))
+    return fill_enclosed_holes(mask, max_area_px=int(config.fill_holes_max_um2 / pixel_size_um**2))
+
+
+def fill_enclosed_holes(mask, *, max_area_px: int) -> np.ndarray:
+    """Fill the holes of ``mask`` up to ``max_area_px`` pixels that do not touch the array's edge.
+
+    Unlike ``remove_small_holes``, background that reaches the edge of a
+    window is never a hole, however small the window.
+    """
+    mask = np.asarray(mask, dtype=bool)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats((~mask).astype(np.uint8), connectivity=4)
+    fill = stats[:, cv2.CC_STAT_AREA] <= max_area_px
+    fill[0] = False  # label 0: the mask itself
+    for edge in (labels[0], labels[-1], labels[:, 0], labels[:, -1]):
+        fill[edge] = False
+    return mask | fill[labels]
 
 
 def _half_maximum_edges(score, threshold: float, *, band_px: int) -> np.ndarray:

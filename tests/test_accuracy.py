@@ -85,3 +85,20 @@ def test_core_and_rim_proteoglycan(sections, analyses):
             assert g["proteoglycan_core_fraction"] > g["proteoglycan_rim_fraction"]  # the generator's biology
             assert abs(r["proteoglycan_core_fraction"] - g["proteoglycan_core_fraction"]) < 0.05
             assert abs(r["proteoglycan_rim_fraction"] - g["proteoglycan_rim_fraction"]) < 0.05
+
+
+def test_small_window_background_is_never_filled_as_a_hole(config):
+    """At 0.25 µm a pellet's window holds less background than `fill_holes_max_um2`: it must stay background."""
+    from pellet_analysis.pellets import fill_enclosed_holes
+    from pellet_analysis.pipeline import analyze_image
+    from pellet_analysis.synthetic import make_section
+
+    section = make_section(day=7, labeled=False, n_pellets=1, pixel_size_um=0.25, pellet_diameter_um=(220.0, 240.0), seed=672265157)
+    found = analyze_image(section.image, pixel_size_um=0.25, config=config)
+    assert len(found.rows) == 1 and dice(found.pellets > 0, section.pellets > 0) >= 0.97
+    ring = np.ones((9, 9), bool)
+    ring[3:6, 3:6] = False  # an enclosed hole
+    edge = ring.copy()
+    edge[0, 4] = False  # background reaching the edge
+    assert fill_enclosed_holes(ring, max_area_px=9).all() and not fill_enclosed_holes(ring, max_area_px=8).all()
+    assert fill_enclosed_holes(edge, max_area_px=100)[0, 4] == False  # noqa: E712
