@@ -249,21 +249,28 @@ def refine_pellet(od, labels_small, pellet: int, window, factor: int, *, pixel_s
     score = gaussian(tissue_score(od), config.smoothing_um / pixel_size_um)
     mask = _half_maximum_edges(score, float(config.tissue_min_od), band_px=max(1, round(config.edge_band_um / pixel_size_um)))
     mask &= grown == pellet
-    return fill_enclosed_holes(mask, max_area_px=int(config.fill_holes_max_um2 / pixel_size_um**2))
+    # background reaching a side of the window inside the image continues beyond it: never a hole
+    rows_total, cols_total = labels_small.shape[0] * factor, labels_small.shape[1] * factor
+    open_sides = (window[0].start > 0, window[0].stop < rows_total, window[1].start > 0, window[1].stop < cols_total)
+    return fill_enclosed_holes(mask, max_area_px=int(config.fill_holes_max_um2 / pixel_size_um**2), open_sides=open_sides)
 
 
-def fill_enclosed_holes(mask, *, max_area_px: int) -> np.ndarray:
-    """Fill the holes of ``mask`` up to ``max_area_px`` pixels that do not touch the array's edge.
+def fill_enclosed_holes(mask, *, max_area_px: int, open_sides=(True, True, True, True)) -> np.ndarray:
+    """Fill holes of ``mask`` up to ``max_area_px`` pixels, except background touching an open side.
 
-    Unlike ``remove_small_holes``, background that reaches the edge of a
-    window is never a hole, however small the window.
+    ``open_sides`` (top, bottom, left, right) marks the sides of a window
+    that lie inside a larger image: background there continues outside the
+    window, so unlike ``remove_small_holes`` it is never a hole however small
+    the window. Background touching a closed side (the image's own edge) is
+    a hole when small, as in ``remove_small_holes``.
     """
     mask = np.asarray(mask, dtype=bool)
     n, labels, stats, _ = cv2.connectedComponentsWithStats((~mask).astype(np.uint8), connectivity=4)
     fill = stats[:, cv2.CC_STAT_AREA] <= max_area_px
     fill[0] = False  # label 0: the mask itself
-    for edge in (labels[0], labels[-1], labels[:, 0], labels[:, -1]):
-        fill[edge] = False
+    for side, is_open in zip((labels[0], labels[-1], labels[:, 0], labels[:, -1]), open_sides):
+        if is_open:
+            fill[side] = False
     return mask | fill[labels]
 
 
