@@ -285,11 +285,19 @@ def objects_depth_px(*, pixel_size_um: float, nuclei: NucleiConfig, iron: IronCo
 
 
 def pixel_maps(
-    od, stains: StainSet, *, pixel_size_um: float, classify: ClassifyConfig, nuclei: NucleiConfig, iron: IronConfig | None = None
+    od,
+    stains: StainSet,
+    *,
+    pixel_size_um: float,
+    classify: ClassifyConfig,
+    nuclei: NucleiConfig,
+    iron: IronConfig | None = None,
+    granules: bool = True,
 ) -> np.ndarray:
     """Darkness, stain concentrations and granule contrast per pixel, stacked as (rows, cols, 4) float32 (:data:`MAP_NAMES`).
 
-    Missing stains are 0; the granule map is 0 for stain sets without iron.
+    Missing stains are 0; the granule map is 0 for stain sets without iron,
+    and when ``granules`` is False (re-quantifying needs only the stains).
     """
     od = np.asarray(od, dtype=np.float32)
     px = float(pixel_size_um)
@@ -301,7 +309,7 @@ def pixel_maps(
     for k, role in enumerate(MAP_NAMES[1:3], start=1):
         if role in conc:
             out[..., k] = conc[role]
-    if "iron" in stains.roles:
+    if granules and "iron" in stains.roles:
         out[..., 3] = granule_contrast(fine, pixel_size_um=px, iron=iron or IronConfig())
     return out
 

@@ -283,7 +283,7 @@ def requantify(run_dir, image: str, pellet_ids=None, *, config: RunConfig | None
         od = rgb_to_od(rgb[wide] if rgb is not None else _rgb_window(meta, wide), illumination.field(shape, wide))
         pg_od = None
         if "proteoglycan" in pellet_stains.roles:
-            pg_od = pixel_maps(od, pellet_stains, pixel_size_um=px, classify=config.classify, nuclei=config.nuclei, iron=config.iron)[inner][..., 1]
+            pg_od = pixel_maps(od, pellet_stains, pixel_size_um=px, classify=config.classify, nuclei=config.nuclei, granules=False)[inner][..., 1]
         pellets = load_label_window(run_dir, image, "pellets", box)
         (row,) = measure_pellets(
             np.where(pellets == pid, pid, 0),
