@@ -154,6 +154,9 @@ class NucleiConfig(_Strict):
 
     min_diameter_um: float = Field(5.0, gt=0, description="Smallest nucleus diameter (µm).")
     max_diameter_um: float = Field(18.0, gt=0, description="Largest nucleus diameter (µm).")
+    typical_diameter_um: float = Field(
+        8.0, gt=0, description="Median nucleus diameter (µm), used only to estimate an unknown pixel size."
+    )
     dark_min_od: float = Field(
         0.3,
         gt=0,
@@ -242,6 +245,12 @@ class RunConfig(_Strict):
         gt=0,
         description="Pixel size (µm per pixel) for images whose files carry none "
         "(PNG, JPEG, TIFF without resolution tags).",
+    )
+    estimate_pixel_size: bool = Field(
+        True,
+        description="When neither the file nor the config (or --pixel-size-um) gives a pixel size, "
+        "estimate it from the nuclei (their median taken as nuclei.typical_diameter_um across) "
+        "instead of assuming pixel_size_um; the run records the estimate and warns.",
     )
     force_pixel_size: bool = Field(
         False, description="Use pixel_size_um even when the file carries a pixel size."

@@ -35,6 +35,7 @@ from .slide import analyze_pellet, number_pieces, paste_pieces, plan_image
 from .stains import StainSet, configured_stains
 from .review import apply_review
 from .records import image_summary, pellet_boxes, table_row
+from .scale import estimate_pixel_size_um
 from .study import read_sample_sheet
 from .wholeslide import (
     LABEL_DTYPES,
@@ -189,6 +190,11 @@ def process_file(path, config: RunConfig, output_dir, metadata: dict | None = No
     except ImageReadError as error:
         return _failure(path, str(error), started)
     pixel_size, px_source = _pixel_size(file_px, config, warnings)
+    if px_source == "config" and config.estimate_pixel_size and "pixel_size_um" not in config.model_fields_set:
+        estimate = estimate_pixel_size_um(rgb, configured_stains(config.stains), typical_nucleus_um=config.nuclei.typical_diameter_um)
+        if estimate is not None:
+            pixel_size, px_source = estimate, "estimated from nuclei"
+            warnings.append(f"no pixel size in the file or the config: estimated {estimate:.3g} µm from the nuclei; give --pixel-size-um to set it")
     try:
         analysis = analyze_image(rgb, pixel_size_um=pixel_size, config=config)
     except (ValueError, MemoryError) as error:
