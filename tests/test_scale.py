@@ -37,7 +37,7 @@ def test_run_estimates_only_when_the_pixel_size_is_unknown(tmp_path):
     assert any("estimated" in w for w in image["warnings"])
     given = run_batch(RunConfig(input_dir=tmp_path / "in", output_dir=tmp_path / "given", pixel_size_um=0.7))
     assert given["images"]["P1_unlabeled_d14_s1"]["pixel_size_um"] == 0.7  # a pixel size in the config is used as given
-    off = run_batch(RunConfig(input_dir=tmp_path / "in", output_dir=tmp_path / "off", estimate_pixel_size=False))
+    run_batch(RunConfig(input_dir=tmp_path / "in", output_dir=tmp_path / "off", estimate_pixel_size=False))
     assert json.loads((tmp_path / "off" / "run.json").read_text())["images"]["P1_unlabeled_d14_s1"]["pixel_size_source"] == "config"
 
 
