@@ -206,9 +206,3 @@ def finish_slide(path, info: dict, numbered: dict, written, config: RunConfig, o
     write_json(output_dir / "parts" / f"{stem}.json", summary)
     shutil.rmtree(info["scratch"], ignore_errors=True)
     return summary
-
-
-def read_error(path, error: ImageReadError) -> dict:
-    """The failure summary of a scan that cannot be opened."""
-    path = Path(path)
-    return {"image": path.stem, "file": path.name, "ok": False, "reason": str(error), "seconds": 0.0}
