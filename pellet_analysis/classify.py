@@ -34,6 +34,8 @@ __all__ = [
     "dark_spots",
     "stain_concentrations",
     "classify_pellet",
+    "pellet_maps",
+    "classify_maps",
     "pixel_maps",
     "granule_contrast",
     "pellet_window",
@@ -486,32 +488,61 @@ def classify_pellet(
     ClassResult
         Nuclei numbered 1..n in raster order of their first pixel.
     """
+    kwargs = dict(pixel_size_um=pixel_size_um, classify=classify, nuclei=nuclei, iron=iron, tile_px=tile_px)
+    return classify_maps(pellet_maps(od, stains, **kwargs), inside, stains, **kwargs)
+
+
+def pellet_maps(od, stains: StainSet, *, pixel_size_um: float, classify: ClassifyConfig, nuclei: NucleiConfig, iron: IronConfig, tile_px=None):
+    """:func:`pixel_maps` of a pellet's window, in tiles of ``tile_px`` (or the dask chunks of ``od``) with ``map_overlap``.
+
+    The same as one :func:`pixel_maps` call: the overlap is the filters' reach.
+    """
+    map_kwargs = dict(pixel_size_um=float(pixel_size_um), classify=classify, nuclei=nuclei, iron=iron)
+    if tile_px is None and not hasattr(od, "dask"):
+        return pixel_maps(od, stains, **map_kwargs)
+    import dask.array as da
+
+    depth_maps = pixel_maps_depth_px(**{k: map_kwargs[k] for k in ("pixel_size_um", "classify", "nuclei", "iron")})
+    chunks = _tile_chunks(od.shape[:2], tile_px, od, min_px=_min_tile_px(pixel_size_um, classify, nuclei, iron))
+    od_tiles = od.rechunk(chunks + ((3,),)) if hasattr(od, "dask") else da.from_array(np.asarray(od), chunks=chunks + ((3,),))
+    return od_tiles.map_overlap(
+        pixel_maps,
+        depth={0: depth_maps, 1: depth_maps, 2: 0},
+        boundary="none",
+        dtype=np.float32,
+        chunks=chunks + ((len(MAP_NAMES),),),
+        stains=stains,
+        **map_kwargs,
+    ).compute(scheduler="synchronous")
+
+
+def _min_tile_px(pixel_size_um, classify, nuclei, iron) -> int:
+    """Tiles must be at least as wide as both overlaps."""
+    return max(
+        pixel_maps_depth_px(pixel_size_um=pixel_size_um, classify=classify, nuclei=nuclei, iron=iron),
+        objects_depth_px(pixel_size_um=pixel_size_um, nuclei=nuclei, iron=iron),
+    )
+
+
+def classify_maps(
+    maps, inside, stains: StainSet, *, pixel_size_um: float, classify: ClassifyConfig, nuclei: NucleiConfig, iron: IronConfig, tile_px=None
+) -> ClassResult:
+    """The pellet's thresholds from its maps' histograms, then its objects and classes (in tiles of ``tile_px``).
+
+    See :func:`classify_pellet`; ``maps`` from :func:`pellet_maps`.
+    """
     inside = np.asarray(inside, dtype=bool)
     settings = _settings(pixel_size_um, classify, nuclei, iron)
-    depth_maps = pixel_maps_depth_px(pixel_size_um=pixel_size_um, classify=classify, nuclei=nuclei, iron=iron)
     depth_objects = objects_depth_px(pixel_size_um=pixel_size_um, nuclei=nuclei, iron=iron)
-    map_kwargs = dict(pixel_size_um=float(pixel_size_um), classify=classify, nuclei=nuclei, iron=iron)
-    n_maps = len(MAP_NAMES)
     width = inside.shape[1]
-    if tile_px is None and not hasattr(od, "dask"):
-        maps = pixel_maps(od, stains, **map_kwargs)
-        thresholds = thresholds_from_histograms(map_histograms(maps, inside), classify=classify, nuclei=nuclei)
+    thresholds = thresholds_from_histograms(map_histograms(maps, inside), classify=classify, nuclei=nuclei)
+    if tile_px is None:
         packed = _encoded_objects(maps, inside, thresholds, stains, (0, 0), width, settings)
     else:
         import dask.array as da
 
-        chunks = _tile_chunks(inside.shape, tile_px, od, min_px=max(depth_maps, depth_objects))
-        od_tiles = od.rechunk(chunks + ((3,),)) if hasattr(od, "dask") else da.from_array(np.asarray(od), chunks=chunks + ((3,),))
-        maps = od_tiles.map_overlap(
-            pixel_maps,
-            depth={0: depth_maps, 1: depth_maps, 2: 0},
-            boundary="none",
-            dtype=np.float32,
-            chunks=chunks + ((n_maps,),),
-            stains=stains,
-            **map_kwargs,
-        ).compute(scheduler="synchronous")
-        thresholds = thresholds_from_histograms(map_histograms(maps, inside), classify=classify, nuclei=nuclei)
+        chunks = _tile_chunks(inside.shape, tile_px, None, min_px=_min_tile_px(pixel_size_um, classify, nuclei, iron))
+        n_maps = maps.shape[-1]
 
         def block(maps_block, inside_block, block_info=None):
             origin = _block_origin(block_info, depth_objects)

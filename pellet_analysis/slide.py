@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .bern import bern_scores
-from .classify import classify_pellet, deconvolution_stains, pixel_maps_depth_px
+from .classify import classify_maps, deconvolution_stains, pellet_maps, pixel_maps_depth_px
 from .config import RunConfig
 from .measure import measure_pellets
 from .pellets import (
@@ -133,10 +133,11 @@ def analyze_pellet(rgb_window, plan: SlidePlan, index: int, *, config: RunConfig
     if stains_info["source"] != "preset":
         stains_info = {**stains_info, "vectors": {name: [round(float(v), 5) for v in stains.vector(name)] for name in stains.stains}}
     tile_px = config.tile_px if config.tile_px and max(inside.shape) > config.tile_px else None
-    result = classify_pellet(
-        od, inside, stains, pixel_size_um=px, classify=config.classify, nuclei=config.nuclei, iron=config.iron, tile_px=tile_px
-    )
-    del od  # the largest array of the window: freed before measuring
+    kwargs = dict(pixel_size_um=px, classify=config.classify, nuclei=config.nuclei, iron=config.iron, tile_px=tile_px)
+    maps = pellet_maps(od, stains, **kwargs)
+    del od  # the largest array of the window: freed before the object step
+    result = classify_maps(maps, inside, stains, **kwargs)
+    del maps
     (row,) = measure_pellets(
         inside.astype(np.uint8),
         result.classes,
