@@ -222,7 +222,7 @@ def run_baseline(slide: Path) -> dict:
     return _timed([sys.executable, "-c", BASELINE, str(slide)])
 
 
-def stain_separation(slide: Path, repeats: int = 3) -> dict:
+def stain_separation(slide: Path, repeats: int = 7) -> dict:
     """Ours against skimage.color.separate_stains on the pellets' windows (same pixels, same matrix)."""
     from skimage.color import separate_stains as skimage_separate
 
