@@ -451,6 +451,7 @@ def _block_origin(block_info, depth: int) -> tuple[int, int]:
 
 
 def _settings(pixel_size_um, classify, nuclei, iron) -> dict:
+    """The keyword arguments the maps, depths and objects of a pellet share."""
     return dict(pixel_size_um=float(pixel_size_um), classify=classify, nuclei=nuclei, iron=iron)
 
 
@@ -497,12 +498,12 @@ def pellet_maps(od, stains: StainSet, *, pixel_size_um: float, classify: Classif
 
     The same as one :func:`pixel_maps` call: the overlap is the filters' reach.
     """
-    map_kwargs = dict(pixel_size_um=float(pixel_size_um), classify=classify, nuclei=nuclei, iron=iron)
+    map_kwargs = _settings(pixel_size_um, classify, nuclei, iron)
     if tile_px is None and not hasattr(od, "dask"):
         return pixel_maps(od, stains, **map_kwargs)
     import dask.array as da
 
-    depth_maps = pixel_maps_depth_px(**{k: map_kwargs[k] for k in ("pixel_size_um", "classify", "nuclei", "iron")})
+    depth_maps = pixel_maps_depth_px(**map_kwargs)
     chunks = _tile_chunks(od.shape[:2], tile_px, od, min_px=_min_tile_px(pixel_size_um, classify, nuclei, iron))
     od_tiles = od.rechunk(chunks + ((3,),)) if hasattr(od, "dask") else da.from_array(np.asarray(od), chunks=chunks + ((3,),))
     return od_tiles.map_overlap(

@@ -273,6 +273,8 @@ def requantify(run_dir, image: str, pellet_ids=None, *, config: RunConfig | None
     # the stain concentration is computed on the box grown by the filters' reach, so its values
     # inside the box are those of the pipeline
     margin = pixel_maps_depth_px(pixel_size_um=px, classify=config.classify, nuclei=config.nuclei, iron=config.iron)
+    if rgb is None and not meta.get("whole_slide") and len(ids) > 1:
+        rgb = read_image(meta["path"])[0]  # read once for all its pellets; a whole slide is read window by window
     out = []
     for pid in ids:
         r0, r1, c0, c1 = boxes[str(pid)]

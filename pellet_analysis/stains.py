@@ -315,13 +315,17 @@ def unmix(od, vectors, *, channel_axis=-1) -> np.ndarray:
         Values may be negative where a pixel is not explained by the stains.
     """
     od = np.moveaxis(np.asarray(od, dtype=np.float32), channel_axis, -1)
+    conc = _rows_transform(od, _unmixing_rows(vectors))
+    return np.moveaxis(conc, -1, channel_axis)
+
+
+def _unmixing_rows(vectors) -> np.ndarray:
+    """Rows of the inverse stain matrix giving each given stain's concentration from OD (float32)."""
     n = np.atleast_2d(vectors).shape[0]
     matrix = complete_matrix(vectors)
     if np.linalg.cond(matrix) > 1e6:
         raise ValueError("stain vectors are (nearly) parallel: the stain matrix is singular")
-    inverse = np.linalg.inv(matrix).astype(np.float32)
-    conc = _rows_transform(od, inverse.T[:n])
-    return np.moveaxis(conc, -1, channel_axis)
+    return np.linalg.inv(matrix).T[:n].astype(np.float32)
 
 
 #: Rows per block of the fused colour deconvolution: blocks that stay in the CPU cache.
@@ -386,14 +390,9 @@ def separate_stains(rgb, vectors, background=255.0, *, channel_axis=-1) -> np.nd
     rgb = np.moveaxis(np.asarray(rgb), channel_axis, -1)
     if rgb.dtype != np.uint8 or rgb.shape[-1] != 3 or rgb.ndim != 3:
         return np.moveaxis(unmix(rgb_to_od(rgb, background), vectors), -1, channel_axis)
-    n = np.atleast_2d(vectors).shape[0]
-    matrix = complete_matrix(vectors)
-    if np.linalg.cond(matrix) > 1e6:
-        raise ValueError("stain vectors are (nearly) parallel: the stain matrix is singular")
-    levels = np.maximum(np.arange(256, dtype=np.float64), 1.0)[:, None]
-    bg = np.broadcast_to(np.asarray(background, dtype=np.float64), (3,))
-    lut = np.maximum(np.log10(bg)[None, :] - np.log10(levels), 0).astype(np.float32).reshape(256, 1, 3)
-    conc = _rows_transform(np.ascontiguousarray(rgb), np.linalg.inv(matrix).T[:n].astype(np.float32), lut=lut)
+    bg = np.broadcast_to(np.asarray(background, dtype=np.float32), (3,))
+    lut = np.maximum(_NEG_LOG_LUT + np.log10(bg).reshape(1, 1, 3), 0).astype(np.float32)
+    conc = _rows_transform(np.ascontiguousarray(rgb), _unmixing_rows(vectors), lut=lut)
     return np.moveaxis(conc, -1, channel_axis)
 
 
