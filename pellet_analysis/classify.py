@@ -19,13 +19,12 @@ import cv2
 import numpy as np
 from scipy import ndimage as ndi
 from skimage.filters import threshold_otsu
-from skimage.morphology import convex_hull_image, remove_small_objects
 from skimage.segmentation import watershed
 
 from .config import ClassifyConfig, IronConfig, NucleiConfig
 from .filters import smooth_channels
 from .measure import CLASS_CODES
-from .morphology import binary_dilation_disk, binary_opening_disk, distance_transform, expand_labels, fill_holes, h_maxima, median_by_label
+from .morphology import expansion, DISTANCE_STEPS_PER_PX, quantised_distance, remove_small_objects, white_tophat_disk, binary_dilation_disk, binary_opening_disk, distance_transform, fill_holes, h_maxima, median_by_label
 from .stains import StainSet, unmix
 
 __all__ = [
@@ -86,39 +85,62 @@ def split_nuclei(mask, *, min_radius_px: float, darkness=None) -> np.ndarray:
     Returns
     -------
     ndarray of uint32
+        Each 4-connected object of ``mask`` is one instance unless it splits.
     """
+    mask = np.asarray(mask, dtype=bool)
     if not mask.any():
         return np.zeros(mask.shape, np.uint32)
-    dist = distance_transform(mask)
-    components, n = ndi.label(mask)
+    n, components = cv2.connectedComponents(mask.view(np.uint8), connectivity=4, ltype=cv2.CV_32S)
     # a seed per distance maximum that stands out by h from the saddle to its neighbour:
-    # touching nuclei keep a waist between them, an elongated nucleus does not. Concave
-    # objects (solidity below 0.9: a waist) are seeded with a small h, convex ones with a
-    # larger h, so ellipses stay whole at fine pixel sizes and touching pairs split at coarse ones.
-    eight = np.ones((3, 3), bool)
-    fine, n_fine = ndi.label(h_maxima(dist, 0.3), structure=eight)
-    coarse, _ = ndi.label(h_maxima(dist, max(0.5, 0.2 * min_radius_px)), structure=eight)
-    concave = np.zeros(n + 1, bool)
-    # only an object with two or more fine seeds can split: the (slow) solidity is needed for those only
-    fine_object = np.zeros(int(fine.max()) + 1, np.int64)
-    fine_object[fine[fine > 0]] = components[fine > 0]
-    seeds_per_object = np.bincount(fine_object[1:], minlength=n + 1)
-    windows = ndi.find_objects(components)
-    for k in np.nonzero(seeds_per_object >= 2)[0]:
-        obj = components[windows[k - 1]] == k
-        concave[k] = obj.sum() < 0.9 * convex_hull_image(obj).sum()
-    use_fine = concave[components]
-    markers, n_markers = ndi.label(np.where(use_fine, fine > 0, coarse > 0), structure=eight)
-    # every component gets at least one seed
-    seeded = np.unique(components[markers > 0])
-    missing = np.setdiff1d(np.arange(1, n + 1), seeded)
-    if missing.size:
-        centres = ndi.maximum_position(dist, components, missing)
-        for k, (r, c) in enumerate(centres):
-            markers[r, c] = n_markers + 1 + k
-    relief = dist if darkness is None else dist + np.float32(1e-3) * np.asarray(darkness, np.float32)
-    labels = watershed(-relief, markers, mask=mask)
-    return labels.astype(np.uint32)
+    # touching nuclei keep a waist between them, an elongated nucleus does not. Only an object
+    # with two or more seeds at a small h can split; those that are concave (solidity below
+    # 0.9: a waist) split at their fine seeds, convex ones at the seeds of a larger h, so
+    # ellipses stay whole at fine pixel sizes and touching pairs split at coarse ones.
+    steps = np.float32(DISTANCE_STEPS_PER_PX)
+    levels = quantised_distance(mask)  # the seeds' heights compared in steps of 1/256 px
+    fine = h_maxima(levels, 0.3 * steps)
+    _, fine_seeds = cv2.connectedComponents(fine.view(np.uint8), connectivity=8, ltype=cv2.CV_32S)
+    seed_object = np.zeros(int(fine_seeds.max()) + 1, np.int64)
+    seed_object[fine_seeds[fine]] = components[fine]
+    seeds_per_object = np.bincount(seed_object[1:], minlength=n)
+    labels = components.astype(np.uint32)
+    splitting = np.nonzero(seeds_per_object >= 2)[0]
+    if splitting.size == 0:
+        return labels
+    coarse_h = max(0.5, 0.2 * min_radius_px)
+    next_label = n
+    boxes = ndi.find_objects(components)
+    for k in splitting:
+        box = _grown_box(boxes[k - 1], mask.shape)
+        obj = components[box] == k
+        if _solidity(obj) < 0.9:
+            seeds = fine[box] & obj
+        else:
+            seeds = h_maxima(np.where(obj, levels[box], 0).astype(np.uint16), coarse_h * steps) & obj
+        n_seeds, markers = cv2.connectedComponents(seeds.view(np.uint8), connectivity=8, ltype=cv2.CV_32S)
+        if n_seeds <= 2:  # one seed (or none): the object stays whole
+            continue
+        relief = levels[box].astype(np.float32) / steps
+        if darkness is not None:
+            relief += np.float32(1e-3) * np.asarray(darkness[box], np.float32)
+        parts = watershed(-relief, markers, mask=obj)
+        labels[box][obj] = (parts[obj] + (next_label - 1)).astype(np.uint32)
+        next_label += n_seeds - 1
+    return labels
+
+
+def _grown_box(box, shape, by: int = 1) -> tuple:
+    """A bounding box (pair of slices) grown by ``by`` pixels within ``shape``."""
+    return tuple(slice(max(0, s.start - by), min(n, s.stop + by)) for s, n in zip(box, shape))
+
+
+def _solidity(obj) -> float:
+    """Pixels of a binary object over the pixels of its convex hull (OpenCV's hull of the pixel centres, filled)."""
+    points = cv2.findNonZero(obj.view(np.uint8))
+    hull = cv2.convexHull(points)
+    filled = np.zeros(obj.shape, np.uint8)
+    cv2.fillConvexPoly(filled, hull, 1)
+    return float(obj.sum()) / max(1, int(np.count_nonzero(filled | obj.view(np.uint8))))
 
 
 def _compact_objects(mask, *, min_radius_px: float, min_area_px: int):
@@ -133,10 +155,10 @@ def _compact_objects(mask, *, min_radius_px: float, min_area_px: int):
     """
     radius = max(1, int(0.4 * min_radius_px))
     opened = binary_opening_disk(mask, radius)
-    opened = remove_small_objects(opened, max_size=max(1, min_area_px - 1))
+    opened = remove_small_objects(opened, min_area_px)
     objects = mask & binary_dilation_disk(opened, 1)
     objects = fill_holes(objects)
-    return remove_small_objects(objects, max_size=max(1, min_area_px - 1))
+    return remove_small_objects(objects, min_area_px)
 
 
 def _grow_to_half_maximum(instances, signal, inside, *, distance_px: int):
@@ -145,13 +167,15 @@ def _grow_to_half_maximum(instances, signal, inside, *, distance_px: int):
     Objects found above a global threshold are cut inside their blurred
     edges; this moves each edge out to the object's own half maximum.
     """
-    n = int(instances.max())
+    out = np.asarray(instances).astype(np.uint32)
+    n = int(out.max())
     if n == 0:
-        return instances
-    median = median_by_label(signal, instances, n)
-    grown = expand_labels(instances, distance=distance_px)
-    keep = (instances > 0) | (inside & (signal >= 0.5 * median[grown]))
-    return np.where(keep, grown, 0).astype(np.uint32)
+        return out
+    median = median_by_label(signal, out, n)
+    rows, cols, values = expansion(out, distance_px)
+    keep = inside[rows, cols] & (signal[rows, cols] >= 0.5 * median[values])
+    out[rows[keep], cols[keep]] = values[keep]
+    return out
 
 
 def _granules(candidates, nuclear, *, gap_px: int, max_area_px: float):
@@ -162,11 +186,10 @@ def _granules(candidates, nuclear, *, gap_px: int, max_area_px: float):
     """
     near = binary_dilation_disk(nuclear, gap_px)
     candidates = candidates & ~near
-    labels, n = ndi.label(candidates)
-    if n == 0:
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(candidates.view(np.uint8), connectivity=4, ltype=cv2.CV_32S)
+    if n <= 1:
         return candidates
-    sizes = np.bincount(labels.ravel(), minlength=n + 1)
-    keep = sizes <= max_area_px
+    keep = stats[:, cv2.CC_STAT_AREA] <= max_area_px
     keep[0] = False
     return keep[labels]
 
@@ -187,9 +210,7 @@ def dark_spots(od_fine, stains: StainSet, *, pixel_size_um: float, nuclei: Nucle
     else:
         nuc_names = names if stains.roles.get("nuclei") in names else [stains.roles["nuclei"]]
         signal = unmix(od_fine, np.stack([stains.vector(n) for n in nuc_names]))[..., nuc_names.index(stains.roles["nuclei"])]
-    radius_px = top_hat_radius_px(pixel_size_um=pixel_size_um, nuclei=nuclei)
-    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius_px + 1, 2 * radius_px + 1))
-    return cv2.morphologyEx(np.ascontiguousarray(signal, dtype=np.float32), cv2.MORPH_TOPHAT, kernel)
+    return white_tophat_disk(signal, top_hat_radius_px(pixel_size_um=pixel_size_um, nuclei=nuclei))
 
 
 def granule_contrast(od_fine, *, pixel_size_um: float, iron: IronConfig) -> np.ndarray:
@@ -201,9 +222,8 @@ def granule_contrast(od_fine, *, pixel_size_um: float, iron: IronConfig) -> np.n
     and the cytoplasm ring, which are wider.
     """
     signal = 0.5 * (od_fine[..., 1] + od_fine[..., 2])
-    radius_px = granule_radius_px(pixel_size_um=pixel_size_um, iron=iron)
-    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius_px + 1, 2 * radius_px + 1))
-    return cv2.morphologyEx(np.ascontiguousarray(signal, dtype=np.float32), cv2.MORPH_TOPHAT, kernel)
+    # the granule-scale disk stays an exact ellipse: granules are a few pixels across
+    return white_tophat_disk(signal, granule_radius_px(pixel_size_um=pixel_size_um, iron=iron), decompose=False)
 
 
 def granule_radius_px(*, pixel_size_um: float, iron: IronConfig) -> int:
@@ -353,13 +373,16 @@ def thresholds_from_histograms(hist, *, classify: ClassifyConfig, nuclei: Nuclei
 
 def _first_pixel_ids(labels, origin, width: int) -> np.ndarray:
     """Replace each instance id by 1 + the global raster index of its first pixel (uint64)."""
-    flat = labels.ravel()
-    ids, first = np.unique(flat, return_index=True)
+    flat = np.asarray(labels).ravel()
+    where = np.flatnonzero(flat)
+    if where.size == 0:
+        return np.zeros(np.shape(labels), np.uint64)
+    ids = flat[where].astype(np.int64)
+    first = np.full(int(ids.max()) + 1, flat.size, np.int64)
+    np.minimum.at(first, ids, where)  # ``where`` ascends: the smallest index per id is its first pixel
     rows, cols = np.divmod(first, labels.shape[1])
-    anchor = (rows + origin[0]).astype(np.uint64) * np.uint64(width) + (cols + origin[1]).astype(np.uint64) + np.uint64(1)
-    anchor[ids == 0] = 0
-    lut = np.zeros(int(ids.max()) + 1, np.uint64)
-    lut[ids] = anchor
+    lut = (rows + origin[0]).astype(np.uint64) * np.uint64(width) + (cols + origin[1]).astype(np.uint64) + np.uint64(1)
+    lut[0] = 0
     return lut[labels]
 
 
@@ -407,7 +430,7 @@ def classify_objects(
     nuclear = instances > 0
     if has_iron:
         # granules likewise: grow each to half its own contrast, by up to 0.5 µm, without entering a nucleus
-        granules, _ = ndi.label(iron_mask & ~nuclear, structure=np.ones((3, 3), bool))
+        _, granules = cv2.connectedComponents((iron_mask & ~nuclear).view(np.uint8), connectivity=8, ltype=cv2.CV_32S)
         grown = _grow_to_half_maximum(granules, granule_map, inside & ~nuclear, distance_px=max(1, round(0.5 / px)))
         iron_mask = grown > 0
     classes = np.zeros(inside.shape, np.uint8)

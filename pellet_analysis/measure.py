@@ -10,9 +10,10 @@ import cv2
 import numpy as np
 from scipy import ndimage as ndi
 from scipy.spatial import cKDTree
-from skimage.measure import perimeter_crofton
 
-__all__ = ["CLASS_CODES", "CLASS_NAMES", "MEASUREMENT_COLUMNS", "measure_pellets"]
+from .morphology import within_distance
+
+__all__ = ["CLASS_CODES", "CLASS_NAMES", "MEASUREMENT_COLUMNS", "measure_pellets", "perimeter_crofton"]
 
 #: Class codes of the ``<image>_classes.tif`` label image.
 CLASS_CODES = {
@@ -50,6 +51,44 @@ MEASUREMENT_COLUMNS = [
 
 def _safe_fraction(numerator, denominator) -> float:
     return float(numerator) / float(denominator) if denominator > 0 else 0.0
+
+
+#: Crofton perimeter contribution of each 2 x 2 configuration (four directions), as in scikit-image.
+_CROFTON_4 = np.array(
+    [
+        0, np.pi / 4 * (1 + 1 / np.sqrt(2)), np.pi / (4 * np.sqrt(2)), np.pi / (2 * np.sqrt(2)),
+        0, np.pi / 4 * (1 + 1 / np.sqrt(2)), 0, np.pi / (4 * np.sqrt(2)),
+        np.pi / 4, np.pi / 2, np.pi / (4 * np.sqrt(2)), np.pi / (4 * np.sqrt(2)),
+        np.pi / 4, np.pi / 2, 0, 0,
+    ]
+)  # fmt: skip
+
+
+def perimeter_crofton(mask) -> float:
+    """Crofton perimeter (four directions) of a binary image, as ``skimage.measure.perimeter_crofton``.
+
+    The 2 x 2 configurations are coded with shifted 8-bit sums instead of a
+    convolution (several times faster on a whole pellet).
+    """
+    q = np.pad(np.asarray(mask, dtype=bool).view(np.uint8), ((2, 1), (2, 1)))
+    code = q[1:, 1:].copy()
+    code += 2 * q[:-1, 1:]
+    code += 4 * q[1:, :-1]
+    code += 8 * q[:-1, :-1]
+    return float(_CROFTON_4 @ np.bincount(code.ravel(), minlength=16))
+
+
+def _labels_present(labels) -> np.ndarray:
+    """The non-zero labels that occur in an integer label image, ascending (a count per label, not a sort)."""
+    labels = np.asarray(labels)
+    if labels.size == 0:
+        return np.zeros(0, np.int64)
+    if labels.dtype == bool:
+        labels = labels.view(np.uint8)
+    if labels.min() < 0:
+        raise ValueError("labels must be non-negative")
+    present = np.flatnonzero(np.bincount(labels.ravel(), minlength=1))
+    return present[present != 0]
 
 
 def _majority_pellet(objects, pellets) -> dict:
@@ -147,32 +186,24 @@ def measure_pellets(
         raise ValueError("pellets, classes and nuclei must have the same shape")
     if pixel_size_um <= 0:
         raise ValueError("pixel_size_um must be > 0")
-    ids = np.unique(pellets)
-    ids = ids[ids != 0]
+    ids = _labels_present(pellets)
     if ids.size == 0:
         return []
     px_area_um2 = float(pixel_size_um) ** 2
 
     iron_mask = classes == CLASS_CODES["iron"]
-    iron_labels, _ = ndi.label(iron_mask, structure=np.ones((3, 3), bool))
-    if iron_mask.any() and nuclei.any():
-        # OpenCV's exact Euclidean distance transform: several times faster than scipy's here
-        dist_to_iron_um = cv2.distanceTransform((~iron_mask).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE) * pixel_size_um
-    else:
-        dist_to_iron_um = None
+    _, iron_labels = cv2.connectedComponents(iron_mask.view(np.uint8), connectivity=8, ltype=cv2.CV_32S)
+    near_iron = within_distance(iron_mask, iron_cell_distance_um / pixel_size_um) if iron_mask.any() and nuclei.any() else None
 
     # nucleus -> pellet by the pellet label under most of its pixels (its centroid may fall in a hole)
-    nucleus_ids = np.unique(nuclei)
-    nucleus_ids = nucleus_ids[nucleus_ids != 0]
+    nucleus_ids = _labels_present(nuclei)
     nucleus_pellet = {}
     nucleus_positive = {}
     if nucleus_ids.size:
         nucleus_pellet = _majority_pellet(nuclei, pellets)
-        if dist_to_iron_um is not None:
-            sel = nuclei != 0
-            mins = np.full(int(nucleus_ids.max()) + 1, np.inf)
-            np.minimum.at(mins, nuclei[sel].astype(np.int64), dist_to_iron_um[sel])
-            nucleus_positive = dict(zip(nucleus_ids.tolist(), (mins[nucleus_ids] <= iron_cell_distance_um).tolist()))
+        if near_iron is not None:
+            touched = np.bincount(nuclei[near_iron & (nuclei != 0)].astype(np.int64), minlength=int(nucleus_ids.max()) + 1)
+            nucleus_positive = dict(zip(nucleus_ids.tolist(), (touched[nucleus_ids] > 0).tolist()))
 
     # iron granule -> pellet by majority, likewise
     granule_pellet = {}
@@ -188,7 +219,7 @@ def measure_pellets(
         n_px = int(mask.sum())
         cls = classes[sl][mask]
         rr, cc = np.nonzero(mask)
-        perim_px = float(perimeter_crofton(mask, directions=4))
+        perim_px = perimeter_crofton(mask)
         circ = min(1.0, 4.0 * np.pi * n_px / perim_px**2) if perim_px > 0 else 0.0
         pg = cls == CLASS_CODES["proteoglycan"]
         mean_od = sd_od = 0.0

@@ -7,10 +7,12 @@ check them against the originals.
 
 from __future__ import annotations
 
+import functools
+
 import cv2
 import numpy as np
 
-__all__ = ["fill_holes", "distance_transform", "binary_opening_disk", "binary_dilation_disk", "h_maxima", "median_by_label", "expand_labels"]
+__all__ = ["expansion", "within_distance", "quantised_distance", "DISTANCE_STEPS_PER_PX", "remove_small_objects", "white_tophat_disk", "disk_sequence", "fill_holes", "distance_transform", "binary_opening_disk", "binary_dilation_disk", "h_maxima", "median_by_label", "expand_labels"]
 
 _SQUARE = np.ones((3, 3), np.uint8)
 
@@ -21,12 +23,73 @@ def _disk(radius: int) -> np.ndarray:
     return (r[:, None] ** 2 + r[None, :] ** 2 <= radius**2).astype(np.uint8)
 
 
+#: OD quantum of :func:`white_tophat_disk`, and the lowest value it represents.
+_TOPHAT_SCALE = 10000.0
+_TOPHAT_OFFSET = 1.0
+
+
+@functools.lru_cache(maxsize=32)
+def disk_sequence(radius: int) -> tuple:
+    """scikit-image's decomposition of ``disk(radius)`` into 3 x 3 footprints, as (uint8 kernel, repeats) pairs.
+
+    Applied one after another they reach exactly ``radius`` pixels, the
+    outline of a near-disk polygon.
+    """
+    from skimage.morphology import disk
+
+    return tuple((np.ascontiguousarray(f, dtype=np.uint8), int(n)) for f, n in disk(int(radius), decomposition="sequence"))
+
+
+def white_tophat_disk(image, radius: int, *, decompose: bool = True) -> np.ndarray:
+    """White top-hat with a disk of ``radius`` pixels: the image minus its opening (float32, 0 or more).
+
+    With ``decompose`` (for large disks) the disk is scikit-image's sequence
+    of 3 x 3 footprints (:func:`disk_sequence`) and the opening runs on
+    16-bit integers (``image`` in steps of 1e-4 from -1 to 5.55; values
+    outside are clipped): an order of magnitude faster than a float opening
+    with one elliptic kernel, which is what ``decompose=False`` does (OpenCV's
+    ellipse of ``2 * radius + 1`` pixels). Outside the array is ignored, as in
+    OpenCV's and scikit-image's defaults.
+    """
+    image = np.ascontiguousarray(image, dtype=np.float32)
+    if not decompose:
+        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * int(radius) + 1, 2 * int(radius) + 1))
+        return cv2.morphologyEx(image, cv2.MORPH_TOPHAT, kernel)
+    if image.size == 0:
+        return np.zeros(image.shape, np.float32)
+    # one saturating, rounding pass: image * scale + offset * scale -> uint16
+    quantised = cv2.addWeighted(image, _TOPHAT_SCALE, image, 0.0, _TOPHAT_OFFSET * _TOPHAT_SCALE, dtype=cv2.CV_16U)
+    opened = quantised
+    steps = disk_sequence(int(radius))
+    for kernel, repeats in steps:
+        opened = cv2.erode(opened, kernel, iterations=repeats)
+    for kernel, repeats in steps:  # the dilation of an opening uses the reflected footprint
+        opened = cv2.dilate(opened, np.ascontiguousarray(kernel[::-1, ::-1]), iterations=repeats)
+    # saturating: near the array's edge a decomposed opening can exceed the image by a little
+    return cv2.subtract(quantised, opened).astype(np.float32) * np.float32(1.0 / _TOPHAT_SCALE)
+
+
 def distance_transform(mask) -> np.ndarray:
     """Exact Euclidean distance of each True pixel to the nearest False pixel (float32), like scipy's EDT.
 
     As there, pixels beyond the array's edge do not count as False.
     """
     return cv2.distanceTransform(np.asarray(mask, dtype=np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+
+
+def within_distance(mask, distance_px: float) -> np.ndarray:
+    """Pixels at most ``distance_px`` (Euclidean) from a True pixel of ``mask`` (bool).
+
+    A dilation with the exact disk for short reaches, the distance transform
+    for long ones (whichever is faster); both give the same pixels.
+    """
+    mask = np.asarray(mask, dtype=bool)
+    if distance_px > 12:
+        return distance_transform(~mask) <= distance_px
+    reach = int(np.floor(distance_px))
+    r = np.arange(-reach, reach + 1)
+    disk = (r[:, None] ** 2 + r[None, :] ** 2 <= distance_px**2).astype(np.uint8)
+    return cv2.dilate(mask.view(np.uint8), disk, borderType=cv2.BORDER_CONSTANT, borderValue=0).view(bool)
 
 
 def fill_holes(mask) -> np.ndarray:
@@ -59,14 +122,25 @@ def binary_dilation_disk(mask, radius: int) -> np.ndarray:
 
 
 def h_maxima(image, h: float) -> np.ndarray:
-    """Regional maxima of height at least ``h`` (bool), as skimage.morphology.h_maxima for float images.
+    """Regional maxima of height at least ``h`` (bool), as skimage.morphology.h_maxima.
 
     The reconstruction by dilation of ``image - h`` under ``image`` is
     iterated with 3 x 3 dilations until it stops changing; on a distance
     map that takes about as many steps as the largest object's radius.
     Unlike scikit-image, a plateau at the image's minimum is not lowered by
     ``h`` first, so an object lower than ``h`` over that floor has no maximum.
+    ``uint16`` images are reconstructed as they are (twice as fast as
+    float32, see :func:`quantised_distance`); other dtypes as float32.
     """
+    if np.asarray(image).dtype == np.uint16:
+        image = np.asarray(image)
+        h_int = int(round(h))
+        if image.size == 0 or h_int > int(image.max()) - int(image.min()):
+            return np.zeros(image.shape, bool)
+        floor = image.min()
+        marker = np.where(image <= floor, image, cv2.subtract(image, h_int))
+        marker = _reconstruct(marker, image)
+        return cv2.subtract(image, marker) >= h_int
     image = np.asarray(image, dtype=np.float32)
     if image.size == 0 or h > float(image.max() - image.min()):
         return np.zeros(image.shape, bool)
@@ -74,25 +148,46 @@ def h_maxima(image, h: float) -> np.ndarray:
     # the floor (a distance map's background) already holds its final value: starting it there
     # keeps the reconstruction from creeping across it one pixel per step
     floor = image.min()
-    marker = np.where(image <= floor, image, image - np.float32(h))
-    while True:
-        grown = np.minimum(cv2.dilate(marker, _SQUARE, borderType=cv2.BORDER_REPLICATE), image)
-        if np.array_equal(grown, marker):
-            break
-        marker = grown
+    marker = _reconstruct(np.where(image <= floor, image, image - np.float32(h)), image)
     return (image - marker) >= (h - resolution)
+
+
+def _reconstruct(marker, image, check_every: int = 4) -> np.ndarray:
+    """Grey reconstruction by dilation of ``marker`` under ``image`` (3 x 3 steps, tested for change every few steps)."""
+    while True:
+        grown = marker
+        for _ in range(check_every):
+            grown = np.minimum(cv2.dilate(grown, _SQUARE, borderType=cv2.BORDER_REPLICATE), image)
+        if np.array_equal(grown, marker):
+            return grown
+        marker = grown
+
+
+#: Steps per pixel of :func:`quantised_distance`.
+DISTANCE_STEPS_PER_PX = 256
+
+
+def quantised_distance(mask) -> np.ndarray:
+    """:func:`distance_transform` in steps of 1/256 pixel as uint16 (up to 255.99 px), for a faster :func:`h_maxima`."""
+    dist = distance_transform(mask)
+    return np.minimum(np.rint(dist * DISTANCE_STEPS_PER_PX), 65535).astype(np.uint16)
 
 
 def median_by_label(values, labels, n: int) -> np.ndarray:
     """Median of ``values`` over each label 1..n (float32, index 0 unused; 0 for empty labels).
 
-    Like scipy.ndimage.median, but sorts only the labelled pixels, once.
+    Like scipy.ndimage.median, but sorts only the labelled pixels, once: each
+    label and its pixel's value (as float32, in an order-preserving integer
+    code) form one 64-bit key.
     """
     sel = labels > 0
     lab = labels[sel].astype(np.int64)
-    val = values[sel].astype(np.float64)
-    order = np.lexsort((val, lab))
-    lab, val = lab[order], val[order]
+    bits = np.ascontiguousarray(values[sel], dtype=np.float32).view(np.int32).astype(np.int64)
+    code = np.where(bits >= 0, bits, bits ^ 0x7FFFFFFF) + (1 << 31)  # float order as 0 .. 2**32 - 1
+    keys = np.sort((lab << 32) | code)
+    lab = keys >> 32
+    code = (keys & 0xFFFFFFFF) - (1 << 31)
+    val = np.where(code >= 0, code, code ^ 0x7FFFFFFF).astype(np.int32).view(np.float32).astype(np.float64)
     counts = np.bincount(lab, minlength=n + 1)
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
     out = np.zeros(n + 1, np.float32)
@@ -112,21 +207,59 @@ def expand_labels(labels, distance: int) -> np.ndarray:
     fixed order of offsets wins, so the result depends on geometry only, not
     on label numbers (and so not on how the image is cut into tiles).
     """
+    out = np.array(labels, copy=True)
+    rows, cols, values = expansion(labels, distance)
+    out[rows, cols] = values
+    return out
+
+
+def expansion(labels, distance: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The background pixels :func:`expand_labels` labels: their rows, columns and new labels.
+
+    Only the pixels within reach are visited.
+    """
     labels = np.asarray(labels)
-    out = labels.copy()
+    empty = np.zeros(0, np.intp)
     if distance <= 0 or not labels.any():
-        return out
+        return empty, empty, np.zeros(0, labels.dtype)
     offsets = sorted(
         (float(np.hypot(dr, dc)), dr, dc)
         for dr in range(-distance, distance + 1)
         for dc in range(-distance, distance + 1)
         if 0 < np.hypot(dr, dc) <= distance
     )
+    n_rows, n_cols = labels.shape
+    reach = binary_dilation_disk(labels != 0, distance) & (labels == 0)
+    rr, cc = np.nonzero(reach)
+    found_r, found_c, found_v = [], [], []
     for _, dr, dc in offsets:
-        shifted = _shift(labels, dr, dc)
-        take = (out == 0) & (shifted > 0)
-        out[take] = shifted[take]
-    return out
+        src_r, src_c = rr - dr, cc - dc
+        inside = (src_r >= 0) & (src_r < n_rows) & (src_c >= 0) & (src_c < n_cols)
+        values = np.zeros(rr.size, labels.dtype)
+        values[inside] = labels[src_r[inside], src_c[inside]]
+        take = values != 0
+        found_r.append(rr[take])
+        found_c.append(cc[take])
+        found_v.append(values[take])
+        rr, cc = rr[~take], cc[~take]
+        if rr.size == 0:
+            break
+    return np.concatenate(found_r), np.concatenate(found_c), np.concatenate(found_v)
+
+
+def remove_small_objects(mask, min_px: int, *, connectivity: int = 4) -> np.ndarray:
+    """``mask`` without its connected objects of fewer than ``min_px`` pixels (bool).
+
+    Like scikit-image's ``remove_small_objects(mask, max_size=min_px - 1)``
+    with 4-connected (``connectivity=4``) or 8-connected objects.
+    """
+    mask = np.asarray(mask, dtype=bool)
+    if min_px <= 1 or not mask.any():
+        return mask.copy()
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.view(np.uint8), connectivity=connectivity, ltype=cv2.CV_32S)
+    keep = stats[:, cv2.CC_STAT_AREA] >= min_px
+    keep[0] = False
+    return keep[labels]
 
 
 def _shift(a, dr: int, dc: int) -> np.ndarray:
