@@ -24,7 +24,7 @@ from skimage.segmentation import watershed
 from .config import ClassifyConfig, IronConfig, NucleiConfig
 from .filters import smooth_channels
 from .measure import CLASS_CODES
-from .morphology import expansion, DISTANCE_STEPS_PER_PX, quantised_distance, remove_small_objects, white_tophat_disk, binary_dilation_disk, binary_opening_disk, distance_transform, fill_holes, h_maxima, median_by_label
+from .morphology import expansion, DISTANCE_STEPS_PER_PX, quantised_distance, remove_small_objects, white_tophat_disk, binary_dilation_disk, binary_opening_disk, fill_holes, h_maxima, median_by_label
 from .stains import StainSet, unmix
 
 __all__ = [
@@ -245,7 +245,11 @@ def stain_concentrations(od, spots, stains: StainSet, *, pixel_size_um: float, c
     names = deconvolution_stains(stains)
     if not names:
         return {}
-    od_chromatic = np.maximum(od - spots[..., None], 0) if "iron" in stains.roles else od
+    if "iron" in stains.roles:
+        od_chromatic = od - spots[..., None]
+        np.maximum(od_chromatic, 0, out=od_chromatic)
+    else:
+        od_chromatic = od
     conc = unmix(smooth_channels(od_chromatic, classify.smoothing_um / pixel_size_um), np.stack([stains.vector(n) for n in names]))
     return {role: conc[..., names.index(stain)] for role, stain in stains.roles.items() if stain in names}
 
@@ -326,14 +330,15 @@ def pixel_maps(
     fine = smooth_channels(od, 0.4 / px)
     spots = dark_spots(fine, stains, pixel_size_um=px, nuclei=nuclei)
     conc = stain_concentrations(od, spots, stains, pixel_size_um=px, classify=classify)
-    out = np.zeros(od.shape[:2] + (len(MAP_NAMES),), np.float32)
-    out[..., 0] = spots
+    # stored map by map (each ``out[..., k]`` a contiguous plane): the object step reads the maps one at a time
+    planar = np.zeros((len(MAP_NAMES),) + od.shape[:2], np.float32)
+    planar[0] = spots
     for k, role in enumerate(MAP_NAMES[1:3], start=1):
         if role in conc:
-            out[..., k] = conc[role]
+            planar[k] = conc[role]
     if granules and "iron" in stains.roles:
-        out[..., 3] = granule_contrast(fine, pixel_size_um=px, iron=iron or IronConfig())
-    return out
+        planar[3] = granule_contrast(fine, pixel_size_um=px, iron=iron or IronConfig())
+    return planar.transpose(1, 2, 0)
 
 
 def map_histograms(maps, inside) -> np.ndarray:

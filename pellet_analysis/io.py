@@ -312,13 +312,28 @@ def write_label_pyramid(path, shape, pieces, *, dtype, pixel_size_um: float | No
     return Path(path)
 
 
-def _compressed(tiles, dtype, tile_px: int):
-    """Deflate each tile (libdeflate, level 1: labels compress well even so); the empty tile is compressed once."""
+def _compressed(tiles, dtype, tile_px: int, threads: int = 2):
+    """Deflate each tile (libdeflate, level 1: labels compress well even so); the empty tile is compressed once.
+
+    Tiles are filled in this thread and compressed in ``threads`` others
+    (the codec releases the GIL), a few tiles ahead, in order.
+    """
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
     from imagecodecs import deflate_encode
 
     empty = deflate_encode(np.zeros((tile_px, tile_px), dtype).tobytes(), 1)
-    for tile in tiles:
-        yield empty if tile is None else deflate_encode(tile.tobytes(), 1)
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        pending = deque()
+        for tile in tiles:
+            pending.append(pool.submit(deflate_encode, tile, 1) if tile is not None else None)
+            if len(pending) > 2 * threads:
+                done = pending.popleft()
+                yield empty if done is None else done.result()
+        while pending:
+            done = pending.popleft()
+            yield empty if done is None else done.result()
 
 
 def _strided(start: int, stop: int, first: int, stride: int, n: int):

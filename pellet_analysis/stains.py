@@ -238,11 +238,7 @@ def _uint8_od(image, bg) -> np.ndarray:
     """:func:`rgb_to_od` of 8-bit RGB: a table look-up, then ``+ log10(I0)`` channel by channel, in place."""
     od = cv2.LUT(np.ascontiguousarray(image), _NEG_LOG_LUT)
     bg = np.asarray(bg, dtype=np.float32)
-    if bg.ndim < 3:
-        od += np.log10(bg.reshape(-1)).astype(np.float32)
-    else:
-        for c in range(3):
-            od[..., c] += np.log10(bg[..., c])
+    od += np.log10(bg.reshape(-1) if bg.ndim < 3 else bg).astype(np.float32, copy=False)
     np.maximum(od, 0, out=od)
     return od
 
@@ -485,15 +481,19 @@ def evaluate_background_field(coef, shape, *, order=2, dtype=np.float32, window=
     r, c = (
         np.arange(*s.indices(n)[:2], dtype=np.float64) / max(n - 1, 1) for s, n in zip(window, shape)
     )
-    h, w = r.size, c.size
     powers = [(i, j) for i in range(order + 1) for j in range(order + 1 - i)]
-    rows = np.stack([r**i for i, _ in powers], axis=1)  # (h, terms)
-    cols = np.stack([c**j for _, j in powers], axis=1)  # (w, terms)
     coef = np.asarray(coef, dtype=np.float64)
-    out = np.empty((h, w, 3), dtype=dtype)
+    # sum_i r**i * (sum_j a_ij c**j): a (rows x order+1) @ (order+1 x cols) product per channel, each
+    # channel written whole and interleaved once
+    row_powers = np.stack([r**i for i in range(order + 1)], axis=1).astype(np.float32)
+    planes = []
     for ch in range(3):
-        out[..., ch] = (rows * coef[:, ch]) @ cols.T
-    return np.clip(out, 1.0 / 255.0, None, out=out)
+        by_row_power = np.zeros((order + 1, c.size))
+        for k, (i, j) in enumerate(powers):
+            by_row_power[i] += coef[k, ch] * c**j
+        planes.append(row_powers @ by_row_power.astype(np.float32))
+    out = cv2.merge(planes) if planes[0].size else np.zeros((r.size, c.size, 3), np.float32)
+    return np.clip(out, 1.0 / 255.0, None, out=out).astype(dtype, copy=False)
 
 
 def estimate_stains_macenko(od, *, min_od: float = 0.151, percentile: float = 1.0, channel_axis=-1, mask=None) -> np.ndarray:
