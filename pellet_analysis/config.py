@@ -127,6 +127,14 @@ class PelletConfig(_Strict):
         description="Holes in a pellet smaller than this are filled (µm²); larger holes "
         "(e.g. a lumen) stay out of the pellet.",
     )
+    full_frame_min_border_fraction: float = Field(
+        0.6,
+        gt=0,
+        le=1,
+        description="When at least this fraction (0-1) of the image's border pixels is tissue, the tissue fills "
+        "the image (a field of view inside a section, e.g. an H&E tile) and the whole image is analysed as one "
+        "region, whatever its area; a pellet on glass has background all round.",
+    )
     max_working_px: int = Field(
         1500,
         gt=64,
