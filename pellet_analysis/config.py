@@ -173,6 +173,20 @@ class NucleiConfig(_Strict):
         "and Otsu's within the pellets.",
     )
 
+    stain_otsu_fraction: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="For a nuclear stain separated by colour deconvolution (every preset but ab-vg), the "
+        "threshold on its local excess (white top-hat) is this fraction of Otsu's within the region: Otsu's "
+        "falls between dark and pale (vesicular) nuclei.",
+    )
+    stain_min_od: float = Field(
+        0.15,
+        gt=0,
+        description="Lowest threshold (OD) of a deconvolved nuclear stain's local excess (see stain_otsu_fraction).",
+    )
+
     @field_validator("max_diameter_um")
     @classmethod
     def _ordered(cls, value, info):
