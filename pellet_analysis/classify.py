@@ -327,8 +327,9 @@ def map_histograms(maps, inside) -> np.ndarray:
 def thresholds_from_histograms(hist, *, classify: ClassifyConfig, nuclei: NucleiConfig, deconvolved: bool = False) -> Thresholds:
     """The pellet's nucleus darkness threshold (Otsu, never below ``nuclei.dark_min_od``) and proteoglycan threshold.
 
-    With ``deconvolved`` (the nuclear stain separated by colour deconvolution,
-    as in H&E, rather than the darkness of near-neutral Weigert's) the nucleus
+    With ``deconvolved`` (the nuclear stain separated by colour deconvolution
+    and no matrix stain, as in H&E, rather than the darkness of near-neutral
+    Weigert's) the nucleus
     threshold is ``nuclei.stain_otsu_fraction`` of Otsu's, never below
     ``nuclei.stain_min_od``: Otsu's threshold falls between dark and pale
     nuclei, whose hematoxylin is a third to half of the dark ones'.
@@ -545,7 +546,8 @@ def classify_maps(
     settings = _settings(pixel_size_um, classify, nuclei, iron)
     depth_objects = objects_depth_px(pixel_size_um=pixel_size_um, nuclei=nuclei, iron=iron)
     width = inside.shape[1]
-    deconvolved = "iron" not in stains.roles
+    # H&E and H-DAB: nuclei are the only objects; sets with a matrix stain keep Otsu, so their matrix classes do not change
+    deconvolved = not {"iron", "proteoglycan", "collagen"} & set(stains.roles)
     thresholds = thresholds_from_histograms(map_histograms(maps, inside), classify=classify, nuclei=nuclei, deconvolved=deconvolved)
     if tile_px is None:
         packed = _encoded_objects(maps, inside, thresholds, stains, (0, 0), width, settings)

@@ -177,7 +177,7 @@ class NucleiConfig(_Strict):
         0.5,
         gt=0,
         le=1,
-        description="For a nuclear stain separated by colour deconvolution (every preset but ab-vg), the "
+        description="For a nuclear stain separated by colour deconvolution with no matrix stain (he, h-dab), the "
         "threshold on its local excess (white top-hat) is this fraction of Otsu's within the region: Otsu's "
         "falls between dark and pale (vesicular) nuclei.",
     )
