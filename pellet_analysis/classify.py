@@ -349,8 +349,15 @@ def map_histograms(maps, inside) -> np.ndarray:
     return np.concatenate([np.histogram(spots, _SPOT_EDGES)[0], np.histogram(pg, _PG_EDGES)[0]]).astype(np.int64)
 
 
-def thresholds_from_histograms(hist, *, classify: ClassifyConfig, nuclei: NucleiConfig) -> Thresholds:
+def thresholds_from_histograms(hist, *, classify: ClassifyConfig, nuclei: NucleiConfig, deconvolved: bool = False) -> Thresholds:
     """The pellet's nucleus darkness threshold (Otsu, never below ``nuclei.dark_min_od``) and proteoglycan threshold.
+
+    With ``deconvolved`` (the nuclear stain separated by colour deconvolution
+    and no matrix stain, as in H&E, rather than the darkness of near-neutral
+    Weigert's) the nucleus
+    threshold is ``nuclei.stain_otsu_fraction`` of Otsu's, never below
+    ``nuclei.stain_min_od``: Otsu's threshold falls between dark and pale
+    nuclei, whose hematoxylin is a third to half of the dark ones'.
 
     The proteoglycan threshold sits at half the typical stained level (the
     median above ``classify.proteoglycan_min_od``), never below that floor,
@@ -363,7 +370,10 @@ def thresholds_from_histograms(hist, *, classify: ClassifyConfig, nuclei: Nuclei
     if spot_hist.sum() > 16 and occupied.size > 1:
         centres = 0.5 * (_SPOT_EDGES[1:] + _SPOT_EDGES[:-1])
         lo, hi = occupied[0], occupied[-1] + 1
-        dark = max(dark, float(threshold_otsu(hist=(spot_hist[lo:hi], centres[lo:hi]))))
+        otsu = float(threshold_otsu(hist=(spot_hist[lo:hi], centres[lo:hi])))
+        dark = max(nuclei.stain_min_od, nuclei.stain_otsu_fraction * otsu) if deconvolved else max(dark, otsu)
+    elif deconvolved:
+        dark = float(nuclei.stain_min_od)
     floor = float(classify.proteoglycan_min_od)
     first = int(np.searchsorted(_PG_EDGES, floor, side="right"))  # bins wholly above the floor
     above = pg_hist[first:]
@@ -564,7 +574,9 @@ def classify_maps(
     settings = _settings(pixel_size_um, classify, nuclei, iron)
     depth_objects = objects_depth_px(pixel_size_um=pixel_size_um, nuclei=nuclei, iron=iron)
     width = inside.shape[1]
-    thresholds = thresholds_from_histograms(map_histograms(maps, inside), classify=classify, nuclei=nuclei)
+    # H&E and H-DAB: nuclei are the only objects; sets with a matrix stain keep Otsu, so their matrix classes do not change
+    deconvolved = not {"iron", "proteoglycan", "collagen"} & set(stains.roles)
+    thresholds = thresholds_from_histograms(map_histograms(maps, inside), classify=classify, nuclei=nuclei, deconvolved=deconvolved)
     if tile_px is None:
         packed = _encoded_objects(maps, inside, thresholds, stains, (0, 0), width, settings)
     else:

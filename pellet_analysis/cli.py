@@ -142,6 +142,8 @@ def cmd_validate(args) -> int:
     from .validate import validate
 
     console = _console()
+    if args.stains == "he":
+        return _validate_he(args, console)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console) as bar:
         task = bar.add_task("sections", total=args.n)
         result = validate(args.n, seed=args.seed, hue_jitter_deg=args.hue_jitter_deg, output_dir=args.output,
@@ -151,6 +153,20 @@ def cmd_validate(args) -> int:
     print(json.dumps(result["summary"], indent=2))
     if args.output:
         console.print(f"tables and summary in {args.output}")
+    return 0
+
+
+def _validate_he(args, console) -> int:
+    """``validate --stains he``: nuclei instance F1 on synthetic full-frame H&E tiles, run as the command line runs them."""
+    import json
+
+    from .validate import validate_he
+
+    result = validate_he(args.n, seed=args.seed, size_px=args.size_px, work_dir=args.output)
+    print(result["images"].drop(columns=["image"]).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print(json.dumps(result["summary"], indent=2))
+    if args.output:
+        console.print(f"tiles and the run in {args.output}")
     return 0
 
 
@@ -209,6 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
     val.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
     val.add_argument("--hue-jitter-deg", type=float, default=6.0, dest="hue_jitter_deg", help="largest stain-vector rotation (degrees, default 6)")
     val.add_argument("--output", type=Path, help="folder for validation_images.csv, validation_pellets.csv, validation.json")
+    val.add_argument("--stains", choices=["ab-vg", "he"], default="ab-vg",
+                     help="ab-vg: pellet sections (default); he: full-frame H&E tiles (PNG, no pixel size) through `run --stains he`, nuclei instance F1 at IoU 0.5")
+    val.add_argument("--size-px", type=int, default=512, dest="size_px", help="with --stains he: tile side in pixels (default 512)")
     val.set_defaults(func=cmd_validate)
 
     synth = sub.add_parser("synth", help="write synthetic AB/VG sections with ground truth", description="Write a synthetic study: every donor x condition x day, one section each, named {donor}_{condition}_d{day}_s1.")

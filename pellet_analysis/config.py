@@ -127,6 +127,14 @@ class PelletConfig(_Strict):
         description="Holes in a pellet smaller than this are filled (µm²); larger holes "
         "(e.g. a lumen) stay out of the pellet.",
     )
+    full_frame_min_border_fraction: float = Field(
+        0.6,
+        gt=0,
+        le=1,
+        description="When at least this fraction (0-1) of the image's border pixels is tissue, the tissue fills "
+        "the image (a field of view inside a section, e.g. an H&E tile) and the whole image is analysed as one "
+        "region, whatever its area; a pellet on glass has background all round.",
+    )
     max_working_px: int = Field(
         1500,
         gt=64,
@@ -163,6 +171,20 @@ class NucleiConfig(_Strict):
         description="Lowest local darkness of a nucleus pixel: the OD of the least-absorbed channel "
         "above the surrounding matrix (white top-hat); the threshold used is the larger of this "
         "and Otsu's within the pellets.",
+    )
+
+    stain_otsu_fraction: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="For a nuclear stain separated by colour deconvolution with no matrix stain (he, h-dab), the "
+        "threshold on its local excess (white top-hat) is this fraction of Otsu's within the region: Otsu's "
+        "falls between dark and pale (vesicular) nuclei.",
+    )
+    stain_min_od: float = Field(
+        0.15,
+        gt=0,
+        description="Lowest threshold (OD) of a deconvolved nuclear stain's local excess (see stain_otsu_fraction).",
     )
 
     @field_validator("max_diameter_um")

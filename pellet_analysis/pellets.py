@@ -20,6 +20,7 @@ from .stains import (
     evaluate_background_field,
     fit_background_field,
     intensity_range,
+    looks_like_glass,
     rgb_to_od,
 )
 
@@ -30,6 +31,7 @@ __all__ = [
     "estimate_illumination",
     "illumination_from_small",
     "tissue_score",
+    "fills_frame",
     "pellet_topology",
     "pellet_windows",
     "pellet_margin_px",
@@ -140,7 +142,8 @@ def illumination_from_small(small, dtype, *, pixel_size_um: float, stains: Stain
     tissue is masked out at that white point, then either a smooth
     polynomial surface (``stains.flat_field``) or the per-channel median of
     the remaining background gives I0. If even the brightest pixels are far
-    from white, the tissue fills the image and the dtype's full scale is used.
+    from white or coloured (:func:`~pellet_analysis.stains.looks_like_glass`),
+    the tissue fills the image and the dtype's full scale is used.
     """
     full = intensity_range(dtype)
     if stains.background_rgb is not None:
@@ -149,7 +152,7 @@ def illumination_from_small(small, dtype, *, pixel_size_um: float, stains: Stain
             bg = bg / 255.0
         return Illumination(bg, source="config")
     first = estimate_background(small)
-    if first.mean() < 0.72 * full:
+    if not looks_like_glass(first, dtype):
         return Illumination(np.full(3, full), source="full-scale (no background found)")
     score = gaussian(tissue_score(rgb_to_od(small, first)), pellets.smoothing_um / pixel_size_um)
     mask = ndi.binary_dilation(score > pellets.tissue_min_od * 0.7, iterations=3)
@@ -160,6 +163,31 @@ def illumination_from_small(small, dtype, *, pixel_size_um: float, stains: Stain
             illum.background_rgb = illum.field(small.shape[:2]).reshape(-1, 3).mean(0).astype(np.float64)
             return illum
     return Illumination(estimate_background(small, mask), source="estimated")
+
+
+def fills_frame(tissue, *, min_border_fraction: float) -> bool:
+    """Whether tissue fills the image: at least ``min_border_fraction`` of its border pixels are tissue.
+
+    A pellet section lies on glass, so the border of its image is background
+    (at most a quarter tissue on the real pellet and valve scans); a field of
+    view inside a tissue section, such as an H&E tile, is tissue nearly all
+    round, broken only by lumina and vacuoles (0.73-0.92 on crops of Easy1).
+
+    Parameters
+    ----------
+    tissue : ndarray of bool, shape (rows, cols)
+    min_border_fraction : float, keyword-only
+        0-1.
+
+    Returns
+    -------
+    bool
+    """
+    tissue = np.asarray(tissue, dtype=bool)
+    if tissue.ndim != 2 or min(tissue.shape) == 0:
+        return False
+    border = np.concatenate([tissue[0], tissue[-1], tissue[1:-1, 0], tissue[1:-1, -1]])
+    return bool(border.mean() >= min_border_fraction)
 
 
 def pellet_topology(small_rgb, illumination: Illumination, *, pixel_size_um: float, config: PelletConfig) -> np.ndarray:
@@ -177,12 +205,15 @@ def pellet_topology(small_rgb, illumination: Illumination, *, pixel_size_um: flo
     Returns
     -------
     ndarray of int32
-        0 outside pellets, 1..n inside, by the column of their centroid.
+        0 outside pellets, 1..n inside, by the column of their centroid; 1
+        everywhere when the tissue fills the image (:func:`fills_frame`).
     """
     px = float(pixel_size_um)
     od = rgb_to_od(small_rgb, illumination.field(small_rgb.shape[:2]))
     score = gaussian(tissue_score(od), config.smoothing_um / px)
     mask = score > float(config.tissue_min_od)
+    if fills_frame(mask, min_border_fraction=config.full_frame_min_border_fraction):
+        return np.ones(mask.shape, np.int32)
     mask = ndi.binary_opening(mask, structure=disk(max(1, round(2.0 / px))))
     mask = remove_small_holes(mask, max_size=max(1, int(config.fill_holes_max_um2 / px**2)))
     mask = remove_small_objects(mask, max_size=max(1, int(config.min_pellet_area_um2 / px**2) - 1))

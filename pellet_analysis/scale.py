@@ -6,25 +6,34 @@ import math
 
 import cv2
 import numpy as np
+from scipy import ndimage as ndi
 from skimage.filters import threshold_otsu
 
-from .stains import StainSet, estimate_background, intensity_range, rgb_to_od, unmix
+from .stains import StainSet, estimate_background, intensity_range, looks_like_glass, rgb_to_od, unmix
 
-__all__ = ["estimate_pixel_size_um"]
+__all__ = ["estimate_pixel_size_um", "single_nucleus_areas_px"]
 
 
 def estimate_pixel_size_um(
-    rgb, stains: StainSet, *, typical_nucleus_um: float = 8.0, max_side_px: int = 2048, bounds_um=(0.1, 4.0)
+    rgb,
+    stains: StainSet,
+    *,
+    typical_nucleus_um: float = 8.0,
+    max_side_px: int = 2048,
+    bounds_um=(0.1, 4.0),
+    min_nuclei: int = 5,
+    smoothing_px: float = 1.5,
 ) -> float | None:
     """Estimate µm per pixel by taking the median nucleus to be ``typical_nucleus_um`` across.
 
     Nuclei are the pixels above Otsu's threshold of the nuclear stain (the
     least-absorbed channel's OD for stain sets with iron, whose nuclear stain
-    is near-neutral); their connected objects, opened by a 3 x 3 square and
-    at least 12 pixels, give a median equivalent diameter in pixels. Only the
-    central ``max_side_px`` square is looked at. Many small dark specks pull
-    the median down: iron granules in labeled AB/VG pellets at 0.25 µm per
-    pixel made the estimate 0.33 µm.
+    is near-neutral); their connected objects, opened by a 3 x 3 square,
+    that look like one whole nucleus (:func:`single_nucleus_areas_px`) give
+    a median equivalent diameter in pixels. Only the central ``max_side_px``
+    square is looked at. Many small dark specks pull the median down: iron
+    granules in labeled AB/VG pellets at 0.25 µm per pixel made the estimate
+    0.33 µm.
 
     Parameters
     ----------
@@ -35,6 +44,17 @@ def estimate_pixel_size_um(
     max_side_px : int, keyword-only
     bounds_um : (float, float), keyword-only
         Estimates outside are refused.
+    min_nuclei : int, keyword-only
+        With fewer whole nuclei, those cut by the image edge count too (a
+        512 x 512 tile at 40x holds about ten, some cut by its edge); with
+        fewer still there is no estimate.
+
+    smoothing_px : float, keyword-only
+        Gaussian sigma applied to a deconvolved nuclear stain (not to the
+        darkness of near-neutral stains with iron, whose specks must stay
+        apart): on synthetic H&E tiles packed with pale vesicular nuclei the
+        raw stain gave estimates up to 4 times too large, smoothed within 2
+        times and mostly within 25 %.
 
     Returns
     -------
@@ -47,22 +67,66 @@ def estimate_pixel_size_um(
     r0, c0 = max(0, (rows - max_side_px) // 2), max(0, (cols - max_side_px) // 2)
     crop = np.asarray(rgb[r0 : r0 + max_side_px, c0 : c0 + max_side_px])
     background = estimate_background(crop)
-    if background.mean() < 0.72 * intensity_range(crop.dtype):
+    if not looks_like_glass(background, crop.dtype):
         background = np.full(3, intensity_range(crop.dtype))  # tissue fills the image: full scale, as for the white point
     od = rgb_to_od(crop, background)
     if "iron" in stains.roles:
         signal = np.minimum(np.minimum(od[..., 0], od[..., 1]), od[..., 2])
     else:
         signal = unmix(od, stains.vector(stains.roles["nuclei"])[None, :])[..., 0]
+        # a deconvolved nuclear stain shows chromatin texture and the pale interior of vesicular nuclei:
+        # smoothed, such a nucleus is one object above Otsu's threshold, not a ring of specks
+        signal = cv2.GaussianBlur(np.ascontiguousarray(signal, np.float32), (0, 0), smoothing_px)
     if not np.isfinite(signal).all() or np.ptp(signal) <= 0:
         return None
     mask = (signal > threshold_otsu(signal)).astype(np.uint8)
     mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
-    n, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
-    areas = stats[1:, cv2.CC_STAT_AREA]
-    areas = areas[areas >= 12]
-    if areas.size < 10:
+    mask = ndi.binary_fill_holes(mask).astype(np.uint8)  # vesicular nuclei: a dark membrane round a pale interior
+    areas = single_nucleus_areas_px(mask, min_area_px=12)
+    if areas.size < min_nuclei:  # a small tile: nuclei cut by its edge count too (smaller, but far nearer than none)
+        areas = single_nucleus_areas_px(mask, min_area_px=12, include_edge=True)
+    if areas.size < min_nuclei:
         return None
     diameter_px = 2.0 * math.sqrt(float(np.median(areas)) / math.pi)
     px = typical_nucleus_um / diameter_px
     return px if bounds_um[0] <= px <= bounds_um[1] else None
+
+
+def single_nucleus_areas_px(
+    mask, *, min_area_px: int = 12, min_solidity: float = 0.0, min_median_fraction: float = 0.25, include_edge: bool = False
+) -> np.ndarray:
+    """Areas (px) of the objects of a nuclei mask that look like one whole nucleus.
+
+    Left out: objects cut by the image edge (smaller than they are; kept
+    with ``include_edge``), concave
+    ones (solidity below ``min_solidity``: touching nuclei merged into a
+    clump, larger than one), those under ``min_area_px`` and fragments under
+    ``min_median_fraction`` of the median area of the rest (pale nuclei
+    broken up by the threshold, specks). Crops of one H&E image gave
+    estimates 0.19-0.22 µm with all objects, closer together without these.
+
+    Parameters
+    ----------
+    mask : ndarray of uint8 or bool, shape (rows, cols)
+    min_area_px : int, keyword-only
+    min_solidity : float, keyword-only
+    min_median_fraction : float, keyword-only
+    include_edge : bool, keyword-only
+
+    Returns
+    -------
+    ndarray of int64
+    """
+    from skimage.measure import regionprops
+
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(np.asarray(mask, np.uint8), connectivity=8)
+    x, y, w, h, area = (stats[1:, k] for k in (cv2.CC_STAT_LEFT, cv2.CC_STAT_TOP, cv2.CC_STAT_WIDTH, cv2.CC_STAT_HEIGHT, cv2.CC_STAT_AREA))
+    rows, cols = labels.shape
+    inner = (area >= min_area_px) & (include_edge | ((x > 0) & (y > 0) & (x + w < cols) & (y + h < rows)))
+    keep = np.zeros(n, bool)
+    keep[1:] = inner
+    solid = {p.label: p.solidity for p in regionprops(np.where(keep[labels], labels, 0))}
+    areas = np.array([area[k - 1] for k, s in sorted(solid.items()) if s >= min_solidity], np.int64)
+    if areas.size:
+        areas = areas[areas >= min_median_fraction * np.median(areas)]
+    return areas

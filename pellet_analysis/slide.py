@@ -44,6 +44,7 @@ class SlidePlan:
     illumination: Illumination
     labels_small: np.ndarray  # int32 low-resolution pellets, numbered left to right
     windows: list  # full-resolution (row slice, column slice) per low-resolution pellet
+    full_frame: bool = False  # tissue fills the image: one region of every pixel (pellets.fills_frame)
 
 
 @dataclass
@@ -90,6 +91,7 @@ def plan_slide(small_rgb, shape, dtype, *, factor: int, pixel_size_um: float, co
         illumination=illumination,
         labels_small=labels,
         windows=pellet_windows(labels, factor, shape, margin),
+        full_frame=bool(labels.size) and bool((labels == 1).all()),
     )
 
 
@@ -121,14 +123,19 @@ def analyze_pellet(rgb_window, plan: SlidePlan, index: int, *, config: RunConfig
     Returns
     -------
     PelletPiece, or None when the refined pellet is smaller than ``pellets.min_pellet_area_um2``.
+        When the tissue fills the image (``plan.full_frame``) every pixel is
+        inside, lumina and vacuoles included, whatever the area.
     """
     window = plan.windows[index - 1]
     px = plan.pixel_size_um
     od = rgb_to_od(np.asarray(rgb_window), plan.illumination.field(plan.shape, window))
     del rgb_window
-    inside = refine_pellet(od, plan.labels_small, index, window, plan.factor, pixel_size_um=px, config=config.pellets)
-    if inside.sum() * px**2 < config.pellets.min_pellet_area_um2:
-        return None
+    if plan.full_frame:
+        inside = np.ones(od.shape[:2], bool)
+    else:
+        inside = refine_pellet(od, plan.labels_small, index, window, plan.factor, pixel_size_um=px, config=config.pellets)
+        if inside.sum() * px**2 < config.pellets.min_pellet_area_um2:
+            return None
     stains, stains_info = choose_stains(od, inside, stains, config.stains, pixel_size_um=px, names=deconvolution_stains(stains))
     if stains_info["source"] != "preset":
         stains_info = {**stains_info, "vectors": {name: [round(float(v), 5) for v in stains.vector(name)] for name in stains.stains}}

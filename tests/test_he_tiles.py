@@ -1,0 +1,68 @@
+"""H&E tiles where the tissue fills the frame: `run --stains he` on synthetic tiles with exact nuclei and on Easy1 crops."""
+
+
+import cv2
+import numpy as np
+import pytest
+import tifffile
+
+from pellet_analysis.config import RunConfig
+from pellet_analysis.pellets import fills_frame
+from pellet_analysis.pipeline import run_batch
+from pellet_analysis.synthetic import make_section
+from pellet_analysis.synthetic_he import make_he_tile
+from pellet_analysis.validate import validate_he
+
+from .conftest import REAL_IMAGES
+
+
+def test_fills_frame_tells_a_tile_from_a_pellet_on_glass():
+    tile = np.ones((50, 60), bool)
+    tile[:10, :25] = False  # a lumen at the edge
+    assert fills_frame(tile, min_border_fraction=0.6)
+    pellet = np.zeros((50, 60), bool)
+    pellet[5:45, 5:55] = True
+    assert not fills_frame(pellet, min_border_fraction=0.6)
+
+
+def test_synthetic_he_tile_is_tissue_to_every_edge_with_crowded_nuclei():
+    tile = make_he_tile(seed=3)
+    assert tile.image.shape == (512, 512, 3) and tile.image.dtype == np.uint8
+    assert tile.nuclei.max() > 80 and 0.15 < (tile.nuclei > 0).mean() < 0.6
+    # touching nuclei: some instances share a border
+    grown = cv2.dilate(tile.nuclei.astype(np.float32), np.ones((3, 3), np.uint8)).astype(np.uint32)
+    assert ((grown != tile.nuclei) & (tile.nuclei > 0)).any()
+
+
+def test_nuclei_instance_f1_on_synthetic_he_tiles_through_the_run_command(tmp_path):
+    result = validate_he(6, seed=7, work_dir=tmp_path)
+    images, summary = result["images"], result["summary"]
+    print(images.to_string(), summary)
+    assert summary["failures"] == 0
+    assert (images.inside_fraction == 1.0).all()  # the whole tile is analysed
+    # every tile's pixel size was estimated from the nuclei (PNG: none in the file), within a factor 2
+    assert ((images.estimated_pixel_size_um / images.pixel_size_um).between(0.5, 2.0)).all()
+    assert summary["nuclei_instance_f1_mean"] >= 0.6
+
+
+@pytest.mark.skipif(not REAL_IMAGES.is_dir(), reason="../shared/real-images is not here")
+def test_he_run_on_easy1_crops_analyses_every_pixel_with_a_consistent_pixel_size(tmp_path):
+    rgba = cv2.imread(str(REAL_IMAGES / "Easy1.png"), cv2.IMREAD_UNCHANGED)
+    src = tmp_path / "in"
+    src.mkdir()
+    cv2.imwrite(str(src / "crop512.png"), rgba[300:812, 700:1212])  # RGBA PNG
+    cv2.imwrite(str(src / "crop1000.png"), rgba[46:1046, 790:1790, :3])
+    record = run_batch(RunConfig(input_dir=src, output_dir=tmp_path / "out", stains={"preset": "he"}))
+    assert record["n_failures"] == 0
+    sizes = {}
+    for stem, (low, high) in {"crop512": (6, 20), "crop1000": (25, 55)}.items():
+        image = record["images"][stem]
+        assert image["pixel_size_source"] == "estimated from nuclei"
+        sizes[stem] = image["pixel_size_um"]
+        pellets = tifffile.imread(tmp_path / "out" / "labels" / f"{stem}_pellets.tif")
+        nuclei = tifffile.imread(tmp_path / "out" / "labels" / f"{stem}_nuclei.tif")
+        assert (pellets == 1).all()  # one region: the whole tile
+        n = len(np.unique(nuclei[nuclei > 0]))
+        assert low <= n <= high, (stem, n)
+    assert all(0.14 <= s <= 0.26 for s in sizes.values()), sizes
+    assert max(sizes.values()) / min(sizes.values()) < 1.15, sizes
