@@ -9,7 +9,6 @@ import tifffile
 from pellet_analysis.config import RunConfig
 from pellet_analysis.pellets import fills_frame
 from pellet_analysis.pipeline import run_batch
-from pellet_analysis.synthetic import make_section
 from pellet_analysis.synthetic_he import make_he_tile
 from pellet_analysis.validate import validate_he
 
