@@ -250,7 +250,12 @@ def stain_concentrations(od, spots, stains: StainSet, *, pixel_size_um: float, c
         np.maximum(od_chromatic, 0, out=od_chromatic)
     else:
         od_chromatic = od
-    conc = unmix(smooth_channels(od_chromatic, classify.smoothing_um / pixel_size_um), np.stack([stains.vector(n) for n in names]))
+    sigma_px = classify.smoothing_um / pixel_size_um
+    if od_chromatic is od:
+        od_chromatic = smooth_channels(od, sigma_px)
+    else:  # a copy of this function's own: blurred in place
+        od_chromatic = smooth_channels(od_chromatic, sigma_px, out=od_chromatic)
+    conc = unmix(od_chromatic, np.stack([stains.vector(n) for n in names]))
     return {role: conc[..., names.index(stain)] for role, stain in stains.roles.items() if stain in names}
 
 
@@ -327,17 +332,17 @@ def pixel_maps(
     """
     od = np.asarray(od, dtype=np.float32)
     px = float(pixel_size_um)
-    fine = smooth_channels(od, 0.4 / px)
-    spots = dark_spots(fine, stains, pixel_size_um=px, nuclei=nuclei)
-    conc = stain_concentrations(od, spots, stains, pixel_size_um=px, classify=classify)
     # stored map by map (each ``out[..., k]`` a contiguous plane): the object step reads the maps one at a time
     planar = np.zeros((len(MAP_NAMES),) + od.shape[:2], np.float32)
-    planar[0] = spots
+    fine = smooth_channels(od, 0.4 / px)
+    planar[0] = dark_spots(fine, stains, pixel_size_um=px, nuclei=nuclei)
+    if granules and "iron" in stains.roles:
+        planar[3] = granule_contrast(fine, pixel_size_um=px, iron=iron or IronConfig())
+    del fine  # a window-sized copy of the OD, freed before the concentrations make two more
+    conc = stain_concentrations(od, planar[0], stains, pixel_size_um=px, classify=classify)
     for k, role in enumerate(MAP_NAMES[1:3], start=1):
         if role in conc:
             planar[k] = conc[role]
-    if granules and "iron" in stains.roles:
-        planar[3] = granule_contrast(fine, pixel_size_um=px, iron=iron or IronConfig())
     return planar.transpose(1, 2, 0)
 
 

@@ -19,6 +19,18 @@ def _console():
 
 
 def _run(config, console) -> int:
+    from .workers import process_pool
+
+    # worker processes first: they import the pipeline while this process does
+    pool = process_pool(config.n_workers) if config.scheduler == "processes" else None
+    try:
+        return _run_with(config, console, pool)
+    finally:
+        if pool is not None:
+            pool.shutdown()
+
+
+def _run_with(config, console, pool) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from .pipeline import RunFolderConflict, list_images, run_batch
@@ -50,7 +62,7 @@ def _run(config, console) -> int:
                     progress.console.print(f"[yellow]warning[/yellow] {summary['file']}: {warning}")
 
         try:
-            record = run_batch(config, progress=report)
+            record = run_batch(config, progress=report, pool=pool)
         except SampleSheetError as error:
             console.print(f"[red]sample sheet error:[/red] {error}")
             return 2

@@ -8,21 +8,28 @@ import numpy as np
 __all__ = ["gaussian", "smooth_channels"]
 
 
-def gaussian(image, sigma_px: float):
-    """Gaussian blur of a 2-D float image (OpenCV, reflected borders); unchanged below 0.3 px."""
+def gaussian(image, sigma_px: float, *, out=None):
+    """Gaussian blur of a 2-D float image (OpenCV, reflected borders); unchanged below 0.3 px.
+
+    ``out`` (which may be ``image`` itself) receives the result.
+    """
     if sigma_px <= 0.3:
+        if out is not None and out is not image:
+            out[...] = image
+            return out
         return image
-    return cv2.GaussianBlur(image, (0, 0), sigmaX=float(sigma_px), borderType=cv2.BORDER_REFLECT)
+    return cv2.GaussianBlur(image, (0, 0), sigmaX=float(sigma_px), dst=out, borderType=cv2.BORDER_REFLECT)
 
 
-def smooth_channels(image, sigma_px: float) -> np.ndarray:
+def smooth_channels(image, sigma_px: float, *, out=None) -> np.ndarray:
     """:func:`gaussian` applied to each channel of a (rows, cols, channels) image.
 
     OpenCV blurs up to four channels in one pass (the same numbers as channel
-    by channel, three times faster than splitting and stacking them).
+    by channel, three times faster than splitting and stacking them);
+    ``out`` (which may be ``image``) receives the result.
     """
+    if image.shape[-1] <= 4 and image.dtype in (np.float32, np.float64, np.uint8, np.uint16) and image.flags.c_contiguous:
+        return gaussian(image, sigma_px, out=out)
     if sigma_px <= 0.3:
         return image
-    if image.shape[-1] <= 4 and image.dtype in (np.float32, np.float64, np.uint8, np.uint16):
-        return gaussian(np.ascontiguousarray(image), sigma_px)
     return np.dstack([gaussian(np.ascontiguousarray(image[..., c]), sigma_px) for c in range(image.shape[-1])])

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import math
 
+import cv2
 import numpy as np
 from scipy import ndimage as ndi
-from skimage.measure import approximate_polygon, find_contours
+from skimage.measure import find_contours
 
-__all__ = ["pellet_outline", "pellet_feature_collection", "feature_collection"]
+__all__ = ["pellet_outline", "pellet_feature_collection", "feature_collection", "ring_collection"]
 
 
 def pellet_outline(mask, *, offset=(0, 0), tolerance_px: float = 0.75) -> list[list[float]]:
@@ -18,7 +19,9 @@ def pellet_outline(mask, *, offset=(0, 0), tolerance_px: float = 0.75) -> list[l
     if not contours:
         return []
     contour = max(contours, key=len)
-    contour = approximate_polygon(contour, tolerance=tolerance_px)
+    # Douglas-Peucker, as skimage's approximate_polygon (whose import costs scipy.signal, most of a second
+    # in every worker); the closed contour repeats its first point, so both ends stay
+    contour = cv2.approxPolyDP(np.ascontiguousarray(contour, dtype=np.float32)[:, None, :], tolerance_px, False)[:, 0, :]
     ring = [[float(c - 1 + offset[1]), float(r - 1 + offset[0])] for r, c in contour]
     if ring[0] != ring[-1]:
         ring.append(ring[0])
@@ -54,10 +57,14 @@ def pellet_feature_collection(pellets, rows) -> dict:
 
 def feature_collection(outlined) -> dict:
     """GeoJSON FeatureCollection from ``(row, mask, (row_offset, col_offset))`` triples, one per pellet."""
+    return ring_collection([(row, pellet_outline(mask, offset=offset)) for row, mask, offset in outlined])
+
+
+def ring_collection(outlines) -> dict:
+    """GeoJSON FeatureCollection from ``(row, ring)`` pairs, rings from :func:`pellet_outline`."""
     features = []
-    for row, mask, offset in outlined:
+    for row, ring in outlines:
         pid = int(row["pellet_id"])
-        ring = pellet_outline(mask, offset=offset)
         if len(ring) < 4:
             continue
         properties = {

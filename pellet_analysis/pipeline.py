@@ -47,6 +47,7 @@ from .wholeslide import (
     slide_pellet,
     write_slide_labels,
 )
+from .workers import process_pool
 
 __all__ = [
     "TABLE_COLUMNS",
@@ -230,18 +231,6 @@ def process_file(path, config: RunConfig, output_dir, metadata: dict | None = No
     return summary
 
 
-def _process_pool(config: RunConfig):
-    """One pool of worker processes for all of a batch's computations (as Dask would make one per call)."""
-    from concurrent.futures import ProcessPoolExecutor
-    from functools import partial
-
-    from dask.multiprocessing import get_context, initialize_worker_process
-
-    if os.environ.get("PYTHONHASHSEED") in (None, "0"):
-        os.environ["PYTHONHASHSEED"] = "6640"  # Dask's choice: the same hashing in every worker
-    return ProcessPoolExecutor(config.n_workers or os.cpu_count(), mp_context=get_context(), initializer=partial(initialize_worker_process))
-
-
 def _compute(tasks, config: RunConfig, progress, pool=None):
     """Run delayed tasks on the configured scheduler, reporting each finished image."""
     import dask
@@ -385,7 +374,7 @@ def _jsonable(meta):
     return None if meta is None else json.loads(json.dumps(meta, default=str))
 
 
-def run_batch(config: RunConfig, *, progress=None) -> dict:
+def run_batch(config: RunConfig, *, progress=None, pool=None) -> dict:
     """Process every image of ``config.input_dir`` into ``config.output_dir``.
 
     Parameters
@@ -393,6 +382,10 @@ def run_batch(config: RunConfig, *, progress=None) -> dict:
     config : RunConfig
     progress : callable, optional
         Called with each image's summary dict as it finishes.
+    pool : concurrent.futures.ProcessPoolExecutor, optional
+        Worker processes for the ``processes`` scheduler
+        (:func:`~pellet_analysis.workers.process_pool`), left running; by
+        default one is started and shut down here.
 
     Returns
     -------
@@ -445,7 +438,11 @@ def run_batch(config: RunConfig, *, progress=None) -> dict:
         report(summary)
     # whole-slide scans are planned first (their pellets become tasks); the worker processes, once
     # started and their imports done, serve both steps
-    pool = _process_pool(config) if config.scheduler == "processes" and (slides or tasks) else None
+    own_pool = pool is None and config.scheduler == "processes" and bool(slides or tasks)
+    if own_pool:
+        pool = process_pool(config.n_workers)
+    elif config.scheduler != "processes":
+        pool = None
     try:
         if slides:
             planned = _compute(
@@ -458,7 +455,7 @@ def run_batch(config: RunConfig, *, progress=None) -> dict:
                     tasks.append(_slide_graph(path, info, config, output_dir, meta))
         results = _compute(tasks, config, report, pool) if tasks else []
     finally:
-        if pool is not None:
+        if own_pool:
             pool.shutdown()
     results.extend(pre_failures)
     results.extend(skipped)

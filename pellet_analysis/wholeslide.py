@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import RunConfig
-from .geojson import feature_collection
+from .geojson import pellet_outline, ring_collection
 from .io import ImageReadError, atomic_path, open_lazy, read_window, write_json, write_label_pyramid
 from .records import image_summary, pellet_boxes, table_row
 from .pellets import block_mean, working_factor
@@ -110,10 +110,14 @@ def slide_pellet(path, plan: SlidePlan, index: int, config: RunConfig, stains: S
         files[kind] = str(scratch / f"pellet{index}_{kind}.npy")
         with atomic_path(files[kind]) as tmp, open(tmp, "wb") as fh:
             np.save(fh, values)
+    origin = (piece.window[0].start, piece.window[1].start)
     return {
         "index": index,
         "kept": True,
         "window": piece.window,
+        # outline and box here, in parallel, rather than in the slide's last (serial) step
+        "outline": pellet_outline(piece.inside, offset=origin),
+        "box": next(iter(pellet_boxes(piece.inside, origin).values())),
         "row": piece.row,
         "stains_info": piece.stains_info,
         "files": files,
@@ -167,15 +171,13 @@ def finish_slide(path, info: dict, numbered: dict, written, config: RunConfig, o
         return {"image": stem, "file": path.name, "ok": False, "reason": reason, "seconds": time.time() - info["started_wall"]}
     plan: SlidePlan = info["plan"]
     px = plan.pixel_size_um
-    rows, outlined, boxes = [], [], {}
+    rows, outlines, boxes = [], [], {}
     for pid, r in enumerate(kept, start=1):
-        inside = np.load(r["files"]["inside"], mmap_mode="r")
-        origin = (r["window"][0].start, r["window"][1].start)
         row = table_row(stem, meta, {**r["row"], "pellet_id": pid}, px)
         rows.append(row)
-        outlined.append((row, np.asarray(inside), origin))
-        boxes.update({str(pid): box for box in pellet_boxes(inside, origin).values()})
-    write_json(output_dir / "geojson" / f"{stem}.geojson", feature_collection(outlined))
+        outlines.append((row, r["outline"]))
+        boxes[str(pid)] = r["box"]
+    write_json(output_dir / "geojson" / f"{stem}.geojson", ring_collection(outlines))
     summary = image_summary(
         path,
         rows,

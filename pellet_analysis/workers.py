@@ -1,0 +1,41 @@
+"""The pool of worker processes of the ``processes`` scheduler, started before the pipeline is imported.
+
+Kept free of the pipeline's heavy imports, so the command line can start the
+workers first: they then import the pipeline while the main process does the
+same, instead of after it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+
+__all__ = ["process_pool"]
+
+
+def process_pool(n_workers: int | None = None):
+    """One pool of ``n_workers`` (default: the CPU count) worker processes, each already importing the pipeline.
+
+    Dask's own context and worker initialiser are used, as Dask's processes
+    scheduler would make them; a pool starts a worker only when a task finds
+    none idle, so one warm-up task per worker starts them all at once.
+    """
+    from concurrent.futures import ProcessPoolExecutor
+    from functools import partial
+
+    from dask.multiprocessing import get_context, initialize_worker_process
+
+    if os.environ.get("PYTHONHASHSEED") in (None, "0"):
+        os.environ["PYTHONHASHSEED"] = "6640"  # Dask's choice: the same hashing in every worker
+    n_workers = n_workers or os.cpu_count()
+    pool = ProcessPoolExecutor(n_workers, mp_context=get_context(), initializer=partial(initialize_worker_process))
+    for _ in range(n_workers):
+        pool.submit(_warm_worker)
+    return pool
+
+
+def _warm_worker() -> int:
+    """Import what a pellet task needs (a worker's first task)."""
+    for module in ("slide", "wholeslide"):
+        importlib.import_module(f"{__package__}.{module}")
+    return os.getpid()
