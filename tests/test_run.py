@@ -1,6 +1,7 @@
 """The output contract of a run, end to end, through the library and the CLI."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -124,6 +125,20 @@ def test_processes_scheduler_gives_the_same_table(batch, tmp_path):
     _, config, record, _, _ = batch
     again = run_batch(config.model_copy(update={"output_dir": tmp_path / "p", "scheduler": "processes"}))
     pd.testing.assert_frame_equal(again["table"], record["table"])
+
+
+def test_a_pool_started_ahead_is_used_and_left_running(batch, tmp_path):
+    from pellet_analysis.workers import process_pool
+
+    _, config, record, _, _ = batch
+    pool = process_pool(2)
+    try:
+        again = run_batch(config.model_copy(update={"output_dir": tmp_path / "w", "scheduler": "processes"}), pool=pool)
+        pd.testing.assert_frame_equal(again["table"], record["table"])
+        worker_pids = {pool.submit(os.getpid).result() for _ in range(4)}  # still running, its two workers
+        assert len(worker_pids) <= 2 and os.getpid() not in worker_pids
+    finally:
+        pool.shutdown()
 
 
 def test_cli_run_with_overrides_and_help(tmp_path):
