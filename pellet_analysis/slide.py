@@ -143,10 +143,14 @@ def analyze_pellet(rgb_window, plan: SlidePlan, index: int, *, config: RunConfig
     kwargs = dict(pixel_size_um=px, classify=config.classify, nuclei=config.nuclei, iron=config.iron, tile_px=tile_px)
     maps = pellet_maps(od, stains, **kwargs)
     del od  # the largest array of the window: freed before the object step
-    result = classify_maps(maps, inside, stains, **kwargs)
+    # objects and measurements need only the pellet's bounding box and a ring of background around it
+    # (the same labels: every object lies inside the pellet, and the ring stands for all outside it)
+    box = _grown_box(inside)
+    inside_box = inside[box]
+    result = classify_maps(maps[box], inside_box, stains, **kwargs)
     del maps
     (row,) = measure_pellets(
-        inside.astype(np.uint8),
+        inside_box.view(np.uint8),
         result.classes,
         result.nuclei,
         pixel_size_um=px,
@@ -154,13 +158,27 @@ def analyze_pellet(rgb_window, plan: SlidePlan, index: int, *, config: RunConfig
         iron_cell_distance_um=config.iron.cell_distance_um,
         rim_width_um=config.pellets.rim_width_um,
     )
-    row["centroid_row_px"] += window[0].start
-    row["centroid_col_px"] += window[1].start
+    row["centroid_row_px"] += window[0].start + box[0].start
+    row["centroid_col_px"] += window[1].start + box[1].start
     row = {**row, **bern_scores(row, config.bern)}
-    nuclei = np.where(inside, result.nuclei, 0).astype(np.uint32)
-    classes = np.where(inside, result.classes, 0).astype(np.uint8)
-    pg_od = np.where(inside, result.proteoglycan_od, 0).astype(np.float32)
+    nuclei = np.zeros(inside.shape, np.uint32)
+    classes = np.zeros(inside.shape, np.uint8)
+    pg_od = np.zeros(inside.shape, np.float32)
+    nuclei[box] = np.where(inside_box, result.nuclei, 0)
+    classes[box] = np.where(inside_box, result.classes, 0)
+    pg_od[box] = np.where(inside_box, result.proteoglycan_od, 0)
     return PelletPiece(index, window, inside, classes, nuclei, pg_od, row, stains_info)
+
+
+def _grown_box(inside) -> tuple:
+    """The bounding box of ``inside`` grown by one pixel within the array (the whole array when empty)."""
+    rows, cols = np.nonzero(inside.any(axis=1))[0], np.nonzero(inside.any(axis=0))[0]
+    if rows.size == 0:
+        return (slice(0, inside.shape[0]), slice(0, inside.shape[1]))
+    return (
+        slice(max(0, rows[0] - 1), min(inside.shape[0], rows[-1] + 2)),
+        slice(max(0, cols[0] - 1), min(inside.shape[1], cols[-1] + 2)),
+    )
 
 
 def number_pieces(pieces) -> list[PelletPiece]:
