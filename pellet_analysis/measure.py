@@ -79,15 +79,19 @@ def perimeter_crofton(mask) -> float:
 
 
 def _labels_present(labels) -> np.ndarray:
-    """The non-zero labels that occur in an integer label image, ascending (a count per label, not a sort)."""
+    """The non-zero labels that occur in an integer label image, ascending (counted, not sorted)."""
     labels = np.asarray(labels)
     if labels.size == 0:
         return np.zeros(0, np.int64)
     if labels.dtype == bool:
         labels = labels.view(np.uint8)
-    if labels.min() < 0:
-        raise ValueError("labels must be non-negative")
-    present = np.flatnonzero(np.bincount(labels.ravel(), minlength=1))
+    if labels.dtype == np.uint8:  # a histogram of bytes: no copy to 64-bit integers
+        counts = cv2.calcHist([np.ascontiguousarray(labels)], [0], None, [256], [0, 256]).ravel()
+    else:
+        if labels.min() < 0:
+            raise ValueError("labels must be non-negative")
+        counts = np.bincount(labels[labels != 0].ravel())
+    present = np.flatnonzero(counts)
     return present[present != 0]
 
 
