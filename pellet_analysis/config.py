@@ -186,6 +186,18 @@ class NucleiConfig(_Strict):
         gt=0,
         description="Lowest threshold (OD) of a deconvolved nuclear stain's local excess (see stain_otsu_fraction).",
     )
+    stain_seed_sigma_um: float = Field(
+        0.8,
+        gt=0,
+        description="For a deconvolved nuclear stain with no matrix stain (he, h-dab): Gaussian sigma of the stain "
+        "whose sum with the distance to the mask's edge seeds and floods the watershed that splits touching nuclei.",
+    )
+    stain_seed_h: float = Field(
+        0.15,
+        gt=0,
+        description="Height by which a seed of that watershed must stand above the saddle to its neighbour, in units "
+        "of the sum (smoothed stain over its median in the mask, plus distance over the typical radius, clipped at 1).",
+    )
 
     @field_validator("max_diameter_um")
     @classmethod
