@@ -185,6 +185,32 @@ def _stain_distance_relief(mask, stain, *, level_od: float, radius_px: float, si
     return relief
 
 
+def _trim_below_fraction_of_median(instances, signal, *, fraction: float) -> np.ndarray:
+    """Drop each instance's pixels below ``fraction`` of its own median signal, then fill its holes.
+
+    A watershed floods a mask that, in crowded nests, holds the faintly
+    stained gaps between nuclei too; this puts each outline at the nucleus's
+    own edge (a fraction of its level), as :func:`_grow_to_half_maximum` does
+    outwards. On synthetic H&E tiles (seeds 1, 7, 3) F1 rose from
+    0.74 / 0.70 / 0.73 untrimmed to 0.76 / 0.74 / 0.75 at 0.5, 0.77 / 0.78 / 0.77
+    at 0.8 and 0.77 / 0.77 / 0.78 at 0.9; 1.0 fell back to 0.76 / 0.75 / 0.76.
+    """
+    out = np.asarray(instances).astype(np.uint32)
+    n = int(out.max())
+    if n == 0 or fraction <= 0:
+        return out
+    median = median_by_label(signal, out, n)
+    keep = signal >= np.float32(fraction) * median[out]
+    trimmed = np.where(keep, out, 0).astype(np.uint32)
+    for k, box in enumerate(ndi.find_objects(trimmed), start=1):
+        if box is None:
+            continue
+        own = trimmed[box] == k
+        filled = fill_holes(own) & (out[box] == k)
+        trimmed[box][filled & ~own] = k
+    return trimmed
+
+
 def _grown_box(box, shape, by: int = 1) -> tuple:
     """A bounding box (pair of slices) grown by ``by`` pixels within ``shape``."""
     return tuple(slice(max(0, s.start - by), min(n, s.stop + by)) for s, n in zip(box, shape))
@@ -505,6 +531,7 @@ def classify_objects(
         split = split_nuclei_by_stain(
             nuclear, spots, level_od=thresholds.dark / nuclei.stain_otsu_fraction, radius_px=nuclei.typical_diameter_um / 2 / px, sigma_px=nuclei.stain_seed_sigma_um / px, h=nuclei.stain_seed_h
         )
+        split = _trim_below_fraction_of_median(split, spots, fraction=nuclei.stain_outline_fraction)
     else:
         split = split_nuclei(nuclear, min_radius_px=min_r_px, darkness=spots)
     instances = _grow_to_half_maximum(

@@ -196,7 +196,15 @@ class NucleiConfig(_Strict):
         0.15,
         gt=0,
         description="Height by which a seed of that watershed must stand above the saddle to its neighbour, in units "
-        "of the sum (smoothed stain over its median in the mask, plus distance over the typical radius, clipped at 1).",
+        "of the sum (smoothed stain over the region's Otsu level, plus distance over the typical radius, clipped at 1).",
+    )
+    stain_outline_fraction: float = Field(
+        0.8,
+        ge=0,
+        le=1,
+        description="For a deconvolved nuclear stain with no matrix stain (he, h-dab): each nucleus keeps only its "
+        "pixels at least this fraction of its own median stain (holes filled), so crowded nuclei do not share the "
+        "faintly stained gaps between them; 0 keeps the whole watershed region.",
     )
 
     @field_validator("max_diameter_um")

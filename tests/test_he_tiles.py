@@ -41,7 +41,7 @@ def test_nuclei_instance_f1_on_synthetic_he_tiles_through_the_run_command(tmp_pa
     assert (images.inside_fraction == 1.0).all()  # the whole tile is analysed
     # every tile's pixel size was estimated from the nuclei (PNG: none in the file), within a factor 2
     assert ((images.estimated_pixel_size_um / images.pixel_size_um).between(0.5, 2.0)).all()
-    assert summary["nuclei_instance_f1_mean"] >= 0.68
+    assert summary["nuclei_instance_f1_mean"] >= 0.76
 
 
 @pytest.mark.skipif(not REAL_IMAGES.is_dir(), reason="../shared/real-images is not here")
@@ -65,3 +65,19 @@ def test_he_run_on_easy1_crops_analyses_every_pixel_with_a_consistent_pixel_size
         assert low <= n <= high, (stem, n)
     assert all(0.14 <= s <= 0.26 for s in sizes.values()), sizes
     assert max(sizes.values()) / min(sizes.values()) < 1.15, sizes
+
+
+def test_he_nuclei_in_tiles_equal_the_in_memory_nuclei():
+    from pellet_analysis.classify import classify_pellet
+    from pellet_analysis.config import ClassifyConfig, IronConfig, NucleiConfig
+    from pellet_analysis.stains import get_preset, rgb_to_od
+
+    tile = make_he_tile(seed=5, size_px=768)
+    od = rgb_to_od(tile.image, np.full(3, 255.0))
+    inside = np.ones(tile.image.shape[:2], bool)
+    kw = dict(pixel_size_um=tile.pixel_size_um, classify=ClassifyConfig(), nuclei=NucleiConfig(), iron=IronConfig())
+    whole = classify_pellet(od, inside, get_preset("he"), **kw)
+    # uneven tiles; a nucleus split by a per-block statistic (the block median of the stain) made 30 % of the pixels differ
+    tiled = classify_pellet(od, inside, get_preset("he"), tile_px=((300, 250, 218), (256, 256, 256)), **kw)
+    assert whole.nuclei.max() > 200
+    np.testing.assert_array_equal(tiled.nuclei, whole.nuclei)
