@@ -134,8 +134,8 @@ def split_nuclei_by_stain(mask, stain, *, level_od: float, radius_px: float, sig
     """Split a nuclei mask into instances by a watershed seeded and flooded on stain plus distance.
 
     For a deconvolved nuclear stain (H&E, H-DAB) the relief is the stain
-    inside the mask, smoothed by ``sigma_px`` and divided by ``level_od``, plus the distance to the mask's edge over ``radius_px`` (clipped at
-    1). Each regional maximum ``h`` above its saddle seeds a nucleus: the stain
+    inside the mask, smoothed by ``sigma_px`` and divided by ``level_od``,
+    plus the distance to the mask's edge over ``radius_px`` (clipped at 1). Each regional maximum ``h`` above its saddle seeds a nucleus: the stain
     separates touching nuclei whose union has no waist, the distance keeps a
     pale vesicular nucleus (dark rim, pale centre) whole. On synthetic H&E
     tiles this lifted nuclei instance F1 from 0.63-0.71 to 0.70-0.74 over the
@@ -180,7 +180,7 @@ def _stain_distance_relief(mask, stain, *, level_od: float, radius_px: float, si
     smooth = cv2.GaussianBlur(np.where(mask, stain, 0).astype(np.float32), (0, 0), max(0.3, float(sigma_px)))
     level = np.float32(max(float(level_od), 1e-6))
     dist = np.minimum(cv2.distanceTransform(mask.view(np.uint8), cv2.DIST_L2, 5), np.float32(radius_px)) / np.float32(radius_px)
-    relief = (smooth / np.float32(level) + dist).astype(np.float32)
+    relief = (smooth / level + dist).astype(np.float32)
     relief[~mask] = 0
     return relief
 
@@ -529,7 +529,12 @@ def classify_objects(
     deconvolved = not {"iron", "proteoglycan", "collagen"} & set(stains.roles)
     if deconvolved:
         split = split_nuclei_by_stain(
-            nuclear, spots, level_od=thresholds.dark / nuclei.stain_otsu_fraction, radius_px=nuclei.typical_diameter_um / 2 / px, sigma_px=nuclei.stain_seed_sigma_um / px, h=nuclei.stain_seed_h
+            nuclear,
+            spots,
+            level_od=thresholds.dark / nuclei.stain_otsu_fraction,  # Otsu's level of the pellet: the same in every tile
+            radius_px=nuclei.typical_diameter_um / 2 / px,
+            sigma_px=nuclei.stain_seed_sigma_um / px,
+            h=nuclei.stain_seed_h,
         )
         split = _trim_below_fraction_of_median(split, spots, fraction=nuclei.stain_outline_fraction)
     else:
