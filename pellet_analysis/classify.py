@@ -40,6 +40,7 @@ __all__ = [
     "pellet_window",
     "split_nuclei",
     "split_nuclei_by_stain",
+    "merge_convex_pairs",
     "classify_pixels",
 ]
 
@@ -209,6 +210,63 @@ def _trim_below_fraction_of_median(instances, signal, *, fraction: float) -> np.
         filled = fill_holes(own) & (out[box] == k)
         trimmed[box][filled & ~own] = k
     return trimmed
+
+
+def merge_convex_pairs(instances, *, min_solidity: float, max_area_px: float) -> np.ndarray:
+    """Merge touching pairs of instances whose union is convex and no larger than a nucleus.
+
+    A nucleus cut in two by a watershed leaves two pieces whose union is as
+    convex as one nucleus; two touching round nuclei leave a waist (two equal
+    tangent disks: solidity 0.88). Pairs are merged most convex first, each
+    instance at most once. On synthetic H&E tiles (seeds 1, 7, 3) F1 rose from
+    0.772 / 0.778 / 0.766 to 0.789 / 0.797 / 0.786 at solidity 0.9 and
+    10.4 µm (0.85 gave 0.794 / 0.806 / 0.796 but would join tangent disks).
+
+    Parameters
+    ----------
+    instances : ndarray of int
+    min_solidity : float, keyword-only
+        Smallest solidity of a pair's union (pixels over its convex hull's).
+    max_area_px : float, keyword-only
+        Largest area of a pair's union.
+
+    Returns
+    -------
+    ndarray of uint32
+    """
+    out = np.asarray(instances).astype(np.uint32)
+    n = int(out.max())
+    if n < 2:
+        return out
+    area = np.bincount(out.ravel(), minlength=n + 1)
+    boxes = ndi.find_objects(out)
+    candidates = []
+    for a, b in _touching_pairs(out):
+        if area[a] + area[b] > max_area_px:
+            continue
+        box = tuple(slice(min(x.start, y.start), max(x.stop, y.stop)) for x, y in zip(boxes[a - 1], boxes[b - 1]))
+        solidity = _solidity((out[box] == a) | (out[box] == b))
+        if solidity >= min_solidity:
+            candidates.append((-solidity, int(a), int(b)))
+    lut = np.arange(n + 1, dtype=np.uint32)
+    used = set()
+    for _, a, b in sorted(candidates):
+        if a not in used and b not in used:
+            lut[b] = a
+            used.update((a, b))
+    return lut[out]
+
+
+def _touching_pairs(labels) -> np.ndarray:
+    """Pairs (a, b), a < b, of distinct nonzero labels that are 4-neighbours somewhere, each once."""
+    right = (labels[:, :-1] != labels[:, 1:]) & (labels[:, :-1] > 0) & (labels[:, 1:] > 0)
+    down = (labels[:-1] != labels[1:]) & (labels[:-1] > 0) & (labels[1:] > 0)
+    pairs = np.concatenate(
+        [np.stack([labels[:, :-1][right], labels[:, 1:][right]], 1), np.stack([labels[:-1][down], labels[1:][down]], 1)]
+    )
+    if pairs.size == 0:
+        return pairs.reshape(0, 2)
+    return np.unique(np.sort(pairs, axis=1), axis=0)
 
 
 def _grown_box(box, shape, by: int = 1) -> tuple:
@@ -537,6 +595,9 @@ def classify_objects(
             h=nuclei.stain_seed_h,
         )
         split = _trim_below_fraction_of_median(split, spots, fraction=nuclei.stain_outline_fraction)
+        split = merge_convex_pairs(
+            split, min_solidity=nuclei.stain_merge_min_solidity, max_area_px=math.pi * (nuclei.stain_merge_max_diameter_um / 2 / px) ** 2
+        )
     else:
         split = split_nuclei(nuclear, min_radius_px=min_r_px, darkness=spots)
     instances = _grow_to_half_maximum(

@@ -206,6 +206,18 @@ class NucleiConfig(_Strict):
         "pixels at least this fraction of its own median stain (holes filled), so crowded nuclei do not share the "
         "faintly stained gaps between them; 0 keeps the whole watershed region.",
     )
+    stain_merge_min_solidity: float = Field(
+        0.9,
+        gt=0,
+        description="For a deconvolved nuclear stain with no matrix stain (he, h-dab): two touching nuclei are "
+        "merged when their union is at least this convex (pixels over its convex hull's; two equal tangent disks: "
+        "0.88) and no larger than stain_merge_max_diameter_um; above 1 nothing merges.",
+    )
+    stain_merge_max_diameter_um: float = Field(
+        10.4,
+        gt=0,
+        description="Largest equivalent diameter (µm) of two touching nuclei merged into one (see stain_merge_min_solidity).",
+    )
 
     @field_validator("max_diameter_um")
     @classmethod
