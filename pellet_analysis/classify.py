@@ -39,6 +39,8 @@ __all__ = [
     "granule_contrast",
     "pellet_window",
     "split_nuclei",
+    "split_nuclei_by_stain",
+    "merge_convex_pairs",
     "classify_pixels",
 ]
 
@@ -127,6 +129,144 @@ def split_nuclei(mask, *, min_radius_px: float, darkness=None) -> np.ndarray:
         labels[box][obj] = (parts[obj] + (next_label - 1)).astype(np.uint32)
         next_label += n_seeds - 1
     return labels
+
+
+def split_nuclei_by_stain(mask, stain, *, level_od: float, radius_px: float, sigma_px: float, h: float) -> np.ndarray:
+    """Split a nuclei mask into instances by a watershed seeded and flooded on stain plus distance.
+
+    For a deconvolved nuclear stain (H&E, H-DAB) the relief is the stain
+    inside the mask, smoothed by ``sigma_px`` and divided by ``level_od``,
+    plus the distance to the mask's edge over ``radius_px`` (clipped at 1). Each regional maximum ``h`` above its saddle seeds a nucleus: the stain
+    separates touching nuclei whose union has no waist, the distance keeps a
+    pale vesicular nucleus (dark rim, pale centre) whole. On synthetic H&E
+    tiles this lifted nuclei instance F1 from 0.63-0.71 to 0.70-0.74 over the
+    distance-only :func:`split_nuclei`, which merged crowded nests into large
+    objects cut by straight lines.
+
+    Parameters
+    ----------
+    mask : ndarray of bool
+    stain : ndarray of float
+        The nuclear stain's local excess (OD).
+    level_od : float, keyword-only
+        The stain's scale: a constant of the pellet (not of the block), so
+        that tiles split alike.
+    radius_px : float, keyword-only
+        Typical nucleus radius; the distance saturates there.
+    sigma_px : float, keyword-only
+    h : float, keyword-only
+
+    Returns
+    -------
+    ndarray of uint32
+        Objects of ``mask`` with no seed stay whole (4-connected).
+    """
+    mask = np.asarray(mask, dtype=bool)
+    if not mask.any():
+        return np.zeros(mask.shape, np.uint32)
+    relief = _stain_distance_relief(mask, stain, level_od=level_od, radius_px=radius_px, sigma_px=sigma_px)
+    seeds = h_maxima(relief, h) & mask
+    n_seeds, markers = cv2.connectedComponents(seeds.view(np.uint8), connectivity=8, ltype=cv2.CV_32S)
+    labels = watershed(-relief, markers, mask=mask).astype(np.uint32)
+    rest = mask & (labels == 0)
+    if rest.any():
+        _, extra = cv2.connectedComponents(rest.view(np.uint8), connectivity=4, ltype=cv2.CV_32S)
+        labels[rest] = (extra[rest] + (n_seeds - 1)).astype(np.uint32)
+    return labels
+
+
+def _stain_distance_relief(mask, stain, *, level_od: float, radius_px: float, sigma_px: float) -> np.ndarray:
+    """Smoothed stain over ``level_od`` plus the distance to the mask's edge over ``radius_px`` (at most 1); 0 outside."""
+    radius_px = max(1.0, float(radius_px))
+    smooth = cv2.GaussianBlur(np.where(mask, stain, 0).astype(np.float32), (0, 0), max(0.3, float(sigma_px)))
+    level = np.float32(max(float(level_od), 1e-6))
+    dist = np.minimum(cv2.distanceTransform(mask.view(np.uint8), cv2.DIST_L2, 5), np.float32(radius_px)) / np.float32(radius_px)
+    relief = (smooth / level + dist).astype(np.float32)
+    relief[~mask] = 0
+    return relief
+
+
+def _trim_below_fraction_of_median(instances, signal, *, fraction: float) -> np.ndarray:
+    """Drop each instance's pixels below ``fraction`` of its own median signal, then fill its holes.
+
+    A watershed floods a mask that, in crowded nests, holds the faintly
+    stained gaps between nuclei too; this puts each outline at the nucleus's
+    own edge (a fraction of its level), as :func:`_grow_to_half_maximum` does
+    outwards. On synthetic H&E tiles (seeds 1, 7, 3) F1 rose from
+    0.74 / 0.70 / 0.73 untrimmed to 0.76 / 0.74 / 0.75 at 0.5, 0.77 / 0.78 / 0.77
+    at 0.8 and 0.77 / 0.77 / 0.78 at 0.9; 1.0 fell back to 0.76 / 0.75 / 0.76.
+    """
+    out = np.asarray(instances).astype(np.uint32)
+    n = int(out.max())
+    if n == 0 or fraction <= 0:
+        return out
+    median = median_by_label(signal, out, n)
+    keep = signal >= np.float32(fraction) * median[out]
+    trimmed = np.where(keep, out, 0).astype(np.uint32)
+    for k, box in enumerate(ndi.find_objects(trimmed), start=1):
+        if box is None:
+            continue
+        own = trimmed[box] == k
+        filled = fill_holes(own) & (out[box] == k)
+        trimmed[box][filled & ~own] = k
+    return trimmed
+
+
+def merge_convex_pairs(instances, *, min_solidity: float, max_area_px: float) -> np.ndarray:
+    """Merge touching pairs of instances whose union is convex and no larger than a nucleus.
+
+    A nucleus cut in two by a watershed leaves two pieces whose union is as
+    convex as one nucleus; two touching round nuclei leave a waist (two equal
+    tangent disks: solidity 0.88). Pairs are merged most convex first, each
+    instance at most once. On synthetic H&E tiles (seeds 1, 7, 3) F1 rose from
+    0.772 / 0.778 / 0.766 to 0.789 / 0.797 / 0.786 at solidity 0.9 and
+    10.4 µm (0.85 gave 0.794 / 0.806 / 0.796 but would join tangent disks).
+
+    Parameters
+    ----------
+    instances : ndarray of int
+    min_solidity : float, keyword-only
+        Smallest solidity of a pair's union (pixels over its convex hull's).
+    max_area_px : float, keyword-only
+        Largest area of a pair's union.
+
+    Returns
+    -------
+    ndarray of uint32
+    """
+    out = np.asarray(instances).astype(np.uint32)
+    n = int(out.max())
+    if n < 2:
+        return out
+    area = np.bincount(out.ravel(), minlength=n + 1)
+    boxes = ndi.find_objects(out)
+    candidates = []
+    for a, b in _touching_pairs(out):
+        if area[a] + area[b] > max_area_px:
+            continue
+        box = tuple(slice(min(x.start, y.start), max(x.stop, y.stop)) for x, y in zip(boxes[a - 1], boxes[b - 1]))
+        solidity = _solidity((out[box] == a) | (out[box] == b))
+        if solidity >= min_solidity:
+            candidates.append((-solidity, int(a), int(b)))
+    lut = np.arange(n + 1, dtype=np.uint32)
+    used = set()
+    for _, a, b in sorted(candidates):
+        if a not in used and b not in used:
+            lut[b] = a
+            used.update((a, b))
+    return lut[out]
+
+
+def _touching_pairs(labels) -> np.ndarray:
+    """Pairs (a, b), a < b, of distinct nonzero labels that are 4-neighbours somewhere, each once."""
+    right = (labels[:, :-1] != labels[:, 1:]) & (labels[:, :-1] > 0) & (labels[:, 1:] > 0)
+    down = (labels[:-1] != labels[1:]) & (labels[:-1] > 0) & (labels[1:] > 0)
+    pairs = np.concatenate(
+        [np.stack([labels[:, :-1][right], labels[:, 1:][right]], 1), np.stack([labels[:-1][down], labels[1:][down]], 1)]
+    )
+    if pairs.size == 0:
+        return pairs.reshape(0, 2)
+    return np.unique(np.sort(pairs, axis=1), axis=0)
 
 
 def _grown_box(box, shape, by: int = 1) -> tuple:
@@ -444,8 +584,24 @@ def classify_objects(
         )
     # nuclei are cut inside their blurred edges by the threshold: grow each to half its own
     # darkness, by up to 1 µm, but not over the granule-sized spots beside it
+    deconvolved = not {"iron", "proteoglycan", "collagen"} & set(stains.roles)
+    if deconvolved:
+        split = split_nuclei_by_stain(
+            nuclear,
+            spots,
+            level_od=thresholds.dark / nuclei.stain_otsu_fraction,  # Otsu's level of the pellet: the same in every tile
+            radius_px=nuclei.typical_diameter_um / 2 / px,
+            sigma_px=nuclei.stain_seed_sigma_um / px,
+            h=nuclei.stain_seed_h,
+        )
+        split = _trim_below_fraction_of_median(split, spots, fraction=nuclei.stain_outline_fraction)
+        split = merge_convex_pairs(
+            split, min_solidity=nuclei.stain_merge_min_solidity, max_area_px=math.pi * (nuclei.stain_merge_max_diameter_um / 2 / px) ** 2
+        )
+    else:
+        split = split_nuclei(nuclear, min_radius_px=min_r_px, darkness=spots)
     instances = _grow_to_half_maximum(
-        split_nuclei(nuclear, min_radius_px=min_r_px, darkness=spots), spots, inside & ~contrast, distance_px=max(1, round(1.0 / px))
+        split, spots, inside & ~contrast, distance_px=max(1, round(1.0 / px))
     )
     nuclear = instances > 0
     if has_iron:

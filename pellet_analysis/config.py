@@ -186,6 +186,38 @@ class NucleiConfig(_Strict):
         gt=0,
         description="Lowest threshold (OD) of a deconvolved nuclear stain's local excess (see stain_otsu_fraction).",
     )
+    stain_seed_sigma_um: float = Field(
+        0.8,
+        gt=0,
+        description="For a deconvolved nuclear stain with no matrix stain (he, h-dab): Gaussian sigma of the stain "
+        "whose sum with the distance to the mask's edge seeds and floods the watershed that splits touching nuclei.",
+    )
+    stain_seed_h: float = Field(
+        0.15,
+        gt=0,
+        description="Height by which a seed of that watershed must stand above the saddle to its neighbour, in units "
+        "of the sum (smoothed stain over the region's Otsu level, plus distance over the typical radius, clipped at 1).",
+    )
+    stain_outline_fraction: float = Field(
+        0.8,
+        ge=0,
+        le=1,
+        description="For a deconvolved nuclear stain with no matrix stain (he, h-dab): each nucleus keeps only its "
+        "pixels at least this fraction of its own median stain (holes filled), so crowded nuclei do not share the "
+        "faintly stained gaps between them; 0 keeps the whole watershed region.",
+    )
+    stain_merge_min_solidity: float = Field(
+        0.9,
+        gt=0,
+        description="For a deconvolved nuclear stain with no matrix stain (he, h-dab): two touching nuclei are "
+        "merged when their union is at least this convex (pixels over its convex hull's; two equal tangent disks: "
+        "0.88) and no larger than stain_merge_max_diameter_um; above 1 nothing merges.",
+    )
+    stain_merge_max_diameter_um: float = Field(
+        10.4,
+        gt=0,
+        description="Largest equivalent diameter (µm) of two touching nuclei merged into one (see stain_merge_min_solidity).",
+    )
 
     @field_validator("max_diameter_um")
     @classmethod

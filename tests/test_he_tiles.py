@@ -41,7 +41,7 @@ def test_nuclei_instance_f1_on_synthetic_he_tiles_through_the_run_command(tmp_pa
     assert (images.inside_fraction == 1.0).all()  # the whole tile is analysed
     # every tile's pixel size was estimated from the nuclei (PNG: none in the file), within a factor 2
     assert ((images.estimated_pixel_size_um / images.pixel_size_um).between(0.5, 2.0)).all()
-    assert summary["nuclei_instance_f1_mean"] >= 0.6
+    assert summary["nuclei_instance_f1_mean"] >= 0.78
 
 
 @pytest.mark.skipif(not REAL_IMAGES.is_dir(), reason="../shared/real-images is not here")
@@ -65,3 +65,33 @@ def test_he_run_on_easy1_crops_analyses_every_pixel_with_a_consistent_pixel_size
         assert low <= n <= high, (stem, n)
     assert all(0.14 <= s <= 0.26 for s in sizes.values()), sizes
     assert max(sizes.values()) / min(sizes.values()) < 1.15, sizes
+
+
+def test_he_nuclei_in_tiles_equal_the_in_memory_nuclei():
+    from pellet_analysis.classify import classify_pellet
+    from pellet_analysis.config import ClassifyConfig, IronConfig, NucleiConfig
+    from pellet_analysis.stains import get_preset, rgb_to_od
+
+    tile = make_he_tile(seed=5, size_px=768)
+    od = rgb_to_od(tile.image, np.full(3, 255.0))
+    inside = np.ones(tile.image.shape[:2], bool)
+    kw = dict(pixel_size_um=tile.pixel_size_um, classify=ClassifyConfig(), nuclei=NucleiConfig(), iron=IronConfig())
+    whole = classify_pellet(od, inside, get_preset("he"), **kw)
+    # uneven tiles; a nucleus split by a per-block statistic (the block median of the stain) made 30 % of the pixels differ
+    tiled = classify_pellet(od, inside, get_preset("he"), tile_px=((300, 250, 218), (256, 256, 256)), **kw)
+    assert whole.nuclei.max() > 200
+    np.testing.assert_array_equal(tiled.nuclei, whole.nuclei)
+
+
+def test_merge_convex_pairs_joins_a_cut_ellipse_but_not_two_tangent_disks():
+    from pellet_analysis.classify import merge_convex_pairs
+
+    yy, xx = np.mgrid[:60, :120]
+    ellipse = ((xx - 40) / 25.0) ** 2 + ((yy - 30) / 15.0) ** 2 <= 1
+    cut = np.where(ellipse, np.where(xx < 40, 1, 2), 0)  # one nucleus cut in two by a straight line
+    assert np.unique(merge_convex_pairs(cut, min_solidity=0.9, max_area_px=5000)[ellipse]).size == 1
+    assert np.unique(merge_convex_pairs(cut, min_solidity=0.9, max_area_px=1000)[ellipse]).size == 2  # too large
+    disks = np.zeros((60, 120), int)
+    disks[(xx - 30) ** 2 + (yy - 30) ** 2 <= 15**2] = 1
+    disks[(xx - 60) ** 2 + (yy - 30) ** 2 <= 15**2] = 2  # tangent: a waist between them
+    assert np.unique(merge_convex_pairs(disks, min_solidity=0.9, max_area_px=5000)[disks > 0]).size == 2
