@@ -15,7 +15,8 @@ DEFAULT_CONFIG = Path("configs/default.yaml")
 def _console():
     from rich.console import Console
 
-    return Console(stderr=True, highlight=False)
+    # soft wrap: an error stays one line (a path split over two lines is no longer a path)
+    return Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def _run(config, console) -> int:

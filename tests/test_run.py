@@ -157,11 +157,16 @@ def test_cli_run_with_overrides_and_help(tmp_path):
 
 
 def test_cli_bad_config_is_one_line_and_exit_2(tmp_path):
-    bad = tmp_path / "bad.yaml"
+    # a path long enough that a console wrapping at 80 columns would split it
+    folder = tmp_path / ("a_long_folder_name_" * 4)
+    folder.mkdir()
+    bad = folder / "bad.yaml"
     bad.write_text("pellets:\n  min_pellet_area_um2: -1\n")
     done = subprocess.run([sys.executable, "-m", "pellet_analysis", "run", str(bad)], capture_output=True, text=True)
     assert done.returncode == 2
-    assert "pellets.min_pellet_area_um2" in done.stderr and str(bad) in done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert "pellets.min_pellet_area_um2" in lines[0] and str(bad) in lines[0]
 
 
 def test_cli_synth_writes_named_study_with_truth(tmp_path):
