@@ -191,11 +191,16 @@ def process_file(path, config: RunConfig, output_dir, metadata: dict | None = No
     except ImageReadError as error:
         return _failure(path, str(error), started)
     pixel_size, px_source = _pixel_size(file_px, config, warnings)
-    if px_source == "config" and config.estimate_pixel_size and "pixel_size_um" not in config.model_fields_set:
-        estimate = estimate_pixel_size_um(rgb, configured_stains(config.stains), typical_nucleus_um=config.nuclei.typical_diameter_um)
+    if px_source == "config" and "pixel_size_um" not in config.model_fields_set:
+        estimate = None
+        if config.estimate_pixel_size:
+            estimate = estimate_pixel_size_um(rgb, configured_stains(config.stains), typical_nucleus_um=config.nuclei.typical_diameter_um)
         if estimate is not None:
             pixel_size, px_source = estimate, "estimated from nuclei"
             warnings.append(f"no pixel size in the file or the config: estimated {estimate:.3g} µm from the nuclei; give --pixel-size-um to set it")
+        else:  # every size in µm now rests on a guess: say so
+            why = "too few whole nuclei to estimate it" if config.estimate_pixel_size else "estimate_pixel_size is off"
+            warnings.append(f"no pixel size in the file or the config and {why}: used the default {pixel_size:.3g} µm; give --pixel-size-um to set it")
     try:
         analysis = analyze_image(rgb, pixel_size_um=pixel_size, config=config)
     except (ValueError, MemoryError) as error:

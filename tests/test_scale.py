@@ -37,8 +37,24 @@ def test_run_estimates_only_when_the_pixel_size_is_unknown(tmp_path):
     assert any("estimated" in w for w in image["warnings"])
     given = run_batch(RunConfig(input_dir=tmp_path / "in", output_dir=tmp_path / "given", pixel_size_um=0.7))
     assert given["images"]["P1_unlabeled_d14_s1"]["pixel_size_um"] == 0.7  # a pixel size in the config is used as given
+    assert not any("pixel size" in w for w in given["images"]["P1_unlabeled_d14_s1"]["warnings"])
     run_batch(RunConfig(input_dir=tmp_path / "in", output_dir=tmp_path / "off", estimate_pixel_size=False))
-    assert json.loads((tmp_path / "off" / "run.json").read_text())["images"]["P1_unlabeled_d14_s1"]["pixel_size_source"] == "config"
+    off = json.loads((tmp_path / "off" / "run.json").read_text())["images"]["P1_unlabeled_d14_s1"]
+    assert off["pixel_size_source"] == "config" and off["pixel_size_um"] == 1.0
+    assert any("used the default 1 µm" in w and "estimate_pixel_size is off" in w for w in off["warnings"])
+
+
+def test_a_tile_too_sparse_to_estimate_says_it_used_the_default(tmp_path):
+    # pale tissue with three small dark dots: no whole nucleus to measure
+    tile = np.full((256, 256, 3), (225, 170, 205), np.uint8)
+    for r, c in ((60, 60), (128, 190), (200, 90)):
+        cv2.circle(tile, (c, r), 2, (60, 40, 110), -1)
+    (tmp_path / "in").mkdir()
+    cv2.imwrite(str(tmp_path / "in" / "tile.png"), tile[..., ::-1])
+    record = run_batch(RunConfig(input_dir=tmp_path / "in", output_dir=tmp_path / "out", stains={"preset": "he"}))
+    image = record["images"]["tile"]
+    assert image["pixel_size_source"] == "config"
+    assert any("too few whole nuclei to estimate it: used the default 1 µm" in w for w in image["warnings"]), image["warnings"]
 
 
 @pytest.mark.skipif(not REAL_IMAGES.is_dir(), reason="../shared/real-images is not here")
