@@ -313,21 +313,25 @@ def write_label_pyramid(path, shape, pieces, *, dtype, pixel_size_um: float | No
 
 
 def _compressed(tiles, dtype, tile_px: int, threads: int = 2):
-    """Deflate each tile (libdeflate, level 1: labels compress well even so); the empty tile is compressed once.
+    """Deflate each tile (zlib-ng, level 1: labels compress well even so); the empty tile is compressed once.
 
-    Tiles are filled in this thread and compressed in ``threads`` others
-    (the codec releases the GIL), a few tiles ahead, in order.
+    zlib-ng writes the same zlib stream as zlib and libdeflate, about four
+    times faster than libdeflate at level 1 on nucleus label tiles (3.5
+    against 14 ms per 4-MB tile, files 2.5 times larger). Tiles are filled
+    in this thread and compressed in ``threads`` others (the codec releases
+    the GIL), a few tiles ahead, in order.
     """
     from collections import deque
     from concurrent.futures import ThreadPoolExecutor
 
-    from imagecodecs import deflate_encode
+    import imagecodecs
 
-    empty = deflate_encode(np.zeros((tile_px, tile_px), dtype).tobytes(), 1)
+    encode = imagecodecs.zlibng_encode if imagecodecs.ZLIBNG.available else imagecodecs.deflate_encode
+    empty = encode(np.zeros((tile_px, tile_px), dtype).tobytes(), 1)
     with ThreadPoolExecutor(max_workers=threads) as pool:
         pending = deque()
         for tile in tiles:
-            pending.append(pool.submit(deflate_encode, tile, 1) if tile is not None else None)
+            pending.append(pool.submit(encode, tile, 1) if tile is not None else None)
             if len(pending) > 2 * threads:
                 done = pending.popleft()
                 yield empty if done is None else done.result()
@@ -358,11 +362,11 @@ def _label_tiles(level_shape, stride: int, pieces, dtype, tile_px: int):
                     continue
                 tile = np.zeros((tile_px, tile_px), dtype) if tile is None else tile
                 owned = np.asarray(inside[rows[1], cols[1]])
-                found = np.asarray(values[rows[1], cols[1]]).astype(dtype)
+                found = np.asarray(values[rows[1], cols[1]])
                 if offset:
-                    found[found > 0] += dtype.type(offset)
-                target = tile[rows[0], cols[0]]
-                target[owned] = found[owned]
+                    found = found.astype(dtype)
+                    np.add(found, dtype.type(offset), out=found, where=found > 0)
+                np.copyto(tile[rows[0], cols[0]], found, where=owned, casting="unsafe")
             yield tile
 
 
