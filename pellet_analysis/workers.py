@@ -9,8 +9,14 @@ from __future__ import annotations
 
 import importlib
 import os
+from contextlib import contextmanager
 
 __all__ = ["process_pool"]
+
+#: One BLAS / OpenMP thread per worker process, as dask.distributed's nanny sets for its workers:
+#: the pool already runs one process per core, and OpenBLAS's extra threads (the background
+#: field's matrix products) spin on the core the other worker needs.
+_ONE_THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 def process_pool(n_workers: int | None = None):
@@ -29,9 +35,22 @@ def process_pool(n_workers: int | None = None):
         os.environ["PYTHONHASHSEED"] = "6640"  # Dask's choice: the same hashing in every worker
     n_workers = n_workers or os.cpu_count()
     pool = ProcessPoolExecutor(n_workers, mp_context=get_context(), initializer=partial(initialize_worker_process))
-    for _ in range(n_workers):
-        pool.submit(_warm_worker)
+    with _one_thread_env():  # the workers are spawned by these submits and keep the environment they started with
+        for _ in range(n_workers):
+            pool.submit(_warm_worker)
     return pool
+
+
+@contextmanager
+def _one_thread_env():
+    """:data:`_ONE_THREAD_ENV` set to 1 (unless the user set them) while worker processes are spawned; restored after."""
+    added = [name for name in _ONE_THREAD_ENV if name not in os.environ]
+    os.environ.update(dict.fromkeys(added, "1"))
+    try:
+        yield
+    finally:
+        for name in added:
+            os.environ.pop(name, None)
 
 
 def _warm_worker() -> int:

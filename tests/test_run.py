@@ -131,8 +131,13 @@ def test_a_pool_started_ahead_is_used_and_left_running(batch, tmp_path):
     from pellet_analysis.workers import process_pool
 
     _, config, record, _, _ = batch
+    before = {name: os.environ.get(name) for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
     pool = process_pool(2)
     try:
+        # one BLAS/OpenMP thread in each worker unless the user chose otherwise; this process's environment untouched
+        for name, value in before.items():
+            assert pool.submit(os.getenv, name).result() == (value if value is not None else "1")
+        assert {name: os.environ.get(name) for name in before} == before
         again = run_batch(config.model_copy(update={"output_dir": tmp_path / "w", "scheduler": "processes"}), pool=pool)
         pd.testing.assert_frame_equal(again["table"], record["table"])
         worker_pids = {pool.submit(os.getpid).result() for _ in range(4)}  # still running, its two workers
