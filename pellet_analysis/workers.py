@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import threading
 from contextlib import contextmanager
 
 __all__ = ["process_pool"]
@@ -38,11 +39,28 @@ def process_pool(n_workers: int | None = None):
     if os.environ.get("PYTHONHASHSEED") in (None, "0"):
         os.environ["PYTHONHASHSEED"] = "6640"  # Dask's choice: the same hashing in every worker
     n_workers = n_workers or os.cpu_count()
-    pool = ProcessPoolExecutor(n_workers, mp_context=_context(get_context), initializer=partial(initialize_worker_process))
-    with _one_thread_env():  # the workers are spawned by these submits and keep the environment they started with
+    context = _context(get_context)
+    pool = ProcessPoolExecutor(n_workers, mp_context=context, initializer=partial(initialize_worker_process))
+    with _one_thread_env():  # a new process keeps the environment it started with
+        if context.get_start_method() == "forkserver":
+            from multiprocessing import forkserver
+
+            forkserver.ensure_running()  # returns at once; the server imports the pipeline meanwhile
+            # each submit waits for the server to fork (after its imports): not in this thread, which
+            # goes on importing the pipeline itself
+            threading.Thread(target=_warm, args=(pool, n_workers), name="warm-workers", daemon=True).start()
+        else:
+            _warm(pool, n_workers)
+    return pool
+
+
+def _warm(pool, n_workers: int) -> None:
+    """One warm-up task per worker: the pool starts a worker for each task that finds none idle."""
+    try:
         for _ in range(n_workers):
             pool.submit(_warm_worker)
-    return pool
+    except RuntimeError:  # the pool was shut down first (a run with nothing to do)
+        pass
 
 
 def _context(dask_context):
@@ -51,8 +69,8 @@ def _context(dask_context):
     Workers forked from it start with the pipeline imported, instead of
     each importing it (0.9 s of CPU each) while the main process imports
     it too. Like spawn, and unlike fork, no worker inherits the main
-    process's threads. The server is started by the first worker and keeps
-    the environment of that moment (see :func:`_one_thread_env`).
+    process's threads. The server keeps the environment it started with
+    (see :func:`_one_thread_env`), and so do the workers it forks.
     """
     import multiprocessing
 
