@@ -140,6 +140,11 @@ def _pixel_size(file_px, config: RunConfig, warnings: list) -> tuple[float, str]
     return config.pixel_size_um, "config"
 
 
+def _default_pixel_size(why: str, pixel_size: float) -> str:
+    """The warning for an image measured at the config's default pixel size: every size in µm rests on a guess."""
+    return f"no pixel size in the file or the config, and {why}: used the default {pixel_size:.3g} µm; give --pixel-size-um to set it"
+
+
 def _metadata(path: Path, config: RunConfig, metadata, warnings: list):
     """Study metadata from the sample sheet or the file name; None when required and missing."""
     if metadata is not None:
@@ -198,9 +203,8 @@ def process_file(path, config: RunConfig, output_dir, metadata: dict | None = No
         if estimate is not None:
             pixel_size, px_source = estimate, "estimated from nuclei"
             warnings.append(f"no pixel size in the file or the config: estimated {estimate:.3g} µm from the nuclei; give --pixel-size-um to set it")
-        else:  # every size in µm now rests on a guess: say so
-            why = "too few whole nuclei to estimate it" if config.estimate_pixel_size else "estimate_pixel_size is off"
-            warnings.append(f"no pixel size in the file or the config and {why}: used the default {pixel_size:.3g} µm; give --pixel-size-um to set it")
+        else:
+            warnings.append(_default_pixel_size("too few whole nuclei to estimate it" if config.estimate_pixel_size else "estimate_pixel_size is off", pixel_size))
     try:
         analysis = analyze_image(rgb, pixel_size_um=pixel_size, config=config)
     except (ValueError, MemoryError) as error:
@@ -280,6 +284,8 @@ def plan_slide_task(path, config: RunConfig, metadata, output_dir) -> dict:
         return _failure(path, f"file name does not match pattern {config.filename_pattern!r}", started)
     try:
         pixel_size, px_source = _pixel_size(open_lazy(path).pixel_size_um, config, warnings)
+        if px_source == "config" and "pixel_size_um" not in config.model_fields_set:
+            warnings.append(_default_pixel_size("none is estimated for whole-slide scans", pixel_size))
         plan = plan_whole_slide(path, pixel_size, config)
     except ImageReadError as error:
         return _failure(path, str(error), started)
