@@ -140,6 +140,11 @@ def _pixel_size(file_px, config: RunConfig, warnings: list) -> tuple[float, str]
     return config.pixel_size_um, "config"
 
 
+def _pixel_size_unknown(px_source: str, config: RunConfig) -> bool:
+    """Whether the pixel size is the config's default: neither the file nor the user gave one."""
+    return px_source == "config" and "pixel_size_um" not in config.model_fields_set
+
+
 def _default_pixel_size(why: str, pixel_size: float) -> str:
     """The warning for an image measured at the config's default pixel size: every size in µm rests on a guess."""
     return f"no pixel size in the file or the config, and {why}: used the default {pixel_size:.3g} µm; give --pixel-size-um to set it"
@@ -196,7 +201,7 @@ def process_file(path, config: RunConfig, output_dir, metadata: dict | None = No
     except ImageReadError as error:
         return _failure(path, str(error), started)
     pixel_size, px_source = _pixel_size(file_px, config, warnings)
-    if px_source == "config" and "pixel_size_um" not in config.model_fields_set:
+    if _pixel_size_unknown(px_source, config):
         estimate = None
         if config.estimate_pixel_size:
             estimate = estimate_pixel_size_um(rgb, configured_stains(config.stains), typical_nucleus_um=config.nuclei.typical_diameter_um)
@@ -284,7 +289,7 @@ def plan_slide_task(path, config: RunConfig, metadata, output_dir) -> dict:
         return _failure(path, f"file name does not match pattern {config.filename_pattern!r}", started)
     try:
         pixel_size, px_source = _pixel_size(open_lazy(path).pixel_size_um, config, warnings)
-        if px_source == "config" and "pixel_size_um" not in config.model_fields_set:
+        if _pixel_size_unknown(px_source, config):
             warnings.append(_default_pixel_size("none is estimated for whole-slide scans", pixel_size))
         plan = plan_whole_slide(path, pixel_size, config)
     except ImageReadError as error:
