@@ -701,6 +701,7 @@ def pellet_maps(od, stains: StainSet, *, pixel_size_um: float, classify: Classif
     if tile_px is None and not hasattr(od, "dask"):
         return pixel_maps(od, stains, **map_kwargs)
     import dask.array as da
+    from dask.local import get_sync  # the function, not "synchronous": Dask's name lookup imports distributed
 
     depth_maps = pixel_maps_depth_px(**map_kwargs)
     chunks = _tile_chunks(od.shape[:2], tile_px, od, min_px=_min_tile_px(pixel_size_um, classify, nuclei, iron))
@@ -713,7 +714,7 @@ def pellet_maps(od, stains: StainSet, *, pixel_size_um: float, classify: Classif
         chunks=chunks + ((len(MAP_NAMES),),),
         stains=stains,
         **map_kwargs,
-    ).compute(scheduler="synchronous")
+    ).compute(scheduler=get_sync)
 
 
 def _min_tile_px(pixel_size_um, classify, nuclei, iron) -> int:
@@ -742,6 +743,7 @@ def classify_maps(
         packed = _encoded_objects(maps, inside, thresholds, stains, (0, 0), width, settings)
     else:
         import dask.array as da
+        from dask.local import get_sync
 
         chunks = _tile_chunks(inside.shape, tile_px, None, min_px=_min_tile_px(pixel_size_um, classify, nuclei, iron))
         n_maps = maps.shape[-1]
@@ -758,7 +760,7 @@ def classify_maps(
             boundary="none",
             dtype=np.uint64,
             align_arrays=False,
-        ).compute(scheduler="synchronous")[..., 0]
+        ).compute(scheduler=get_sync)[..., 0]
     classes, instances = _decode(packed)
     pg_od = np.where(inside, maps[..., 1], 0).astype(np.float32) if "proteoglycan" in stains.roles else np.zeros(inside.shape, np.float32)
     return ClassResult(classes=classes, nuclei=instances, proteoglycan_od=pg_od)

@@ -11,6 +11,9 @@ with Dask and writes the run's contract files::
 
 from __future__ import annotations
 
+# pandas, the review state and the sample sheet are imported where the tables are made: this module
+# is what worker processes import, and they never make a table (pandas alone is 0.2 s of start-up)
+
 import datetime as _dt
 import hashlib
 import json
@@ -19,9 +22,12 @@ import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 from . import __version__
 from .bern import BERN_COLUMNS
@@ -33,10 +39,8 @@ from .metadata import METADATA_FIELDS, parse_name
 from .pellets import Illumination
 from .slide import analyze_pellet, number_pieces, paste_pieces, plan_image
 from .stains import StainSet, configured_stains
-from .review import apply_review
 from .records import image_summary, pellet_boxes, table_row
 from .scale import estimate_pixel_size_um
-from .study import read_sample_sheet
 from .wholeslide import (
     LABEL_DTYPES,
     finish_slide,
@@ -419,6 +423,8 @@ def run_batch(config: RunConfig, *, progress=None, pool=None) -> dict:
     for stale in output_dir.rglob(".*.part"):  # temporary files of a killed run; never results
         stale.unlink(missing_ok=True)
     images = list_images(config.input_dir, config.extensions)
+    from .study import read_sample_sheet
+
     sheet = read_sample_sheet(config.sample_sheet, config.input_dir) if config.sample_sheet else None
     seen: dict[str, Path] = {}
     tasks, pre_failures, skipped, slides = [], [], [], []
@@ -481,6 +487,8 @@ def run_batch(config: RunConfig, *, progress=None, pool=None) -> dict:
 
 
 def _table(results) -> pd.DataFrame:
+    import pandas as pd
+
     rows = [row for r in results if r.get("ok") for row in r["rows"]]
     table = pd.DataFrame(rows, columns=TABLE_COLUMNS)
     table["pellet_id"] = table["pellet_id"].astype("int64")
@@ -496,6 +504,10 @@ def _table(results) -> pd.DataFrame:
 
 def write_run_outputs(results, config: RunConfig, output_dir, *, started: float, images) -> dict:
     """Write pellets.csv/.parquet, failures.csv and run.json from per-image summaries (atomically)."""
+    import pandas as pd
+
+    from .review import apply_review
+
     output_dir = Path(output_dir)
     table = _table(results)
     failures = pd.DataFrame(

@@ -62,8 +62,10 @@ def _low_resolution(levels, factor: int):
         down = max(1, round(rows / level.shape[0]))
         if down <= factor and down > best_down and abs(rows / level.shape[0] - down) < 0.01 * down:
             best, best_down = level, down
+    from dask.threaded import get as threads  # the function, not "threads": Dask's name lookup imports distributed
+
     step = max(1, math.ceil(factor / best_down))
-    return np.asarray(block_mean(best, step).compute(scheduler="threads")), best_down * step
+    return np.asarray(block_mean(best, step).compute(scheduler=threads)), best_down * step
 
 
 def plan_whole_slide(path, pixel_size_um: float, config: RunConfig) -> SlidePlan:

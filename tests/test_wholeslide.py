@@ -136,6 +136,27 @@ def test_whole_slide_run_equals_in_memory_labels_and_table(slide_run, in_memory)
     assert not (root / "out" / "parts" / "D1_labeled_d14_s1.pellets").exists()  # scratch pieces removed
 
 
+def test_whole_slide_on_worker_processes_equals_threads_and_keeps_the_workers_light(slide_run, tmp_path):
+    from pellet_analysis.workers import process_pool
+
+    record, root = slide_run
+    config = RunConfig(
+        input_dir=root / "in", output_dir=tmp_path / "out", whole_slide_min_px=1000, tile_px=700, scheduler="processes", n_workers=2
+    )
+    pool = process_pool(2)
+    try:
+        again = run_batch(config, pool=pool)
+        # what the workers hold after planning and analysing the slide (eval: a builtin, so it pickles)
+        probe = "sorted(m for m in ('pandas', 'distributed', 'pellet_analysis.pipeline') if m in __import__('sys').modules)"
+        loaded = [pool.submit(eval, probe).result() for _ in range(2)]
+    finally:
+        pool.shutdown()
+    assert again["n_failures"] == 0 and again["table"].equals(record["table"])
+    # the pipeline comes from the fork server; pandas (tables are made in the main process) and
+    # distributed (imported by Dask's scheduler lookup by name) would be 0.3 s of imports in a worker
+    assert loaded == [["pellet_analysis.pipeline"]] * 2
+
+
 def test_a_whole_slide_without_a_pixel_size_says_it_used_the_default(section, tmp_path):
     (tmp_path / "in").mkdir()
     tifffile.imwrite(tmp_path / "in" / "D1_labeled_d14_s1.tif", section.image, tile=(256, 256), compression="zlib", photometric="rgb")
