@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -267,5 +268,22 @@ def main(argv=None) -> int:
         return 130
 
 
+def command() -> None:
+    """The ``pellet-analysis`` command: :func:`main`, then an exit that skips the interpreter's teardown.
+
+    When :func:`main` returns, every output is written, synced and closed and
+    the worker pool is shut down; what remains is freeing each object of the
+    1,500 modules the pipeline imports, which took 0.4 s after a whole-slide
+    run (mypy exits the same way). Output streams are flushed first.
+    """
+    code = main()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a reader that went away (`| head`) or a closed stream
+            pass
+    os._exit(code)
+
+
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    command()
