@@ -249,8 +249,14 @@ def process_file(path, config: RunConfig, output_dir, metadata: dict | None = No
     return summary
 
 
-def _compute(tasks, config: RunConfig, progress, pool=None):
-    """Run delayed tasks on the configured scheduler, reporting each finished image."""
+def _compute(tasks, config: RunConfig, progress, pool=None, costs=None):
+    """Run delayed tasks on the configured scheduler, reporting each finished image.
+
+    ``costs`` maps task keys to their expected work (any unit): on the local
+    schedulers the tasks ready at the start run costliest first (longest
+    processing time first), so that no worker is left with a large pellet
+    while the others idle; tasks without a cost keep Dask's order after them.
+    """
     import dask
 
     if config.scheduler.startswith("tcp://"):
@@ -267,6 +273,10 @@ def _compute(tasks, config: RunConfig, progress, pool=None):
     from dask.callbacks import Callback
 
     class _Progress(Callback):
+        def _start_state(self, dsk, state):
+            if costs:  # the scheduler takes ready tasks from the end of the list
+                state["ready"].sort(key=lambda key: costs.get(key, 0))
+
         def _posttask(self, key, result, dsk, state, worker_id):
             if isinstance(result, dict) and "ok" in result:
                 progress(result)
@@ -315,7 +325,12 @@ def plan_slide_task(path, config: RunConfig, metadata, output_dir) -> dict:
 
 
 def _slide_graph(path: Path, info: dict, config: RunConfig, output_dir, metadata):
-    """One task per pellet window, then one that writes the slide's outputs."""
+    """One task per pellet window, then one that writes the slide's outputs; and the tasks' costs.
+
+    Returns the slide's delayed summary and ``{key: cost}`` for :func:`_compute`:
+    a pellet costs its window's pixels, the input's hash one pixel (it runs
+    after every pellet has started, not after the last pellet).
+    """
     import dask
 
     plan = dask.delayed(info["plan"], name=f"plan-{path.name}")
@@ -323,7 +338,12 @@ def _slide_graph(path: Path, info: dict, config: RunConfig, output_dir, metadata
         dask.delayed(slide_pellet, pure=False)(path, plan, k, config, info["stains"], info["scratch"], dask_key_name=f"pellet-{path.name}-{k}")
         for k in range(1, len(info["plan"].windows) + 1)
     ]
+    costs = {
+        f"pellet-{path.name}-{k}": (rows.stop - rows.start) * (cols.stop - cols.start)
+        for k, (rows, cols) in enumerate(info["plan"].windows, start=1)
+    }
     digest = dask.delayed(sha256_file, pure=False)(path, dask_key_name=f"sha256-{path.name}")  # read alongside the pellets
+    costs[f"sha256-{path.name}"] = 1
     numbered = dask.delayed(number_pellets, pure=False)(pellets, dask_key_name=f"number-{path.name}")
     shape, px = info["plan"].shape, info["plan"].pixel_size_um
     written = [  # one task per label image: on two workers two are written at once
@@ -332,9 +352,10 @@ def _slide_graph(path: Path, info: dict, config: RunConfig, output_dir, metadata
         )
         for kind in LABEL_DTYPES
     ]
-    return dask.delayed(finish_slide, pure=False)(
+    summary = dask.delayed(finish_slide, pure=False)(
         path, info, numbered, written, config, output_dir, info["meta"], digest, dask_key_name=f"image-{path.name}"
     )
+    return summary, costs
 
 
 class RunFolderConflict(RuntimeError):
@@ -465,6 +486,7 @@ def run_batch(config: RunConfig, *, progress=None, pool=None) -> dict:
         pool = process_pool(config.n_workers)
     elif config.scheduler != "processes":
         pool = None
+    costs = {}
     try:
         if slides:
             planned = _compute(
@@ -474,8 +496,10 @@ def run_batch(config: RunConfig, *, progress=None, pool=None) -> dict:
                 if not info.get("ok", True):
                     pre_failures.append(info)
                 else:
-                    tasks.append(_slide_graph(path, info, config, output_dir, meta))
-        results = _compute(tasks, config, report, pool) if tasks else []
+                    summary, slide_costs = _slide_graph(path, info, config, output_dir, meta)
+                    tasks.append(summary)
+                    costs.update(slide_costs)
+        results = _compute(tasks, config, report, pool, costs) if tasks else []
     finally:
         if own_pool:
             pool.shutdown()

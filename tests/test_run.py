@@ -146,6 +146,30 @@ def test_a_pool_started_ahead_is_used_and_left_running(batch, tmp_path):
         pool.shutdown()
 
 
+@pytest.mark.parametrize("scheduler", ["synchronous", "threads"])
+def test_costliest_ready_tasks_run_first(scheduler):
+    """Longest processing time first: a slide's largest pellet never starts last while a worker idles."""
+    import threading
+
+    import dask
+
+    from pellet_analysis.pipeline import _compute
+
+    ran, lock = [], threading.Lock()
+
+    def work(name):
+        with lock:
+            ran.append(name)
+        return {"name": name}
+
+    names = ("small", "large", "medium", "hash", "no-cost")
+    tasks = [dask.delayed(work, pure=False)(n, dask_key_name=n) for n in names]
+    costs = {"small": 8_100_000, "large": 10_600_000, "medium": 9_700_000, "hash": 1}
+    done = _compute(tasks, RunConfig(scheduler=scheduler, n_workers=1), lambda r: None, costs=costs)
+    assert [d["name"] for d in done] == list(names)  # results in the order given
+    assert ran == ["large", "medium", "small", "hash", "no-cost"]
+
+
 def test_cli_run_with_overrides_and_help(tmp_path):
     src = tmp_path / "in"
     write_section(make_section(day=7, n_pellets=1, pixel_size_um=1.0, seed=31), src / "D1_unlabeled_d7_s1.png")
