@@ -338,12 +338,9 @@ def _slide_graph(path: Path, info: dict, config: RunConfig, output_dir, metadata
         dask.delayed(slide_pellet, pure=False)(path, plan, k, config, info["stains"], info["scratch"], dask_key_name=f"pellet-{path.name}-{k}")
         for k in range(1, len(info["plan"].windows) + 1)
     ]
-    costs = {
-        f"pellet-{path.name}-{k}": (rows.stop - rows.start) * (cols.stop - cols.start)
-        for k, (rows, cols) in enumerate(info["plan"].windows, start=1)
-    }
     digest = dask.delayed(sha256_file, pure=False)(path, dask_key_name=f"sha256-{path.name}")  # read alongside the pellets
-    costs[f"sha256-{path.name}"] = 1
+    costs = {task.key: (rows.stop - rows.start) * (cols.stop - cols.start) for task, (rows, cols) in zip(pellets, info["plan"].windows)}
+    costs[digest.key] = 1
     numbered = dask.delayed(number_pellets, pure=False)(pellets, dask_key_name=f"number-{path.name}")
     shape, px = info["plan"].shape, info["plan"].pixel_size_um
     written = [  # one task per label image: on two workers two are written at once
