@@ -306,6 +306,14 @@ class RunConfig(_Strict):
         "estimate it from the nuclei (their median taken as nuclei.typical_diameter_um across) "
         "instead of assuming pixel_size_um; the run records the estimate and warns.",
     )
+    batch_pixel_size_max_ratio: float = Field(
+        1.0,
+        ge=1.0,
+        description="With estimate_pixel_size, the nuclei of all the batch's images without a pixel size are taken "
+        "together (tiles of one scan share a pixel size, and a small tile holds few nuclei); each such image is "
+        "measured at that batch estimate, unless its own estimate lies within this factor of it "
+        "(1: always the batch's; e.g. 1.5 keeps images' own estimates that are near it).",
+    )
     force_pixel_size: bool = Field(
         False, description="Use pixel_size_um even when the file carries a pixel size."
     )

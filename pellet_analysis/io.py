@@ -17,6 +17,7 @@ __all__ = [
     "ImageReadError",
     "read_image",
     "to_rgb",
+    "read_pixel_size_um",
     "tiff_pixel_size_um",
     "write_label_tiff",
     "LazyImage",
@@ -119,6 +120,10 @@ def to_rgb(array, *, photometric: str | None = None, colormap=None) -> np.ndarra
     return np.ascontiguousarray(a)
 
 
+#: File endings read with tifffile.
+TIFF_SUFFIXES = (".tif", ".tiff", ".svs", ".btf")
+
+
 def read_image(path, *, max_pixels: int = 400_000_000) -> tuple[np.ndarray, float | None]:
     """Read an image file into RGB and its pixel size.
 
@@ -149,9 +154,23 @@ def read_image(path, *, max_pixels: int = 400_000_000) -> tuple[np.ndarray, floa
     if size == 0:
         raise ImageReadError("empty file (0 bytes)")
     suffix = path.suffix.lower()
-    if suffix in (".tif", ".tiff", ".svs", ".btf"):
+    if suffix in TIFF_SUFFIXES:
         return _read_tiff(path, max_pixels)
     return _read_other(path, max_pixels)
+
+
+def read_pixel_size_um(path) -> float | None:
+    """The pixel size a TIFF's tags or OME metadata give, without reading its pixels; None for other files or none."""
+    path = Path(path)
+    if path.suffix.lower() not in TIFF_SUFFIXES:
+        return None
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            return tiff_pixel_size_um(tif)
+    except Exception:  # unreadable: read_image reports it with its cause
+        return None
 
 
 def _read_tiff(path: Path, max_pixels: int):

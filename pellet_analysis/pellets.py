@@ -206,13 +206,17 @@ def pellet_topology(small_rgb, illumination: Illumination, *, pixel_size_um: flo
     -------
     ndarray of int32
         0 outside pellets, 1..n inside, by the column of their centroid; 1
-        everywhere when the tissue fills the image (:func:`fills_frame`).
+        everywhere when the tissue fills the image (:func:`fills_frame`), or
+        when the image holds tissue but is smaller than the smallest pellet
+        (``config.min_pellet_area_um2``): a field of view inside a section,
+        such as a small H&E tile with pale stroma or a lumen at its border.
     """
     px = float(pixel_size_um)
     od = rgb_to_od(small_rgb, illumination.field(small_rgb.shape[:2]))
     score = gaussian(tissue_score(od), config.smoothing_um / px)
     mask = score > float(config.tissue_min_od)
-    if fills_frame(mask, min_border_fraction=config.full_frame_min_border_fraction):
+    smaller_than_a_pellet = mask.size * px**2 < config.min_pellet_area_um2
+    if fills_frame(mask, min_border_fraction=config.full_frame_min_border_fraction) or (smaller_than_a_pellet and mask.any()):
         return np.ones(mask.shape, np.int32)
     mask = ndi.binary_opening(mask, structure=disk(max(1, round(2.0 / px))))
     mask = remove_small_holes(mask, max_size=max(1, int(config.fill_holes_max_um2 / px**2)))

@@ -33,14 +33,14 @@ from . import __version__
 from .bern import BERN_COLUMNS
 from .config import RunConfig
 from .geojson import pellet_feature_collection
-from .io import ImageReadError, open_lazy, read_image, sha256_file, write_json, write_label_tiff, write_tables
+from .io import ImageReadError, open_lazy, read_image, read_pixel_size_um, sha256_file, write_json, write_label_tiff, write_tables
 from .measure import MEASUREMENT_COLUMNS
 from .metadata import METADATA_FIELDS, parse_name
 from .pellets import Illumination
 from .slide import analyze_pellet, number_pieces, paste_pieces, plan_image
 from .stains import StainSet, configured_stains
 from .records import image_summary, pellet_boxes, table_row
-from .scale import estimate_pixel_size_um
+from .scale import NucleusSizes, PixelSizeChoice, nucleus_sizes_px, pool_pixel_sizes_um
 from .wholeslide import (
     LABEL_DTYPES,
     finish_slide,
@@ -171,7 +171,32 @@ def _failure(path: Path, reason: str, started: float) -> dict:
     return {"image": path.stem, "file": path.name, "ok": False, "reason": reason, "seconds": time.perf_counter() - started}
 
 
-def process_file(path, config: RunConfig, output_dir, metadata: dict | None = None) -> dict:
+def nucleus_sizes_task(path, config: RunConfig) -> NucleusSizes | None:
+    """The nuclei of an image whose pixel size neither its file nor the config gives, for the batch's estimate; else None.
+
+    A TIFF's pixel size is read from its tags alone; an unreadable file gives
+    None (:func:`process_file` reports it).
+    """
+    one_thread_per_task()
+    if not _pixel_size_unknown(_pixel_size(read_pixel_size_um(path), config, [])[1], config):
+        return None
+    try:
+        rgb, file_px = read_image(path)
+    except ImageReadError:
+        return None
+    if not _pixel_size_unknown(_pixel_size(file_px, config, [])[1], config):
+        return None
+    return nucleus_sizes_px(rgb, configured_stains(config.stains))
+
+
+def pixel_size_choices(sizes_by_image: dict, config: RunConfig) -> dict[str, PixelSizeChoice]:
+    """:func:`~pellet_analysis.scale.pool_pixel_sizes_um` with the config's settings."""
+    return pool_pixel_sizes_um(
+        sizes_by_image, typical_nucleus_um=config.nuclei.typical_diameter_um, max_ratio=config.batch_pixel_size_max_ratio
+    )
+
+
+def process_file(path, config: RunConfig, output_dir, metadata: dict | None = None, pixel_size_choice: PixelSizeChoice | None = None) -> dict:
     """Read, analyse and write one image; never raises for a bad image.
 
     Label images go to ``output_dir/labels`` and the image's summary to
@@ -188,6 +213,10 @@ def process_file(path, config: RunConfig, output_dir, metadata: dict | None = No
     ----------------
     metadata : dict, optional
         Study metadata (from a sample sheet); by default parsed from the file name.
+    pixel_size_choice : PixelSizeChoice, optional
+        For an image without a pixel size in its file or the config: the
+        batch's choice (:func:`pixel_size_choices`); by default estimated
+        from this image's nuclei alone.
     """
     path = Path(path)
     output_dir = Path(output_dir)
@@ -206,12 +235,12 @@ def process_file(path, config: RunConfig, output_dir, metadata: dict | None = No
         return _failure(path, str(error), started)
     pixel_size, px_source = _pixel_size(file_px, config, warnings)
     if _pixel_size_unknown(px_source, config):
-        estimate = None
-        if config.estimate_pixel_size:
-            estimate = estimate_pixel_size_um(rgb, configured_stains(config.stains), typical_nucleus_um=config.nuclei.typical_diameter_um)
-        if estimate is not None:
-            pixel_size, px_source = estimate, "estimated from nuclei"
-            warnings.append(f"no pixel size in the file or the config: estimated {estimate:.3g} µm from the nuclei; give --pixel-size-um to set it")
+        choice = pixel_size_choice
+        if choice is None and config.estimate_pixel_size:
+            choice = pixel_size_choices({stem: nucleus_sizes_px(rgb, configured_stains(config.stains))}, config)[stem]
+        if choice is not None and choice.pixel_size_um is not None:
+            pixel_size, px_source = choice.pixel_size_um, choice.source
+            warnings.append(choice.warning())
         else:
             warnings.append(_default_pixel_size("too few whole nuclei to estimate it" if config.estimate_pixel_size else "estimate_pixel_size is off", pixel_size))
     try:
@@ -445,7 +474,7 @@ def run_batch(config: RunConfig, *, progress=None, pool=None) -> dict:
 
     sheet = read_sample_sheet(config.sample_sheet, config.input_dir) if config.sample_sheet else None
     seen: dict[str, Path] = {}
-    tasks, pre_failures, skipped, slides = [], [], [], []
+    tasks, pre_failures, skipped, slides, todo = [], [], [], [], []
 
     def fail(stem, name, reason):
         pre_failures.append({"image": stem, "file": name, "ok": False, "reason": reason})
@@ -469,7 +498,7 @@ def run_batch(config: RunConfig, *, progress=None, pool=None) -> dict:
         if is_whole_slide(path, config):
             slides.append((path, meta))
             continue
-        tasks.append(dask.delayed(process_file, pure=False)(path, config, output_dir, meta, dask_key_name=f"image-{path.name}"))
+        todo.append((path, meta))
     if sheet is not None:
         for stem in sheet.index.difference(list(seen)):
             fail(stem, sheet.at[stem, "file"], f"listed in sample sheet {config.sample_sheet} but not found in {config.input_dir}")
@@ -478,17 +507,25 @@ def run_batch(config: RunConfig, *, progress=None, pool=None) -> dict:
         report(summary)
     # whole-slide scans are planned first (their pellets become tasks); the worker processes, once
     # started and their imports done, serve both steps
-    own_pool = pool is None and config.scheduler == "processes" and bool(slides or tasks)
+    own_pool = pool is None and config.scheduler == "processes" and bool(slides or todo)
     if own_pool:
         pool = process_pool(config.n_workers)
     elif config.scheduler != "processes":
         pool = None
     costs = {}
+    # the images without a pixel size share one estimate from all their nuclei (small tiles hold few)
+    pool_scale = config.estimate_pixel_size and "pixel_size_um" not in config.model_fields_set and len(todo) >= 2
     try:
+        first = [dask.delayed(plan_slide_task, pure=False)(p, config, m, output_dir) for p, m in slides]
+        first += [dask.delayed(nucleus_sizes_task, pure=False)(p, config) for p, _ in todo] if pool_scale else []
+        done_first = _compute(first, config, lambda r: None, pool) if first else []
+        planned, sizes = done_first[: len(slides)], done_first[len(slides) :]
+        choices = pixel_size_choices({p.stem: s for (p, _), s in zip(todo, sizes)}, config) if pool_scale else {}
+        tasks += [
+            dask.delayed(process_file, pure=False)(path, config, output_dir, meta, choices.get(path.stem), dask_key_name=f"image-{path.name}")
+            for path, meta in todo
+        ]
         if slides:
-            planned = _compute(
-                [dask.delayed(plan_slide_task, pure=False)(p, config, m, output_dir) for p, m in slides], config, lambda r: None, pool
-            )
             for (path, meta), info in zip(slides, planned):
                 if not info.get("ok", True):
                     pre_failures.append(info)

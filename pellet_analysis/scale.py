@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -11,10 +13,80 @@ from skimage.filters import threshold_otsu
 
 from .stains import StainSet, estimate_background, intensity_range, looks_like_glass, rgb_to_od, unmix
 
-__all__ = ["estimate_pixel_size_um", "single_nucleus_areas_px", "area_weighted_median"]
+__all__ = [
+    "NucleusSizes",
+    "PixelSizeChoice",
+    "area_weighted_median",
+    "estimate_pixel_size_um",
+    "nucleus_sizes_px",
+    "pixel_size_from_sizes_um",
+    "pool_pixel_sizes_um",
+    "single_nucleus_areas_px",
+]
 
 #: Roles of matrix stains; a set with none of them (he, h-dab) has nuclei as its only objects.
 _MATRIX_ROLES = frozenset({"iron", "proteoglycan", "collagen"})
+
+
+@dataclass(frozen=True)
+class NucleusSizes:
+    """The objects of one image taken as single whole nuclei: the evidence for its pixel size.
+
+    Attributes
+    ----------
+    areas_px : ndarray of int64
+        Their areas (px).
+    weighted : bool
+        True when the typical size is their area-weighted median
+        (:func:`area_weighted_median`; stain sets without a matrix stain),
+        False for the plain median.
+    """
+
+    areas_px: np.ndarray
+    weighted: bool
+
+    def diameter_px(self) -> float:
+        """Equivalent diameter (px) of the typical nucleus."""
+        area = area_weighted_median(self.areas_px) if self.weighted else float(np.median(self.areas_px))
+        return 2.0 * math.sqrt(area / math.pi)
+
+
+@dataclass(frozen=True)
+class PixelSizeChoice:
+    """The pixel size one image of a batch is measured at, and why.
+
+    Attributes
+    ----------
+    pixel_size_um : float or None
+        None: no estimate (too few whole nuclei in the image and the batch).
+    source : str
+        "estimated from nuclei" (the image's own) or "estimated from the batch's nuclei".
+    own_um : float or None
+        The image's own estimate.
+    batch_um : float or None
+        The estimate from the nuclei of every image of the batch taken together.
+    n_images : int
+        Images whose nuclei went into ``batch_um``.
+    """
+
+    pixel_size_um: float | None
+    source: str
+    own_um: float | None
+    batch_um: float | None
+    n_images: int
+
+    def warning(self) -> str:
+        """The one-line warning the run records for this image."""
+        if self.pixel_size_um is None:
+            return ""
+        if self.source == "estimated from nuclei":
+            return f"no pixel size in the file or the config: estimated {self.pixel_size_um:.3g} µm from the nuclei; give --pixel-size-um to set it"
+        own = f"its own nuclei gave {self.own_um:.3g} µm" if self.own_um is not None else "it has too few whole nuclei for its own estimate"
+        return (
+            f"no pixel size in the file or the config, and {own}: used {self.pixel_size_um:.3g} µm, "
+            f"estimated from the nuclei of the batch's {self.n_images} image{'s' if self.n_images != 1 else ''} together; "
+            "give --pixel-size-um to set it"
+        )
 
 
 def estimate_pixel_size_um(
@@ -30,14 +102,9 @@ def estimate_pixel_size_um(
 ) -> float | None:
     """Estimate µm per pixel by taking the median nucleus to be ``typical_nucleus_um`` across.
 
-    Nuclei are the pixels above Otsu's threshold of the nuclear stain (the
-    least-absorbed channel's OD for stain sets with iron, whose nuclear stain
-    is near-neutral); their connected objects, opened by a 3 x 3 square,
-    that look like one whole nucleus (:func:`single_nucleus_areas_px`) give
-    a median equivalent diameter in pixels. Only the central ``max_side_px``
-    square is looked at. Many small dark specks pull the median down: iron
-    granules in labeled AB/VG pellets at 0.25 µm per pixel made the estimate
-    0.33 µm.
+    The nuclei are those of :func:`nucleus_sizes_px`; their median (or, for
+    stain sets without a matrix stain, area-weighted median) equivalent
+    diameter in pixels gives the estimate (:func:`pixel_size_from_sizes_um`).
 
     Parameters
     ----------
@@ -45,14 +112,109 @@ def estimate_pixel_size_um(
     stains : StainSet
         Must have a ``nuclei`` role.
     typical_nucleus_um : float, keyword-only
-    max_side_px : int, keyword-only
+    max_side_px, min_nuclei, smoothing_px, min_solidity : keyword-only
+        As for :func:`nucleus_sizes_px`.
     bounds_um : (float, float), keyword-only
         Estimates outside are refused.
+
+    Returns
+    -------
+    float or None
+        None when no nuclear stain, too few nuclei, or an estimate out of bounds.
+    """
+    sizes = nucleus_sizes_px(rgb, stains, max_side_px=max_side_px, min_nuclei=min_nuclei, smoothing_px=smoothing_px, min_solidity=min_solidity)
+    return pixel_size_from_sizes_um(sizes, typical_nucleus_um=typical_nucleus_um, min_nuclei=min_nuclei, bounds_um=bounds_um)
+
+
+def pixel_size_from_sizes_um(sizes: NucleusSizes | None, *, typical_nucleus_um: float = 8.0, min_nuclei: int = 5, bounds_um=(0.1, 4.0)) -> float | None:
+    """µm per pixel with the typical nucleus of ``sizes`` taken as ``typical_nucleus_um`` across.
+
+    None when ``sizes`` is None, holds fewer than ``min_nuclei`` nuclei, or
+    the estimate falls outside ``bounds_um``.
+    """
+    if sizes is None or sizes.areas_px.size < min_nuclei:
+        return None
+    px = typical_nucleus_um / sizes.diameter_px()
+    return px if bounds_um[0] <= px <= bounds_um[1] else None
+
+
+def pool_pixel_sizes_um(
+    sizes_by_image: Mapping[str, NucleusSizes | None],
+    *,
+    typical_nucleus_um: float = 8.0,
+    min_nuclei: int = 5,
+    bounds_um=(0.1, 4.0),
+    max_ratio: float = 1.5,
+) -> dict[str, PixelSizeChoice]:
+    """Pixel sizes for the images of one batch, each estimated alone and all together.
+
+    Tiles exported from one scan share a pixel size, but a small tile holds
+    few nuclei: its own estimate may be missing or thrown off by a few
+    fragmented pale nuclei. The nuclei of every image taken together give
+    the batch's estimate. An image keeps its own estimate when that lies
+    within ``max_ratio`` of the batch's (images of another magnification
+    keep theirs only when their estimates are that far apart); otherwise,
+    and when it has none, it takes the batch's.
+
+    Parameters
+    ----------
+    sizes_by_image : mapping of str to NucleusSizes or None
+        Each image's nuclei (:func:`nucleus_sizes_px`), all from one stain set.
+    typical_nucleus_um, min_nuclei, bounds_um : keyword-only
+        As for :func:`pixel_size_from_sizes_um`.
+    max_ratio : float, keyword-only
+        At least 1; 1 gives every image the batch's estimate.
+
+    Returns
+    -------
+    dict of str to PixelSizeChoice
+    """
+    if max_ratio < 1:
+        raise ValueError("max_ratio must be at least 1")
+    kwargs = dict(typical_nucleus_um=typical_nucleus_um, min_nuclei=min_nuclei, bounds_um=bounds_um)
+    present = [s for s in sizes_by_image.values() if s is not None and s.areas_px.size]
+    batch = None
+    if present:
+        batch = pixel_size_from_sizes_um(NucleusSizes(np.concatenate([s.areas_px for s in present]), present[0].weighted), **kwargs)
+    choices = {}
+    for name, sizes in sizes_by_image.items():
+        own = pixel_size_from_sizes_um(sizes, **kwargs)
+        if own is not None and (batch is None or max(own / batch, batch / own) <= max_ratio):
+            choices[name] = PixelSizeChoice(own, "estimated from nuclei", own, batch, len(present))
+        elif batch is not None:
+            choices[name] = PixelSizeChoice(batch, "estimated from the batch's nuclei", own, batch, len(present))
+        else:
+            choices[name] = PixelSizeChoice(None, "config", own, batch, len(present))
+    return choices
+
+
+def nucleus_sizes_px(
+    rgb,
+    stains: StainSet,
+    *,
+    max_side_px: int = 2048,
+    min_nuclei: int = 5,
+    smoothing_px: float = 1.5,
+    min_solidity: float = 0.9,
+) -> NucleusSizes | None:
+    """The objects of an image that look like single whole nuclei, for its pixel size.
+
+    Nuclei are the pixels above Otsu's threshold of the nuclear stain (the
+    least-absorbed channel's OD for stain sets with iron, whose nuclear stain
+    is near-neutral); their connected objects, opened by a 3 x 3 square,
+    that look like one whole nucleus (:func:`single_nucleus_areas_px`) are
+    kept. Only the central ``max_side_px`` square is looked at. Many small
+    dark specks pull the plain median down: iron granules in labeled AB/VG
+    pellets at 0.25 µm per pixel made the estimate 0.33 µm.
+
+    Parameters
+    ----------
+    rgb : ndarray, shape (rows, cols, 3)
+    stains : StainSet
+    max_side_px : int, keyword-only
     min_nuclei : int, keyword-only
         With fewer whole nuclei, those cut by the image edge count too (a
-        512 x 512 tile at 40x holds about ten, some cut by its edge); with
-        fewer still there is no estimate.
-
+        512 x 512 tile at 40x holds about ten, some cut by its edge).
     smoothing_px : float, keyword-only
         Gaussian sigma applied to a deconvolved nuclear stain (not to the
         darkness of near-neutral stains with iron, whose specks must stay
@@ -62,15 +224,15 @@ def estimate_pixel_size_um(
     min_solidity : float, keyword-only
         Stain sets without a matrix stain (he, h-dab): only objects at least
         this convex count (one whole nucleus, not a clump), and their
-        area-weighted median (:func:`area_weighted_median`) gives the
-        diameter, so specks of chromatin and stroma, however many, do not
-        pull it down. On 20 synthetic H&E tiles the plain median gave 1.19-4.07
-        times the true pixel size, this 1.13-1.36 times.
+        area-weighted median gives the diameter, so specks of chromatin and
+        stroma, however many, do not pull it down. On 20 synthetic H&E tiles
+        the plain median gave 1.19-4.07 times the true pixel size, this
+        1.13-1.36 times.
 
     Returns
     -------
-    float or None
-        None when no nuclear stain, too few nuclei, or an estimate out of bounds.
+    NucleusSizes or None
+        None when the stain set has no nuclear stain or the stain is flat.
     """
     if "nuclei" not in stains.roles:
         return None
@@ -94,19 +256,15 @@ def estimate_pixel_size_um(
     mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
     mask = ndi.binary_fill_holes(mask).astype(np.uint8)  # vesicular nuclei: a dark membrane round a pale interior
     if not _MATRIX_ROLES & set(stains.roles):
-        diameter_px = _convex_nuclei_diameter_px(mask, min_nuclei=min_nuclei, min_solidity=min_solidity)
-        if diameter_px is None:
-            return None
-        px = typical_nucleus_um / diameter_px
-        return px if bounds_um[0] <= px <= bounds_um[1] else None
+        solid = dict(min_area_px=12, min_solidity=min_solidity, min_median_fraction=0.0)
+        areas = single_nucleus_areas_px(mask, **solid)
+        if areas.size < min_nuclei:
+            areas = single_nucleus_areas_px(mask, **solid, include_edge=True)
+        return NucleusSizes(areas, weighted=True)
     areas = single_nucleus_areas_px(mask, min_area_px=12)
     if areas.size < min_nuclei:  # a small tile: nuclei cut by its edge count too (smaller, but far nearer than none)
         areas = single_nucleus_areas_px(mask, min_area_px=12, include_edge=True)
-    if areas.size < min_nuclei:
-        return None
-    diameter_px = 2.0 * math.sqrt(float(np.median(areas)) / math.pi)
-    px = typical_nucleus_um / diameter_px
-    return px if bounds_um[0] <= px <= bounds_um[1] else None
+    return NucleusSizes(areas, weighted=False)
 
 
 def single_nucleus_areas_px(
@@ -157,16 +315,3 @@ def area_weighted_median(areas) -> float:
     areas = np.sort(np.asarray(areas, np.float64))
     cumulative = np.cumsum(areas)
     return float(areas[int(np.searchsorted(cumulative, 0.5 * cumulative[-1]))])
-
-
-def _convex_nuclei_diameter_px(mask, *, min_nuclei: int, min_solidity: float) -> float | None:
-    """Equivalent diameter (px) of the area-weighted median of the convex, whole objects of a nuclei mask.
-
-    With fewer than ``min_nuclei`` such objects, those cut by the image edge count too; with fewer still, None.
-    """
-    areas = single_nucleus_areas_px(mask, min_area_px=12, min_solidity=min_solidity, min_median_fraction=0.0)
-    if areas.size < min_nuclei:
-        areas = single_nucleus_areas_px(mask, min_area_px=12, min_solidity=min_solidity, min_median_fraction=0.0, include_edge=True)
-    if areas.size < min_nuclei:
-        return None
-    return 2.0 * math.sqrt(area_weighted_median(areas) / math.pi)

@@ -8,7 +8,7 @@ import pytest
 
 from pellet_analysis.config import RunConfig
 from pellet_analysis.pipeline import run_batch
-from pellet_analysis.scale import estimate_pixel_size_um
+from pellet_analysis.scale import NucleusSizes, estimate_pixel_size_um, pool_pixel_sizes_um
 from pellet_analysis.stains import get_preset
 from pellet_analysis.synthetic import make_section
 
@@ -63,3 +63,50 @@ def test_estimate_on_the_alcian_blue_valve_is_near_its_recorded_pixel_size():
 
     rgb, _ = read_image(REAL_IMAGES / "ab_valve_KI_POST_493-13.tif")
     assert estimate_pixel_size_um(rgb, get_preset("alcian-nfr")) == pytest.approx(0.912, rel=0.25)  # SOURCES.tsv: 0.912 µm
+
+
+def _disks(diameter_px: float, n: int) -> NucleusSizes:
+    return NucleusSizes(np.full(n, round(np.pi * diameter_px**2 / 4), np.int64), weighted=True)
+
+
+def test_batch_estimate_replaces_missing_and_outlying_estimates_only():
+    # 8 µm nuclei: 32 px across at 0.25 µm; one tile broken into fragments (13 px), one with two nuclei, one blank
+    sizes = {"a": _disks(32, 12), "b": _disks(30, 9), "fragments": _disks(13, 6), "sparse": _disks(32, 2), "blank": None}
+    choices = pool_pixel_sizes_um(sizes, max_ratio=1.5)
+    batch = choices["a"].batch_um
+    assert batch == pytest.approx(0.25, rel=0.05) and choices["a"].n_images == 4
+    assert choices["a"].source == choices["b"].source == "estimated from nuclei"
+    assert choices["a"].pixel_size_um == pytest.approx(8 / 32, rel=0.01) and choices["b"].pixel_size_um == pytest.approx(8 / 30, rel=0.01)
+    for name in ("fragments", "sparse", "blank"):
+        assert choices[name].source == "estimated from the batch's nuclei" and choices[name].pixel_size_um == batch
+    assert choices["fragments"].own_um == pytest.approx(8 / 13, rel=0.01) and choices["sparse"].own_um is None
+    assert "its own nuclei gave 0.615 µm: used 0.25 µm" in choices["fragments"].warning()
+    assert all(c.pixel_size_um == batch for c in pool_pixel_sizes_um(sizes, max_ratio=1.0).values())
+    alone = pool_pixel_sizes_um({"sparse": _disks(32, 2), "blank": None})
+    assert all(c.pixel_size_um is None and c.source == "config" for c in alone.values())  # 2 nuclei in all: no estimate
+    with pytest.raises(ValueError, match="max_ratio"):
+        pool_pixel_sizes_um(sizes, max_ratio=0.5)
+
+
+def test_a_sparse_tile_of_a_batch_is_measured_at_the_batch_estimate(tmp_path):
+    from pellet_analysis.synthetic_he import make_he_tile
+
+    (tmp_path / "in").mkdir()
+    for seed in (1, 2):
+        tile = make_he_tile(seed=seed, size_px=384, pixel_size_um=0.25)
+        cv2.imwrite(str(tmp_path / "in" / f"tile{seed}.png"), tile.image[..., ::-1])
+    sparse = np.full((256, 256, 3), (225, 170, 205), np.uint8)  # pale tissue with three small dark dots
+    for r, c in ((60, 60), (128, 190), (200, 90)):
+        cv2.circle(sparse, (c, r), 2, (60, 40, 110), -1)
+    cv2.imwrite(str(tmp_path / "in" / "sparse.png"), sparse[..., ::-1])
+    record = run_batch(RunConfig(input_dir=tmp_path / "in", output_dir=tmp_path / "out", stains={"preset": "he"}))
+    images = record["images"]
+    px = {name: images[name]["pixel_size_um"] for name in ("tile1", "tile2", "sparse")}
+    assert all(images[name]["pixel_size_source"] == "estimated from the batch's nuclei" for name in px)
+    assert len(set(px.values())) == 1 and 0.25 <= px["sparse"] <= 0.25 * 1.4, px  # synthetic nuclei are ~7 µm, taken as 8
+    assert any("estimated from the nuclei of the batch's 3 images together" in w for w in images["sparse"]["warnings"]), images["sparse"]["warnings"]
+    # alone, the same tile is measured at the default (test_a_tile_too_sparse_to_estimate_says_it_used_the_default);
+    # with a ratio, the tiles keep their own estimates where near the batch's
+    keep = run_batch(RunConfig(input_dir=tmp_path / "in", output_dir=tmp_path / "keep", stains={"preset": "he"}, batch_pixel_size_max_ratio=1.5))
+    assert all(keep["images"][f"tile{s}"]["pixel_size_source"] == "estimated from nuclei" for s in (1, 2))
+    assert keep["images"]["sparse"]["pixel_size_um"] == px["sparse"]
