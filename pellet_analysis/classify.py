@@ -25,7 +25,7 @@ from .config import ClassifyConfig, IronConfig, NucleiConfig
 from .filters import smooth_channels
 from .measure import CLASS_CODES
 from .morphology import expansion, DISTANCE_STEPS_PER_PX, quantised_distance, remove_small_objects, white_tophat_disk, binary_dilation_disk, binary_opening_disk, fill_holes, h_maxima, median_by_label
-from .stains import StainSet, unmix
+from .stains import MATRIX_ROLES, StainSet, unmix
 
 __all__ = [
     "ClassResult",
@@ -584,7 +584,7 @@ def classify_objects(
         )
     # nuclei are cut inside their blurred edges by the threshold: grow each to half its own
     # darkness, by up to 1 µm, but not over the granule-sized spots beside it
-    deconvolved = not {"iron", "proteoglycan", "collagen"} & set(stains.roles)
+    deconvolved = not MATRIX_ROLES & set(stains.roles)
     if deconvolved:
         split = split_nuclei_by_stain(
             nuclear,
@@ -737,7 +737,7 @@ def classify_maps(
     depth_objects = objects_depth_px(pixel_size_um=pixel_size_um, nuclei=nuclei, iron=iron)
     width = inside.shape[1]
     # H&E and H-DAB: nuclei are the only objects; sets with a matrix stain keep Otsu, so their matrix classes do not change
-    deconvolved = not {"iron", "proteoglycan", "collagen"} & set(stains.roles)
+    deconvolved = not MATRIX_ROLES & set(stains.roles)
     thresholds = thresholds_from_histograms(map_histograms(maps, inside), classify=classify, nuclei=nuclei, deconvolved=deconvolved)
     if tile_px is None:
         packed = _encoded_objects(maps, inside, thresholds, stains, (0, 0), width, settings)

@@ -56,14 +56,20 @@ class StainConfig(_Strict):
         description="Stain OD vectors (R, G, B) replacing the preset's, by stain name, e.g. a lab's "
         "QuPath vectors {alcian_blue: [0.892, 0.396, 0.219]}; normalised to unit length.",
     )
-    estimate: Literal["off", "auto"] = Field(
-        "off",
+    estimate: Optional[Literal["off", "auto"]] = Field(
+        None,
         description="auto: estimate the stain vectors from each image's pellet pixels (Macenko for two "
         "stains, sparse NMF from the preset for more) and use them when plausible, else the preset; "
-        "off: always the preset (or vectors). The choice and reason are written to run.json.",
+        "off: always the preset (or vectors). None: auto for stain sets without a matrix stain (he, h-dab), "
+        "whose scans differ most between labs, unless vectors are given; off otherwise. "
+        "The choice and reason are written to run.json.",
     )
     estimate_max_angle_deg: float = Field(
-        20.0, gt=0, le=90, description="An estimated stain vector further than this from its preset vector (degrees) is rejected."
+        30.0,
+        gt=0,
+        le=90,
+        description="An estimated stain vector further than this from its preset vector (degrees) is rejected "
+        "(the eosin of HistomicsTK's Easy1 H&E lies 27° from the preset's).",
     )
     estimate_min_stained_um2: float = Field(
         5000.0, ge=0, description="Estimation needs at least this pellet area with OD above 0.15 (µm²)."

@@ -11,7 +11,7 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage.filters import threshold_otsu
 
-from .stains import StainSet, estimate_background, intensity_range, looks_like_glass, rgb_to_od, unmix
+from .stains import MATRIX_ROLES, StainSet, estimate_background, intensity_range, looks_like_glass, rgb_to_od, unmix
 
 __all__ = [
     "NucleusSizes",
@@ -24,8 +24,6 @@ __all__ = [
     "single_nucleus_areas_px",
 ]
 
-#: Roles of matrix stains; a set with none of them (he, h-dab) has nuclei as its only objects.
-_MATRIX_ROLES = frozenset({"iron", "proteoglycan", "collagen"})
 
 
 @dataclass(frozen=True)
@@ -255,7 +253,7 @@ def nucleus_sizes_px(
     mask = (signal > threshold_otsu(signal)).astype(np.uint8)
     mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
     mask = ndi.binary_fill_holes(mask).astype(np.uint8)  # vesicular nuclei: a dark membrane round a pale interior
-    if not _MATRIX_ROLES & set(stains.roles):
+    if not MATRIX_ROLES & set(stains.roles):
         solid = dict(min_area_px=12, min_solidity=min_solidity, min_median_fraction=0.0)
         areas = single_nucleus_areas_px(mask, **solid)
         if areas.size < min_nuclei:

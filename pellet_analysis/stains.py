@@ -33,6 +33,8 @@ __all__ = [
     "angles_deg",
     "configured_stains",
     "choose_stains",
+    "estimate_mode",
+    "MATRIX_ROLES",
 ]
 
 
@@ -656,6 +658,17 @@ MAX_CONDITION = 20.0
 STAINED_MIN_OD = 0.15
 
 
+#: Roles of matrix stains; a set with none of them (he, h-dab) has nuclei as its only objects.
+MATRIX_ROLES = frozenset({"iron", "proteoglycan", "collagen"})
+
+
+def estimate_mode(stains: StainSet, config) -> str:
+    """``config.estimate`` resolved: unset, "auto" for a stain set without a matrix stain and no vectors given, else "off"."""
+    if config.estimate is not None:
+        return config.estimate
+    return "off" if config.vectors or MATRIX_ROLES & set(stains.roles) else "auto"
+
+
 def choose_stains(od, mask, preset: StainSet, config, *, pixel_size_um: float, names=None, max_pixels: int = 20000, seed: int = 0):
     """Stain vectors estimated from an image's own (pellet) pixels, or the preset when implausible.
 
@@ -693,7 +706,7 @@ def choose_stains(od, mask, preset: StainSet, config, *, pixel_size_um: float, n
         preset, when estimated) and ``n_stained_px``.
     """
     names = list(names) if names is not None else list(preset.stains[:3])
-    if config.estimate == "off":
+    if estimate_mode(preset, config) == "off":
         return preset, {"source": "preset", "reason": "stains.estimate is off"}
     pixels = np.asarray(od).reshape(-1, 3)[np.flatnonzero(np.asarray(mask, bool).reshape(-1))]
     pixels = pixels[np.linalg.norm(pixels, axis=1) > STAINED_MIN_OD]
