@@ -178,13 +178,17 @@ def nucleus_sizes_task(path, config: RunConfig) -> NucleusSizes | None:
     None (:func:`process_file` reports it).
     """
     one_thread_per_task()
-    if not _pixel_size_unknown(_pixel_size(read_pixel_size_um(path), config, [])[1], config):
+
+    def unknown(file_px) -> bool:
+        return _pixel_size_unknown(_pixel_size(file_px, config, [])[1], config)
+
+    if not unknown(read_pixel_size_um(path)):
         return None
     try:
         rgb, file_px = read_image(path)
     except ImageReadError:
         return None
-    if not _pixel_size_unknown(_pixel_size(file_px, config, [])[1], config):
+    if not unknown(file_px):
         return None
     return nucleus_sizes_px(rgb, configured_stains(config.stains))
 
