@@ -22,6 +22,7 @@ from .stains import (
     intensity_range,
     looks_like_glass,
     rgb_to_od,
+    rgb_to_od_field,
 )
 
 __all__ = [
@@ -57,6 +58,16 @@ class Illumination:
         if self.coefficients is None:
             return np.asarray(self.background_rgb, dtype=np.float32)
         return evaluate_background_field(self.coefficients, shape, order=self.order, window=window)
+
+    def od(self, rgb, shape=None, window=None) -> np.ndarray:
+        """Optical density of ``rgb`` against this background: the image of ``shape`` (default its own), or its ``window``.
+
+        ``rgb_to_od(rgb, self.field(shape, window))``; a field is not rendered whole (:func:`rgb_to_od_field`).
+        """
+        shape = tuple(np.shape(rgb)[:2]) if shape is None else shape
+        if self.coefficients is None:
+            return rgb_to_od(rgb, self.field(shape, window))
+        return rgb_to_od_field(rgb, self.coefficients, shape, order=self.order, window=window)
 
     def to_dict(self, shape=None) -> dict:
         """JSON-ready summary; with the polynomial coefficients, :meth:`from_dict` restores it exactly."""
@@ -212,7 +223,7 @@ def pellet_topology(small_rgb, illumination: Illumination, *, pixel_size_um: flo
         such as a small H&E tile with pale stroma or a lumen at its border.
     """
     px = float(pixel_size_um)
-    od = rgb_to_od(small_rgb, illumination.field(small_rgb.shape[:2]))
+    od = illumination.od(small_rgb)
     score = gaussian(tissue_score(od), config.smoothing_um / px)
     mask = score > float(config.tissue_min_od)
     smaller_than_a_pellet = mask.size * px**2 < config.min_pellet_area_um2

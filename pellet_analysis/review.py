@@ -32,7 +32,7 @@ from .io import read_image, read_label_window, read_window, write_label_pyramid,
 from .measure import CLASS_NAMES, measure_pellets
 from .pellets import Illumination, estimate_illumination
 from .records import pellet_boxes
-from .stains import StainSet, configured_stains, rgb_to_od
+from .stains import StainSet, configured_stains
 
 __all__ = [
     "LABEL_KINDS",
@@ -282,7 +282,7 @@ def requantify(run_dir, image: str, pellet_ids=None, *, config: RunConfig | None
         wide = _grown(box, margin, shape)
         inner = tuple(slice(s.start - w.start, s.stop - w.start) for s, w in zip(box, wide))
         pellet_stains = _pellet_stains(stains, meta, pid)
-        od = rgb_to_od(rgb[wide] if rgb is not None else _rgb_window(meta, wide), illumination.field(shape, wide))
+        od = illumination.od(rgb[wide] if rgb is not None else _rgb_window(meta, wide), shape, wide)
         pg_od = None
         if "proteoglycan" in pellet_stains.roles:
             pg_od = pixel_maps(od, pellet_stains, pixel_size_um=px, classify=config.classify, nuclei=config.nuclei, granules=False)[inner][..., 1]

@@ -28,7 +28,7 @@ from .pellets import (
     refine_pellet,
     working_factor,
 )
-from .stains import StainSet, choose_stains, rgb_to_od
+from .stains import StainSet, choose_stains
 
 __all__ = ["SlidePlan", "PelletPiece", "plan_slide", "plan_image", "analyze_pellet", "number_pieces", "paste_pieces"]
 
@@ -128,7 +128,7 @@ def analyze_pellet(rgb_window, plan: SlidePlan, index: int, *, config: RunConfig
     """
     window = plan.windows[index - 1]
     px = plan.pixel_size_um
-    od = rgb_to_od(np.asarray(rgb_window), plan.illumination.field(plan.shape, window))
+    od = plan.illumination.od(np.asarray(rgb_window), plan.shape, window)
     del rgb_window
     if plan.full_frame:
         inside = np.ones(od.shape[:2], bool)

@@ -89,6 +89,30 @@ def test_background_estimate_and_flat_field_recover_uneven_tinted_illumination()
     np.testing.assert_allclose(flat, np.median(truth[~tissue], axis=0), atol=2)
 
 
+@pytest.mark.parametrize("block_px", [1, 997, 2**16])
+def test_od_against_a_field_block_by_block_equals_the_rendered_field(monkeypatch, block_px):
+    import pellet_analysis.stains as stains_module
+    from pellet_analysis.stains import rgb_to_od_field
+
+    monkeypatch.setattr(stains_module, "_OD_BLOCK_PX", block_px)  # one row per block, uneven blocks, one block
+    rng = np.random.default_rng(3)
+    shape = (301, 257)
+    coef = np.array([[238.0, 241.0, 229.0], [-9.0, 3.0, 1.0], [4.0, -7.0, 2.0], [-5.0, 2.0, 6.0], [3.0, -4.0, 1.0], [2.0, 5.0, -3.0]])
+    window = (slice(37, 266), slice(11, 250))
+    rgb = rng.integers(0, 256, (229, 239, 3)).astype(np.uint8)
+    rgb[:3] = 255  # brighter than the field: OD clipped at 0
+    expected = rgb_to_od(rgb, evaluate_background_field(coef, shape, window=window))
+    got = rgb_to_od_field(rgb, coef, shape, window=window)
+    assert got.dtype == np.float32 and got.shape == rgb.shape
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
+    assert got[:3].min() == 0 and got.max() > 2.0
+    # other dtypes and the whole image go through the rendered field
+    as_float = rgb.astype(np.float32) / 255
+    np.testing.assert_allclose(rgb_to_od_field(as_float, coef / 255, (229, 239)), rgb_to_od(as_float, evaluate_background_field(coef / 255, (229, 239))), atol=1e-6)
+    with pytest.raises(ValueError, match="does not match"):
+        rgb_to_od_field(rgb[:-1], coef, shape, window=window)
+
+
 def test_fused_separation_equals_unmixing_and_skimage():
     from skimage.color import separate_stains as skimage_separate
 
