@@ -113,20 +113,29 @@ def test_od_against_a_field_block_by_block_equals_the_rendered_field(monkeypatch
         rgb_to_od_field(rgb[:-1], coef, shape, window=window)
 
 
-def test_fused_separation_equals_unmixing_and_skimage():
+@pytest.mark.parametrize("block_px", [2**20, 257 * 40 + 5])
+def test_fused_separation_equals_unmixing_and_skimage(monkeypatch, block_px):
+    import cv2
     from skimage.color import separate_stains as skimage_separate
 
+    import pellet_analysis.stains as stains_module
     from pellet_analysis.stains import get_preset, rgb_to_od, separate_stains, unmix
 
-    rgb = np.random.default_rng(5).integers(1, 256, (301, 257, 3), dtype=np.uint8)  # rows not a multiple of the block
-    st = get_preset("ab-vg")
-    vectors = np.stack([st.vector(n) for n in ("alcian_blue", "acid_fuchsin", "picric_acid")])
-    ours = separate_stains(rgb, vectors, (250.0, 245.0, 240.0))
-    np.testing.assert_allclose(ours, unmix(rgb_to_od(rgb, (250.0, 245.0, 240.0)), vectors), atol=1e-5)
-    # skimage: natural log scaled by log(1e-6), background 255, negative concentrations clipped
-    unit = np.stack([v / np.linalg.norm(v) for v in vectors])
-    reference = skimage_separate(rgb, np.linalg.inv(unit)) * (-np.log(1e-6) / np.log(10))
-    np.testing.assert_allclose(np.maximum(separate_stains(rgb, unit), 0), reference, atol=1e-3)
-    two = separate_stains(rgb, vectors[:2])
-    assert two.shape == (301, 257, 2)
-    np.testing.assert_allclose(two, unmix(rgb_to_od(rgb), vectors[:2]), atol=1e-5)
+    monkeypatch.setattr(stains_module, "_BLOCK_PX", block_px)  # one block; or 8 blocks of 40 rows and one of 21, on threads
+    threads = cv2.getNumThreads()
+    cv2.setNumThreads(2)
+    try:
+        rgb = np.random.default_rng(5).integers(1, 256, (301, 257, 3), dtype=np.uint8)  # rows not a multiple of the block
+        st = get_preset("ab-vg")
+        vectors = np.stack([st.vector(n) for n in ("alcian_blue", "acid_fuchsin", "picric_acid")])
+        ours = separate_stains(rgb, vectors, (250.0, 245.0, 240.0))
+        np.testing.assert_allclose(ours, unmix(rgb_to_od(rgb, (250.0, 245.0, 240.0)), vectors), atol=1e-5)
+        # skimage: natural log scaled by log(1e-6), background 255, negative concentrations clipped
+        unit = np.stack([v / np.linalg.norm(v) for v in vectors])
+        reference = skimage_separate(rgb, np.linalg.inv(unit)) * (-np.log(1e-6) / np.log(10))
+        np.testing.assert_allclose(np.maximum(separate_stains(rgb, unit), 0), reference, atol=1e-3)
+        two = separate_stains(rgb, vectors[:2])
+        assert two.shape == (301, 257, 2)
+        np.testing.assert_allclose(two, unmix(rgb_to_od(rgb), vectors[:2]), atol=1e-5)
+    finally:
+        cv2.setNumThreads(threads)
