@@ -531,19 +531,41 @@ def thresholds_from_histograms(hist, *, classify: ClassifyConfig, nuclei: Nuclei
     return Thresholds(dark=dark, proteoglycan=pg)
 
 
-def _first_pixel_ids(labels, origin, width: int) -> np.ndarray:
-    """Replace each instance id by 1 + the global raster index of its first pixel (uint64)."""
+def _first_pixels(labels) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The flat indices of the labelled pixels (ascending), their ids (int64), and each id's first pixel (flat index; size where absent)."""
     flat = np.asarray(labels).ravel()
     where = np.flatnonzero(flat)
+    ids = flat[where].astype(np.int64)
+    first = np.full(int(ids.max()) + 1 if ids.size else 1, flat.size, np.int64)
+    np.minimum.at(first, ids, where)  # ``where`` ascends: the smallest index per id is its first pixel
+    return where, ids, first
+
+
+def _first_pixel_ids(labels, origin, width: int) -> np.ndarray:
+    """Replace each instance id by 1 + the global raster index of its first pixel (uint64)."""
+    where, _, first = _first_pixels(labels)
     if where.size == 0:
         return np.zeros(np.shape(labels), np.uint64)
-    ids = flat[where].astype(np.int64)
-    first = np.full(int(ids.max()) + 1, flat.size, np.int64)
-    np.minimum.at(first, ids, where)  # ``where`` ascends: the smallest index per id is its first pixel
     rows, cols = np.divmod(first, labels.shape[1])
     lut = (rows + origin[0]).astype(np.uint64) * np.uint64(width) + (cols + origin[1]).astype(np.uint64) + np.uint64(1)
     lut[0] = 0
     return lut[labels]
+
+
+def _raster_numbered(labels) -> np.ndarray:
+    """Instances numbered 1..n in raster order of their first pixel (uint32).
+
+    What :func:`_decode` gives for one block's :func:`_first_pixel_ids`,
+    without the image-sized 64-bit codes: the in-memory path of
+    :func:`classify_maps`.
+    """
+    where, ids, first = _first_pixels(labels)
+    out = np.zeros(np.shape(labels), np.uint32)
+    present = np.flatnonzero(first < out.size)
+    lut = np.zeros(first.size, np.uint32)
+    lut[present[np.argsort(first[present], kind="stable")]] = np.arange(1, present.size + 1, dtype=np.uint32)
+    out.ravel()[where] = lut[ids]
+    return out
 
 
 def classify_objects(
@@ -740,7 +762,8 @@ def classify_maps(
     deconvolved = not MATRIX_ROLES & set(stains.roles)
     thresholds = thresholds_from_histograms(map_histograms(maps, inside), classify=classify, nuclei=nuclei, deconvolved=deconvolved)
     if tile_px is None:
-        packed = _encoded_objects(maps, inside, thresholds, stains, (0, 0), width, settings)
+        classes, instances = classify_objects(maps, inside, thresholds, stains, **settings)
+        instances = _raster_numbered(instances)
     else:
         import dask.array as da
         from dask.local import get_sync
@@ -761,7 +784,7 @@ def classify_maps(
             dtype=np.uint64,
             align_arrays=False,
         ).compute(scheduler=get_sync)[..., 0]
-    classes, instances = _decode(packed)
+        classes, instances = _decode(packed)
     pg_od = np.where(inside, maps[..., 1], 0).astype(np.float32) if "proteoglycan" in stains.roles else np.zeros(inside.shape, np.float32)
     return ClassResult(classes=classes, nuclei=instances, proteoglycan_od=pg_od)
 

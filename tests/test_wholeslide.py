@@ -61,6 +61,23 @@ def test_tiled_classification_equals_in_memory(section, chunks):
     np.testing.assert_array_equal(classify_pixels(od, pellets, get_preset("ab-vg"), tile_px=256, **kw).nuclei, classify_pixels(od, pellets, get_preset("ab-vg"), **kw).nuclei)
 
 
+def test_in_memory_numbering_equals_the_tiles_first_pixel_codes():
+    from pellet_analysis.classify import _decode, _first_pixel_ids, _raster_numbered
+
+    rng = np.random.default_rng(4)
+    labels = np.zeros((97, 131), np.int32)
+    for k, new_id in enumerate(rng.permutation(np.arange(2, 400, 3))[:60]):  # ids with gaps, not in raster order
+        r, c = rng.integers(0, 90), rng.integers(0, 125)
+        labels[r : r + rng.integers(1, 7), c : c + rng.integers(1, 7)] = new_id
+    numbered = _raster_numbered(labels)
+    _, decoded = _decode(_first_pixel_ids(labels, (0, 0), labels.shape[1]))
+    assert numbered.dtype == np.uint32 and numbered.max() == len(np.unique(labels)) - 1 > 40
+    np.testing.assert_array_equal(numbered, decoded)
+    firsts = [np.flatnonzero(numbered.ravel() == k)[0] for k in range(1, numbered.max() + 1)]
+    assert firsts == sorted(firsts)  # 1..n in raster order of their first pixel
+    assert not _raster_numbered(np.zeros((5, 4), np.int32)).any()
+
+
 def _fit(chunks, n):
     """Uneven chunks summing to n: the given sizes repeated, the last one cut."""
     out, total = [], 0
