@@ -357,12 +357,12 @@ def plan_slide_task(path, config: RunConfig, metadata, output_dir) -> dict:
     }
 
 
-def _slide_graph(path: Path, info: dict, config: RunConfig, output_dir, metadata):
+def _slide_graph(path: Path, info: dict, config: RunConfig, output_dir, metadata, sha256: str | None = None):
     """One task per pellet window, then one that writes the slide's outputs; and the tasks' costs.
 
     Returns the slide's delayed summary and ``{key: cost}`` for :func:`_compute`:
-    a pellet costs its window's pixels, the input's hash one pixel (it runs
-    after every pellet has started, not after the last pellet).
+    a pellet costs its window's pixels. ``sha256``, the input's hash, was
+    computed beside the plan (computed at the end when not given).
     """
     import dask
 
@@ -371,9 +371,7 @@ def _slide_graph(path: Path, info: dict, config: RunConfig, output_dir, metadata
         dask.delayed(slide_pellet, pure=False)(path, plan, k, config, info["stains"], info["scratch"], dask_key_name=f"pellet-{path.name}-{k}")
         for k in range(1, len(info["plan"].windows) + 1)
     ]
-    digest = dask.delayed(sha256_file, pure=False)(path, dask_key_name=f"sha256-{path.name}")  # read alongside the pellets
     costs = {task.key: (rows.stop - rows.start) * (cols.stop - cols.start) for task, (rows, cols) in zip(pellets, info["plan"].windows)}
-    costs[digest.key] = 1
     numbered = dask.delayed(number_pellets, pure=False)(pellets, dask_key_name=f"number-{path.name}")
     shape, px = info["plan"].shape, info["plan"].pixel_size_um
     written = [  # one task per label image: on two workers two are written at once
@@ -383,7 +381,7 @@ def _slide_graph(path: Path, info: dict, config: RunConfig, output_dir, metadata
         for kind in LABEL_DTYPES
     ]
     summary = dask.delayed(finish_slide, pure=False)(
-        path, info, numbered, written, config, output_dir, info["meta"], digest, dask_key_name=f"image-{path.name}"
+        path, info, numbered, written, config, output_dir, info["meta"], sha256, dask_key_name=f"image-{path.name}"
     )
     return summary, costs
 
@@ -522,19 +520,22 @@ def run_batch(config: RunConfig, *, progress=None, pool=None) -> dict:
     try:
         first = [dask.delayed(plan_slide_task, pure=False)(p, config, m, output_dir) for p, m in slides]
         first += [dask.delayed(nucleus_sizes_task, pure=False)(p, config) for p, _ in todo] if pool_scale else []
+        # a slide's hash is read while its plan runs: on two workers, on the one the plan leaves idle
+        first += [dask.delayed(sha256_file, pure=False)(p, dask_key_name=f"sha256-{p.name}") for p, _ in slides]
         done_first = _compute(first, config, lambda r: None, pool) if first else []
-        planned, sizes = done_first[: len(slides)], done_first[len(slides) :]
+        planned, sizes = done_first[: len(slides)], done_first[len(slides) : len(first) - len(slides)]
+        digests = done_first[len(first) - len(slides) :]
         choices = pixel_size_choices({p.stem: s for (p, _), s in zip(todo, sizes)}, config) if pool_scale else {}
         tasks += [
             dask.delayed(process_file, pure=False)(path, config, output_dir, meta, choices.get(path.stem), dask_key_name=f"image-{path.name}")
             for path, meta in todo
         ]
         if slides:
-            for (path, meta), info in zip(slides, planned):
+            for (path, meta), info, digest in zip(slides, planned, digests):
                 if not info.get("ok", True):
                     pre_failures.append(info)
                 else:
-                    summary, slide_costs = _slide_graph(path, info, config, output_dir, meta)
+                    summary, slide_costs = _slide_graph(path, info, config, output_dir, meta, digest)
                     tasks.append(summary)
                     costs.update(slide_costs)
         results = _compute(tasks, config, report, pool, costs) if tasks else []
