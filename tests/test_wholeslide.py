@@ -117,6 +117,10 @@ def test_block_means_of_dask_chunks_equal_numpy(section):
     image = section.image
     lazy = da.from_array(image, chunks=(137, 211, 3))
     np.testing.assert_array_equal(block_mean(lazy, 7).compute(), block_mean(image, 7))
+    rows, cols = image.shape[0] // 7, image.shape[1] // 7
+    blocks = image[: rows * 7, : cols * 7].reshape(rows, 7, cols, 7, 3).astype(np.float64)
+    np.testing.assert_allclose(block_mean(image, 7), blocks.mean(axis=(1, 3)), rtol=0, atol=1e-4)
+    assert block_mean(image, 7).shape == (rows, cols, 3) and block_mean(image, 7).dtype == np.float32
 
 
 @pytest.fixture(scope="module")
