@@ -18,7 +18,8 @@ one run:
     band because the whole slide in float64 would need 38 GB), both in
     megapixels of slide per second;
 (c) peak resident memory of each run: the sum over the process and its
-    children, sampled every 50 ms;
+    children, sampled every 50 ms; with each run's machine-wide user and
+    system CPU time (/proc/stat, worker processes included);
 (d) one against two dask worker processes.
 
 The pipeline runs ``--repeats`` times per setting (one and two workers
@@ -168,17 +169,39 @@ class PeakMemory:
         return self.peak
 
 
+def _cpu_seconds() -> tuple[float, float]:
+    """Machine-wide (user + nice, system) CPU seconds so far, from /proc/stat; (nan, nan) elsewhere.
+
+    Counts every process, the pool's worker processes included, which a parent's
+    rusage misses when they are not its waited-for children.
+    """
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    except OSError:
+        return math.nan, math.nan
+    hz = os.sysconf("SC_CLK_TCK")
+    return (int(fields[1]) + int(fields[2])) / hz, int(fields[3]) / hz
+
+
 def _timed(cmd, env=None) -> dict:
-    """Wall time and peak memory (process tree) of a command."""
+    """Wall time, machine-wide user and system CPU time, and peak memory (process tree) of a command."""
+    cpu0 = _cpu_seconds()
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     mem = PeakMemory(proc.pid)
     out, _ = proc.communicate()
     wall = time.perf_counter() - t0
     peak = mem.stop()
+    cpu1 = _cpu_seconds()
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(map(str, cmd))} failed:\n{out[-3000:]}")
-    return {"seconds": wall, "peak_rss_gib": peak / 2**30, "output": out[-2000:]}
+    return {
+        "seconds": wall,
+        "cpu_user_s": round(cpu1[0] - cpu0[0], 2),
+        "cpu_system_s": round(cpu1[1] - cpu0[1], 2),
+        "peak_rss_gib": peak / 2**30,
+        "output": out[-2000:],
+    }
 
 
 def run_pipeline(slide: Path, work: Path, workers: int) -> dict:
@@ -295,6 +318,8 @@ def main(argv=None):
                 "megapixels_per_s": mpx / float(np.median(seconds)),
                 "peak_rss_gib": max(r["peak_rss_gib"] for r in done),
                 "peak_rss_gib_all": [round(r["peak_rss_gib"], 3) for r in done],
+                "cpu_user_s_all": [r["cpu_user_s"] for r in done],
+                "cpu_system_s_all": [r["cpu_system_s"] for r in done],
                 "n_pellets": done[0]["n_pellets"],
                 "n_failures": max(r["n_failures"] for r in done),
             }
