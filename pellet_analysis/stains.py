@@ -237,6 +237,9 @@ def rgb_to_od(image, background=None, *, channel_axis=-1) -> np.ndarray:
 #: -log10 of each 8-bit intensity (0 taken as 1), per channel, for cv2.LUT.
 _NEG_LOG_LUT = np.repeat(-np.log10(np.maximum(np.arange(256), 1.0)).astype(np.float32)[:, None], 3, axis=1).reshape(256, 1, 3)
 
+#: log10(e): natural logs (cv2.log) to base-10 optical density.
+_LOG10_E = float(np.log10(np.e))
+
 
 def _uint8_od(image, bg) -> np.ndarray:
     """:func:`rgb_to_od` of 8-bit RGB: a table look-up, then ``+ log10(I0)`` channel by channel, in place."""
@@ -580,9 +583,6 @@ def rgb_to_od_field(rgb, coef, shape, *, order=2, window=None) -> np.ndarray:
         od = cv2.scaleAdd(log_field, _LOG10_E, cv2.LUT(rgb[r : r + step], _NEG_LOG_LUT))
         np.maximum(od, 0, out=out[r : r + step])
     return out
-
-
-_LOG10_E = float(np.log10(np.e))
 
 
 def estimate_stains_macenko(od, *, min_od: float = 0.151, percentile: float = 1.0, channel_axis=-1, mask=None) -> np.ndarray:
