@@ -12,7 +12,7 @@ import os
 import threading
 from contextlib import contextmanager
 
-__all__ = ["process_pool"]
+__all__ = ["process_pool", "start_server"]
 
 #: One BLAS / OpenMP thread per worker process, as dask.distributed's nanny sets for its workers:
 #: the pool already runs one process per core, and OpenBLAS's extra threads (the background
@@ -40,22 +40,45 @@ def process_pool(n_workers: int | None = None):
 
     from dask.multiprocessing import get_context, initialize_worker_process
 
-    if os.environ.get("PYTHONHASHSEED") in (None, "0"):
-        os.environ["PYTHONHASHSEED"] = "6640"  # Dask's choice: the same hashing in every worker
     n_workers = n_workers or os.cpu_count()
     context = _context(get_context)
     pool = ProcessPoolExecutor(n_workers, mp_context=context, initializer=partial(initialize_worker_process))
-    with _one_thread_env():  # a new process keeps the environment it started with
-        if context.get_start_method() == "forkserver":
-            from multiprocessing import forkserver
-
-            forkserver.ensure_running()  # returns at once; the server imports the pipeline meanwhile
-            # each submit waits for the server to fork (after its imports): not in this thread, which
-            # goes on importing the pipeline itself
-            threading.Thread(target=_warm, args=(pool, n_workers), name="warm-workers", daemon=True).start()
-        else:
+    if context.get_start_method() == "forkserver":
+        start_server()  # returns at once (or at once again); the server imports the pipeline meanwhile
+        # each submit waits for the server to fork (after its imports): not in this thread, which
+        # goes on importing the pipeline itself
+        threading.Thread(target=_warm, args=(pool, n_workers), name="warm-workers", daemon=True).start()
+    else:
+        with _seeded_env():
             _warm(pool, n_workers)
     return pool
+
+
+def start_server() -> None:
+    """Start the fork server of :func:`process_pool` now, where the platform has one; a no-op once it runs.
+
+    It returns at once: the server imports :data:`_WORKER_MODULES` in its own
+    process, so a caller that starts it first (the command line, before it
+    reads its config) overlaps those imports with its own work.
+    """
+    import multiprocessing
+
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return
+    from multiprocessing import forkserver
+
+    multiprocessing.get_context("forkserver").set_forkserver_preload(list(_WORKER_MODULES))
+    with _seeded_env():  # a new process keeps the environment it started with
+        forkserver.ensure_running()
+
+
+@contextmanager
+def _seeded_env():
+    """Dask's hash seed (for the life of this process) and :func:`_one_thread_env` while worker processes start."""
+    if os.environ.get("PYTHONHASHSEED") in (None, "0"):
+        os.environ["PYTHONHASHSEED"] = "6640"  # Dask's choice: the same hashing in every worker
+    with _one_thread_env():
+        yield
 
 
 def _warm(pool, n_workers: int) -> None:
@@ -80,9 +103,7 @@ def _context(dask_context):
 
     if "forkserver" not in multiprocessing.get_all_start_methods():
         return dask_context()
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(list(_WORKER_MODULES))
-    return context
+    return multiprocessing.get_context("forkserver")
 
 
 @contextmanager

@@ -185,13 +185,15 @@ def test_cli_run_with_overrides_and_help(tmp_path):
         assert helped.returncode == 0 and "usage" in helped.stdout
 
 
-def test_cli_bad_config_is_one_line_and_exit_2(tmp_path):
+@pytest.mark.parametrize("extra", [[], ["--scheduler", "processes"]], ids=["default", "processes"])
+def test_cli_bad_config_is_one_line_and_exit_2(tmp_path, extra):
     # a path long enough that a console wrapping at 80 columns would split it
     folder = tmp_path / ("a_long_folder_name_" * 4)
     folder.mkdir()
     bad = folder / "bad.yaml"
     bad.write_text("pellets:\n  min_pellet_area_um2: -1\n")
-    done = subprocess.run([sys.executable, "-m", "pellet_analysis", "run", str(bad)], capture_output=True, text=True)
+    # with --scheduler processes the workers' server starts before the config is read: the same one line, and no hang
+    done = subprocess.run([sys.executable, "-m", "pellet_analysis", "run", str(bad), *extra], capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, done.stderr
