@@ -243,11 +243,24 @@ _NEG_LOG_LUT = -np.log10(np.maximum(np.arange(256), 1.0)).astype(np.float32)
 _LOG10_E = float(np.log10(np.e))
 
 
+def _od_table(bg) -> np.ndarray:
+    """cv2.LUT table of the OD of every 8-bit intensity against a constant I0 (one or three values), clipped at 0.
+
+    One column when the channels share I0 (OpenCV's single-table path), else one per channel.
+    """
+    bg = np.broadcast_to(np.asarray(bg, dtype=np.float32).reshape(-1), (3,))
+    table = np.maximum(_NEG_LOG_LUT[:, None] + np.log10(bg)[None, :], 0)
+    return np.ascontiguousarray(table[:, 0]) if (bg == bg[0]).all() else table.reshape(256, 1, 3)
+
+
 def _uint8_od(image, bg) -> np.ndarray:
-    """:func:`rgb_to_od` of 8-bit RGB: a table look-up, then ``+ log10(I0)`` channel by channel, in place."""
-    od = cv2.LUT(np.ascontiguousarray(image), _NEG_LOG_LUT)
+    """:func:`rgb_to_od` of 8-bit RGB: one table look-up for a constant I0; for a field, ``+ log10(I0)`` in place after it."""
+    image = np.ascontiguousarray(image)
     bg = np.asarray(bg, dtype=np.float32)
-    od += np.log10(bg.reshape(-1) if bg.ndim < 3 else bg).astype(np.float32, copy=False)
+    if bg.size <= 3:  # a scalar or one value per channel (broadcast to (1, 1, 3))
+        return cv2.LUT(image, _od_table(bg))
+    od = cv2.LUT(image, _NEG_LOG_LUT)
+    od += np.log10(bg)
     np.maximum(od, 0, out=od)
     return od
 
@@ -398,11 +411,7 @@ def separate_stains(rgb, vectors, background=255.0, *, channel_axis=-1) -> np.nd
     rgb = np.moveaxis(np.asarray(rgb), channel_axis, -1)
     if rgb.dtype != np.uint8 or rgb.shape[-1] != 3 or rgb.ndim != 3:
         return np.moveaxis(unmix(rgb_to_od(rgb, background), vectors), -1, channel_axis)
-    bg = np.broadcast_to(np.asarray(background, dtype=np.float32), (3,))
-    lut = np.maximum(_NEG_LOG_LUT[:, None] + np.log10(bg)[None, :], 0).astype(np.float32)
-    # one column when the channels share I0 (the common case): OpenCV's single-table path
-    lut = np.ascontiguousarray(lut[:, 0]) if (bg == bg[0]).all() else lut.reshape(256, 1, 3)
-    conc = _rows_transform(np.ascontiguousarray(rgb), _unmixing_rows(vectors), lut=lut)
+    conc = _rows_transform(np.ascontiguousarray(rgb), _unmixing_rows(vectors), lut=_od_table(background))
     return np.moveaxis(conc, -1, channel_axis)
 
 

@@ -91,9 +91,9 @@ def _warm(pool, n_workers: int) -> None:
 
 
 def _context(dask_context):
-    """A forkserver that has imported the pipeline once, where the platform has one; else Dask's context (spawn).
+    """The forkserver context, where the platform has one (:func:`start_server` starts it with the pipeline imported); else Dask's (spawn).
 
-    Workers forked from it start with the pipeline imported, instead of
+    Workers forked from the server start with the pipeline imported, instead of
     each importing it (0.9 s of CPU each) while the main process imports
     it too. Like spawn, and unlike fork, no worker inherits the main
     process's threads. The server keeps the environment it started with
