@@ -121,7 +121,7 @@ def test_fused_separation_equals_unmixing_and_skimage(monkeypatch, block_px):
     import pellet_analysis.stains as stains_module
     from pellet_analysis.stains import get_preset, rgb_to_od, separate_stains, unmix
 
-    monkeypatch.setattr(stains_module, "_BLOCK_PX", block_px)  # one block; or 8 blocks of 40 rows and one of 21, on threads
+    monkeypatch.setattr(stains_module, "_BLOCK_PX", block_px)  # one block; or two spans of 150 and 151 rows on two threads, each in blocks of 40 rows and a shorter last one
     threads = cv2.getNumThreads()
     cv2.setNumThreads(2)
     try:
