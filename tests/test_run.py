@@ -170,6 +170,24 @@ def test_costliest_ready_tasks_run_first(scheduler):
     assert ran == ["large", "medium", "small", "hash", "no-cost"]
 
 
+@pytest.mark.parametrize("scheduler", ["processes", "threads", "synchronous"])
+def test_local_schedulers_never_import_distributed(tmp_path, scheduler):
+    """Dask resolves a scheduler's name by looking for a dask.distributed client, which imports distributed
+    (0.16 s before the first task is sent): local runs pass Dask the scheduler function instead."""
+    src = tmp_path / "in"
+    write_section(make_section(day=7, n_pellets=1, pixel_size_um=1.0, seed=32), src / "D1_unlabeled_d7_s1.png")
+    code = (
+        "import sys\n"
+        "from pellet_analysis.config import RunConfig\n"
+        "from pellet_analysis.pipeline import run_batch\n"
+        f"record = run_batch(RunConfig(input_dir={str(src)!r}, output_dir={str(tmp_path / 'out')!r}, pixel_size_um=1.0, scheduler={scheduler!r}, n_workers=2))\n"
+        "print(record['n_pellets'], 'distributed' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["1", "False"]
+
+
 def test_cli_run_with_overrides_and_help(tmp_path):
     src = tmp_path / "in"
     write_section(make_section(day=7, n_pellets=1, pixel_size_um=1.0, seed=31), src / "D1_unlabeled_d7_s1.png")
