@@ -26,6 +26,11 @@ _ONE_THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 #: Dask's scheduler lookup does not import distributed in the workers.)
 _WORKER_MODULES = (f"{__package__}.pipeline", "dask.array", "tifffile", "zarr", "imagecodecs")
 
+#: What the fork server imports: the workers' modules, and the exit handler that spares the server
+#: the interpreter's teardown (:mod:`pellet_analysis._server_exit`; never imported by workers
+#: started without a fork server, which must exit normally).
+_SERVER_MODULES = (*_WORKER_MODULES, f"{__package__}._server_exit")
+
 
 def process_pool(n_workers: int | None = None):
     """One pool of ``n_workers`` (default: the CPU count) worker processes, each already importing the pipeline.
@@ -67,7 +72,7 @@ def start_server() -> None:
         return
     from multiprocessing import forkserver
 
-    multiprocessing.get_context("forkserver").set_forkserver_preload(list(_WORKER_MODULES))
+    multiprocessing.get_context("forkserver").set_forkserver_preload(list(_SERVER_MODULES))
     with _seeded_env():  # a new process keeps the environment it started with
         forkserver.ensure_running()
 

@@ -188,6 +188,23 @@ def test_local_schedulers_never_import_distributed(tmp_path, scheduler):
     assert done.stdout.split() == ["1", "False"]
 
 
+def test_the_fork_server_exits_without_teardown_once_its_output_is_flushed(tmp_path):
+    """The workers' fork server ends when the command does. Its exit handler skips the interpreter's teardown
+    (0.17 s, during which whoever read the command's output waited for the server to let go of it), after
+    flushing what the server wrote."""
+    marker = tmp_path / "teardown-ran"
+    code = (
+        "import atexit, pathlib, sys\n"
+        f"atexit.register(pathlib.Path({str(marker)!r}).touch)\n"  # would run in an ordinary exit
+        "import pellet_analysis._server_exit\n"
+        "sys.stdout.write('written, not flushed')\n"
+        "raise SystemExit\n"  # how the server leaves its loop when its last client is gone
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout, done.stderr) == (0, "written, not flushed", "")
+    assert not marker.exists()
+
+
 def test_cli_run_with_overrides_and_help(tmp_path):
     src = tmp_path / "in"
     write_section(make_section(day=7, n_pellets=1, pixel_size_um=1.0, seed=31), src / "D1_unlabeled_d7_s1.png")
