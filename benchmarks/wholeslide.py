@@ -26,7 +26,12 @@ one run:
 The pipeline runs ``--repeats`` times per setting (one and two workers
 alternating) and the median time is reported with every run's time and the
 largest peak memory: on the 2-core machine of docs/performance.md the same run
-varied by a fifth. Stain separation is the best of 15.
+varied by a fifth. Each run starts after ``--pause-s`` seconds of rest, so
+that every run starts from the same state rather than from what the run
+before it left: on the benchmark's virtual machines memory that a process
+has just freed is cheap to touch again, but after a few seconds of rest a
+fresh 500 MB array took 1.0-1.3 s to fill against 0.09 s (docs/performance.md).
+Stain separation is the best of 15.
 
 Results are printed as a Markdown table and saved as JSON beside the slide.
 """
@@ -302,7 +307,8 @@ def main(argv=None):
     parser.add_argument("--also-size", type=int, nargs="*", default=[], help="further slide sides for the memory-growth check")
     parser.add_argument("--work", type=Path, default=Path("/tmp/pellet-bench"), help="folder for slides and outputs")
     parser.add_argument("--skip-baseline", action="store_true", help="leave out the (slow) baseline")
-    parser.add_argument("--repeats", type=int, default=3, help="runs of the pipeline per setting; the median is reported (default 3)")
+    parser.add_argument("--repeats", type=int, default=5, help="runs of the pipeline per setting; the median is reported (default 5)")
+    parser.add_argument("--pause-s", type=float, default=5.0, dest="pause_s", help="seconds of rest before each pipeline run (default 5)")
     args = parser.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
     results = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()}}
@@ -321,6 +327,7 @@ def main(argv=None):
         runs = {w: [] for w in counts}
         for _ in range(args.repeats):
             for workers in counts:
+                time.sleep(args.pause_s)
                 run = run_pipeline(slide, args.work, workers)
                 run["megapixels_per_s"] = mpx / run["seconds"]
                 runs[workers].append({k: v for k, v in run.items() if k != "output"})
