@@ -351,10 +351,11 @@ def plan_slide_task(path, config: RunConfig, metadata, output_dir) -> dict:
     if meta is None:
         return _failure(path, f"file name does not match pattern {config.filename_pattern!r}", started)
     try:
-        pixel_size, px_source = _pixel_size(open_lazy(path).pixel_size_um, config, warnings)
+        lazy = open_lazy(path)
+        pixel_size, px_source = _pixel_size(lazy.pixel_size_um, config, warnings)
         if _pixel_size_unknown(px_source, config):
             warnings.append(_default_pixel_size("none is estimated for whole-slide scans", pixel_size))
-        plan = plan_whole_slide(path, pixel_size, config)
+        plan = plan_whole_slide(lazy, pixel_size, config)
     except ImageReadError as error:
         return _failure(path, str(error), started)
     except (ValueError, MemoryError) as error:

@@ -22,7 +22,7 @@ import numpy as np
 
 from .config import RunConfig
 from .geojson import pellet_outline, ring_collection
-from .io import ImageReadError, open_lazy, read_window, write_json, write_label_pyramid
+from .io import ImageReadError, LazyImage, read_window, write_json, write_label_pyramid
 from .records import image_summary, pellet_boxes, table_row
 from .pellets import block_mean, working_factor
 from .slide import SlidePlan, analyze_pellet, plan_slide
@@ -68,14 +68,20 @@ def _low_resolution(levels, factor: int):
     return np.asarray(block_mean(best, step).compute(scheduler=threads)), best_down * step
 
 
-def plan_whole_slide(path, pixel_size_um: float, config: RunConfig) -> SlidePlan:
+def plan_whole_slide(lazy: LazyImage, pixel_size_um: float, config: RunConfig) -> SlidePlan:
     """Find the pellets and the white point of a whole-slide scan from low resolution.
+
+    Parameters
+    ----------
+    lazy : LazyImage
+        The scan, from :func:`~pellet_analysis.io.open_lazy`.
+    pixel_size_um : float
+    config : RunConfig
 
     Raises
     ------
     ImageReadError
     """
-    lazy = open_lazy(path)
     factor = working_factor(lazy.shape, config.pellets.max_working_px)
     try:
         small, factor = _low_resolution(lazy.levels, factor)
