@@ -395,7 +395,10 @@ def stain_concentrations(od, spots, stains: StainSet, *, pixel_size_um: float, c
         od_chromatic = smooth_channels(od, sigma_px)
     else:  # a copy of this function's own: blurred in place
         od_chromatic = smooth_channels(od_chromatic, sigma_px, out=od_chromatic)
-    conc = unmix(od_chromatic, np.stack([stains.vector(n) for n in names]))
+    # where od_chromatic is this function's own copy (not od: a blur below 0.3 px returns its input), the
+    # concentrations of three stains take its place instead of a new array as large
+    own = od_chromatic is not od and len(names) == od_chromatic.shape[-1] and od_chromatic.dtype == np.float32 and od_chromatic.flags.c_contiguous
+    conc = unmix(od_chromatic, np.stack([stains.vector(n) for n in names]), out=od_chromatic if own else None)
     return {role: conc[..., names.index(stain)] for role, stain in stains.roles.items() if stain in names}
 
 

@@ -311,7 +311,7 @@ def complete_matrix(vectors) -> np.ndarray:
     return v
 
 
-def unmix(od, vectors, *, channel_axis=-1) -> np.ndarray:
+def unmix(od, vectors, *, channel_axis=-1, out=None) -> np.ndarray:
     """Colour deconvolution: stain concentrations from optical density.
 
     Solves ``od = c @ M`` per pixel with ``M`` the 3 x 3 matrix completed by
@@ -324,6 +324,11 @@ def unmix(od, vectors, *, channel_axis=-1) -> np.ndarray:
     vectors : array_like, shape (n_stains, 3)
         Stain OD vectors (rows), 1 to 3 of them.
     channel_axis : int, keyword-only
+    out : ndarray of float32, optional, keyword-only
+        C-contiguous, of ``od``'s shape with ``n_stains`` channels (channels
+        last): the concentrations are written there. It may be ``od`` itself
+        (three stains), whose memory is then reused instead of a new array
+        as large.
 
     Returns
     -------
@@ -332,8 +337,10 @@ def unmix(od, vectors, *, channel_axis=-1) -> np.ndarray:
         holds the ``n_stains`` given (the completing residual is dropped).
         Values may be negative where a pixel is not explained by the stains.
     """
+    if out is not None and channel_axis not in (-1, np.ndim(od) - 1):
+        raise ValueError("unmix writes into out only with the channels last")
     od = np.moveaxis(np.asarray(od, dtype=np.float32), channel_axis, -1)
-    conc = _rows_transform(od, _unmixing_rows(vectors))
+    conc = _rows_transform(od, _unmixing_rows(vectors), out=out)
     return np.moveaxis(conc, -1, channel_axis)
 
 
@@ -354,8 +361,12 @@ def _unmixing_rows(vectors) -> np.ndarray:
 _BLOCK_PX = 2**16
 
 
-def _rows_transform(od, matrix, lut=None) -> np.ndarray:
+def _rows_transform(od, matrix, lut=None, out=None) -> np.ndarray:
     """``od @ matrix.T`` per pixel (float32), block by block of rows with OpenCV; ``lut`` first maps uint8 input to OD.
+
+    ``out``, when given, receives the result; it may be ``od`` itself
+    (OpenCV's 3 x 3 transform reads each pixel before it writes it:
+    ``test_unmix_into_its_own_input_gives_the_same_concentrations``).
 
     The rows are split into one contiguous span per thread (as many as
     OpenCV may use, ``cv2.getNumThreads()``; pipeline tasks set it to one,
@@ -364,9 +375,14 @@ def _rows_transform(od, matrix, lut=None) -> np.ndarray:
     optical density never leaves the cache, and it alone first touches its
     part of the output (no two threads fault in the same huge page).
     """
-    out = np.empty(od.shape[:-1] + (matrix.shape[0],), np.float32)
+    shape = od.shape[:-1] + (matrix.shape[0],)
+    if out is None:
+        out = np.empty(shape, np.float32)
+    elif out.shape != shape or out.dtype != np.float32 or not out.flags.c_contiguous:
+        raise ValueError(f"out must be a C-contiguous float32 array of shape {shape}, got {out.dtype} {out.shape}")
     if od.ndim != 3 or od.shape[0] * od.shape[1] == 0:
-        return (np.asarray(od, np.float32) @ matrix.T.astype(np.float32)).astype(np.float32)
+        out[...] = np.asarray(od, np.float32) @ matrix.T.astype(np.float32)
+        return out
     m = np.ascontiguousarray(matrix, dtype=np.float32)
     step = max(1, _BLOCK_PX // od.shape[1])
 

@@ -56,6 +56,32 @@ def test_unmix_recovers_three_stain_concentrations_exactly():
     np.testing.assert_allclose(unmix(np.moveaxis(od, -1, 0), vectors, channel_axis=0), np.moveaxis(conc, -1, 0), atol=1e-5)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_unmix_into_its_own_input_gives_the_same_concentrations(monkeypatch, threads):
+    """``out=od`` reuses the OD's memory for the concentrations: the same numbers as a new array, on uneven blocks."""
+    import cv2
+
+    import pellet_analysis.stains as stains_module
+
+    monkeypatch.setattr(stains_module, "_BLOCK_PX", 37 * 7 + 3)  # blocks of 7 rows of 37, the last one shorter
+    vectors = PRESETS["ab-vg"].subset(["alcian_blue", "acid_fuchsin", "picric_acid"]).vectors
+    od = np.random.default_rng(2).uniform(0, 2, size=(53, 37, 3)).astype(np.float32)
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(threads)
+    try:
+        expected = unmix(od, vectors)
+        reused = od.copy()
+        got = unmix(reused, vectors, out=reused)
+    finally:
+        cv2.setNumThreads(before)
+    assert np.shares_memory(got, reused)
+    np.testing.assert_array_equal(got, expected)
+    with pytest.raises(ValueError, match="out must be"):
+        unmix(od, vectors[:2], out=od.copy())  # two stains do not fit three channels
+    with pytest.raises(ValueError, match="channels last"):
+        unmix(np.moveaxis(od, -1, 0), vectors, channel_axis=0, out=od.copy())
+
+
 def test_unmix_matches_scikit_image_separate_stains():
     """Same deconvolution as skimage on the same pixels: skimage's units are ln-OD / ln(1e6)."""
     matrix = rgb_from_hed / np.linalg.norm(rgb_from_hed, axis=1, keepdims=True)
