@@ -354,7 +354,7 @@ def _unmixing_rows(vectors) -> np.ndarray:
 
 
 #: Pixels per block of the fused colour deconvolution (a whole number of rows): the block's optical
-#: density and its concentrations (12 bytes a pixel each, per stain) stay in the core's cache. On
+#: density and its three concentrations (12 bytes a pixel each) stay in the core's cache. On
 #: the benchmark's three pellet windows (38 MP, two threads, fresh output each time, best of 15):
 #: 0.086-0.091 s against 0.102-0.117 s for blocks of 2^20 px handed to the threads in turn
 #: (skimage: 1.08 s); in a prototype, blocks of 2^15-2^17 px took 0.083 s and 2^14 px 0.093 s.
