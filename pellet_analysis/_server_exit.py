@@ -13,15 +13,12 @@ from __future__ import annotations
 
 import atexit
 import os
-import sys
+
+from .cli import flush_standard_streams
 
 
 def _exit_at_once() -> None:
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):
-            pass
+    flush_standard_streams()
     os._exit(0)
 
 

@@ -275,6 +275,15 @@ def main(argv=None) -> int:
         return 130
 
 
+def flush_standard_streams() -> None:
+    """Flush stdout and stderr before an exit that skips the interpreter's teardown; a closed or gone reader is ignored."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a reader that went away (`| head`) or a closed stream
+            pass
+
+
 def command() -> None:
     """The ``pellet-analysis`` command: :func:`main`, then an exit that skips the interpreter's teardown.
 
@@ -284,11 +293,7 @@ def command() -> None:
     run (mypy exits the same way). Output streams are flushed first.
     """
     code = main()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):  # a reader that went away (`| head`) or a closed stream
-            pass
+    flush_standard_streams()
     os._exit(code)
 
 
