@@ -30,7 +30,18 @@ from .pellets import (
 )
 from .stains import StainSet, choose_stains
 
-__all__ = ["SlidePlan", "PelletPiece", "plan_slide", "plan_image", "analyze_pellet", "number_pieces", "paste_pieces"]
+__all__ = [
+    "SlidePlan",
+    "PelletPiece",
+    "PelletClasses",
+    "plan_slide",
+    "plan_image",
+    "classify_pellet_window",
+    "measure_pellet_classes",
+    "analyze_pellet",
+    "number_pieces",
+    "paste_pieces",
+]
 
 
 @dataclass
@@ -104,11 +115,26 @@ def plan_image(rgb, *, pixel_size_um: float, config: RunConfig) -> SlidePlan:
     return plan_slide(small, rgb.shape, rgb.dtype, factor=factor, pixel_size_um=pixel_size_um, config=config)
 
 
-def analyze_pellet(rgb_window, plan: SlidePlan, index: int, *, config: RunConfig, stains: StainSet) -> PelletPiece | None:
-    """Refine, classify and measure one pellet from its full-resolution window.
+@dataclass
+class PelletClasses:
+    """One pellet's classes and objects in the bounding box of its pixels (grown by one), before it is measured.
 
-    With ``stains.estimate: auto`` the stain vectors are estimated from the
-    pellet's own pixels (:func:`~pellet_analysis.stains.choose_stains`).
+    The arrays are those of the pellet's classification, not cleared outside
+    ``inside``: the measurements are taken from them as they are, and label
+    images keep only the pixels ``inside``.
+    """
+
+    index: int  # low-resolution pellet number
+    box: tuple  # (row slice, column slice) in the full image
+    inside: np.ndarray  # bool
+    classes: np.ndarray  # uint8
+    nuclei: np.ndarray  # uint32, 1..n within this pellet
+    proteoglycan_od: np.ndarray  # float32
+    stains_info: dict  # which stain vectors were used and why (choose_stains)
+
+
+def classify_pellet_window(rgb_window, plan: SlidePlan, index: int, *, config: RunConfig, stains: StainSet) -> PelletClasses | None:
+    """Refine and classify one pellet from its full-resolution window (the first part of :func:`analyze_pellet`).
 
     Parameters
     ----------
@@ -119,10 +145,12 @@ def analyze_pellet(rgb_window, plan: SlidePlan, index: int, *, config: RunConfig
         The pellet's low-resolution number (1-based).
     config : RunConfig, keyword-only
     stains : StainSet, keyword-only
+        With ``stains.estimate: auto`` the stain vectors are estimated from
+        the pellet's own pixels (:func:`~pellet_analysis.stains.choose_stains`).
 
     Returns
     -------
-    PelletPiece, or None when the refined pellet is smaller than ``pellets.min_pellet_area_um2``.
+    PelletClasses, or None when the refined pellet is smaller than ``pellets.min_pellet_area_um2``.
         When the tissue fills the image (``plan.full_frame``) every pixel is
         inside, lumina and vacuoles included, whatever the area.
     """
@@ -149,25 +177,52 @@ def analyze_pellet(rgb_window, plan: SlidePlan, index: int, *, config: RunConfig
     inside_box = inside[box]
     result = classify_maps(maps[box], inside_box, stains, **kwargs)
     del maps
+    in_image = tuple(slice(w.start + b.start, w.start + b.stop) for w, b in zip(window, box))
+    return PelletClasses(index, in_image, inside_box, result.classes, result.nuclei, result.proteoglycan_od, stains_info)
+
+
+def measure_pellet_classes(part: PelletClasses, *, pixel_size_um: float, config: RunConfig) -> dict:
+    """The measurements of one classified pellet (the second part of :func:`analyze_pellet`); centroids in full-image pixels."""
     (row,) = measure_pellets(
-        inside_box.view(np.uint8),
-        result.classes,
-        result.nuclei,
-        pixel_size_um=px,
-        proteoglycan_od=result.proteoglycan_od,
+        np.asarray(part.inside, dtype=bool).view(np.uint8),
+        part.classes,
+        part.nuclei,
+        pixel_size_um=pixel_size_um,
+        proteoglycan_od=part.proteoglycan_od,
         iron_cell_distance_um=config.iron.cell_distance_um,
         rim_width_um=config.pellets.rim_width_um,
     )
-    row["centroid_row_px"] += window[0].start + box[0].start
-    row["centroid_col_px"] += window[1].start + box[1].start
-    row = {**row, **bern_scores(row, config.bern)}
-    nuclei = np.zeros(inside.shape, np.uint32)
-    classes = np.zeros(inside.shape, np.uint8)
-    pg_od = np.zeros(inside.shape, np.float32)
-    nuclei[box] = np.where(inside_box, result.nuclei, 0)
-    classes[box] = np.where(inside_box, result.classes, 0)
-    pg_od[box] = np.where(inside_box, result.proteoglycan_od, 0)
-    return PelletPiece(index, window, inside, classes, nuclei, pg_od, row, stains_info)
+    row["centroid_row_px"] += part.box[0].start
+    row["centroid_col_px"] += part.box[1].start
+    return {**row, **bern_scores(row, config.bern)}
+
+
+def analyze_pellet(rgb_window, plan: SlidePlan, index: int, *, config: RunConfig, stains: StainSet) -> PelletPiece | None:
+    """Refine, classify and measure one pellet from its full-resolution window.
+
+    :func:`classify_pellet_window`, then :func:`measure_pellet_classes`, with
+    the results laid out in the window (0 outside the pellet).
+
+    Returns
+    -------
+    PelletPiece, or None when the refined pellet is smaller than ``pellets.min_pellet_area_um2``.
+    """
+    part = classify_pellet_window(rgb_window, plan, index, config=config, stains=stains)
+    if part is None:
+        return None
+    row = measure_pellet_classes(part, pixel_size_um=plan.pixel_size_um, config=config)
+    window = plan.windows[index - 1]
+    box = tuple(slice(b.start - w.start, b.stop - w.start) for w, b in zip(window, part.box))
+    shape = tuple(w.stop - w.start for w in window)
+    inside = np.zeros(shape, bool)
+    nuclei = np.zeros(shape, np.uint32)
+    classes = np.zeros(shape, np.uint8)
+    pg_od = np.zeros(shape, np.float32)
+    inside[box] = part.inside
+    nuclei[box] = np.where(part.inside, part.nuclei, 0)
+    classes[box] = np.where(part.inside, part.classes, 0)
+    pg_od[box] = np.where(part.inside, part.proteoglycan_od, 0)
+    return PelletPiece(index, window, inside, classes, nuclei, pg_od, row, part.stains_info)
 
 
 def _grown_box(inside) -> tuple:

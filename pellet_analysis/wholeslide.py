@@ -4,10 +4,12 @@ A scan too large to hold in memory (or any pyramidal TIFF) is never read
 whole. :func:`plan_whole_slide` reads a pyramid level (or block means of the
 full resolution, tile by tile) to find the pellets and the white point; each
 pellet is then one task (:func:`slide_pellet`) that decodes only the tiles of
-its window and leaves its labels as ``.npy`` files; :func:`finish_slide`
-numbers the pellets and writes the label images as tiled pyramidal OME-TIFF
-from those files, one tile at a time. Peak memory is set by the largest
-pellet, not by the slide.
+its window, classifies it and leaves its arrays as ``.npy`` files, and one
+that measures it from them (:func:`measure_slide_pellet`);
+:func:`number_pellets` numbers the pellets, :func:`write_slide_labels` writes
+each label image as tiled pyramidal OME-TIFF from those files, one tile at a
+time, and :func:`finish_slide` the slide's summary. Peak memory is set by the
+largest pellet, not by the slide.
 """
 
 from __future__ import annotations
@@ -25,10 +27,10 @@ from .geojson import pellet_outline, ring_collection
 from .io import ImageReadError, LazyImage, read_window, write_json, write_label_pyramid
 from .records import image_summary, pellet_boxes, table_row
 from .pellets import block_mean, working_factor
-from .slide import SlidePlan, analyze_pellet, plan_slide
+from .slide import PelletClasses, SlidePlan, classify_pellet_window, measure_pellet_classes, plan_slide
 from .stains import StainSet
 
-__all__ = ["one_thread_per_task", "is_whole_slide", "plan_whole_slide", "slide_pellet", "number_pellets", "write_slide_labels", "finish_slide", "LABEL_DTYPES"]
+__all__ = ["one_thread_per_task", "is_whole_slide", "plan_whole_slide", "slide_pellet", "measure_slide_pellet", "number_pellets", "write_slide_labels", "finish_slide", "LABEL_DTYPES"]
 
 #: dtype of each label image.
 LABEL_DTYPES = {"pellets": np.uint16, "classes": np.uint8, "nuclei": np.uint32}
@@ -98,7 +100,11 @@ def one_thread_per_task() -> None:
 
 
 def slide_pellet(path, plan: SlidePlan, index: int, config: RunConfig, stains: StainSet, scratch) -> dict:
-    """Analyse pellet ``index`` from its window of the scan; its labels go to ``scratch`` as .npy files.
+    """Classify pellet ``index`` from its window of the scan; its arrays go to ``scratch`` as .npy files.
+
+    The pellet is measured by a task of its own (:func:`measure_slide_pellet`),
+    from those files: the workers' last tasks are then small ones, which
+    balance the end of a slide across them.
 
     Never raises: returns ``{"index", "kept": False}`` for a pellet smaller than
     the minimum area, ``{"index", "error"}`` for a failure.
@@ -106,34 +112,59 @@ def slide_pellet(path, plan: SlidePlan, index: int, config: RunConfig, stains: S
     one_thread_per_task()
     started = time.time()
     try:
-        piece = analyze_pellet(read_window(path, plan.windows[index - 1]), plan, index, config=config, stains=stains)
+        part = classify_pellet_window(read_window(path, plan.windows[index - 1]), plan, index, config=config, stains=stains)
     except Exception as error:  # one pellet's failure is reported with its image, never kills the batch
-        return {"index": index, "error": f"pellet {index}: {type(error).__name__}: {' '.join(str(error).split())[:200]}"}
-    if piece is None:
+        return _pellet_error(index, error)
+    if part is None:
         return {"index": index, "kept": False}
     scratch = Path(scratch)
     scratch.mkdir(parents=True, exist_ok=True)
     files = {}
-    # scratch, read back only by this run's label writers after this task has returned, and
-    # removed with the slide's summary: closed, not synced (fsync took 0.19 s of a pellet)
-    for kind, values in (("inside", piece.inside), ("classes", piece.classes), ("nuclei", piece.nuclei)):
+    # scratch, read back only by this run's own later tasks, and removed with the slide's summary:
+    # closed, not synced (fsync took 0.19 s of a pellet)
+    for kind in ("inside", "classes", "nuclei", "proteoglycan_od"):
         files[kind] = str(scratch / f"pellet{index}_{kind}.npy")
-        np.save(files[kind], values)
-    origin = (piece.window[0].start, piece.window[1].start)
+        np.save(files[kind], getattr(part, kind))
     return {
         "index": index,
         "kept": True,
-        "window": piece.window,
-        # outline and box here, in parallel, rather than in the slide's last (serial) step
-        "outline": pellet_outline(piece.inside, offset=origin),
-        "box": next(iter(pellet_boxes(piece.inside, origin).values())),
-        "row": piece.row,
-        "stains_info": piece.stains_info,
+        "window": part.box,  # what the files hold: the pellet's bounding box, grown by one pixel
+        "stains_info": part.stains_info,
         "files": files,
-        "n_nuclei": int(piece.nuclei.max()),
+        "n_nuclei": int(part.nuclei.max(initial=0, where=part.inside)),
         "started_wall": started,
         "seconds": time.time() - started,
         "pid": os.getpid(),
+    }
+
+
+def _pellet_error(index: int, error: Exception) -> dict:
+    return {"index": index, "error": f"pellet {index}: {type(error).__name__}: {' '.join(str(error).split())[:200]}"}
+
+
+def measure_slide_pellet(classified: dict, pixel_size_um: float, config: RunConfig) -> dict:
+    """Measure a pellet classified by :func:`slide_pellet`, from its files; its outline and box in the image.
+
+    Returns ``classified`` itself for a pellet not kept or failed; never raises.
+    """
+    if not classified.get("kept"):
+        return classified
+    one_thread_per_task()
+    started = time.time()
+    index, box = classified["index"], classified["window"]
+    try:
+        arrays = {kind: np.load(f, mmap_mode="r") for kind, f in classified["files"].items()}
+        part = PelletClasses(index, box, stains_info=classified["stains_info"], **arrays)
+        row = measure_pellet_classes(part, pixel_size_um=pixel_size_um, config=config)
+    except Exception as error:
+        return _pellet_error(index, error)
+    origin = (box[0].start, box[1].start)
+    return {
+        "index": index,
+        "row": row,
+        "outline": pellet_outline(arrays["inside"], offset=origin),
+        "box": next(iter(pellet_boxes(arrays["inside"], origin).values())),
+        "seconds": time.time() - started,
     }
 
 
@@ -163,29 +194,33 @@ def write_slide_labels(numbered: dict, kind: str, path, shape, pixel_size_um: fl
     return time.perf_counter() - t0
 
 
-def finish_slide(path, info: dict, numbered: dict, written, config: RunConfig, output_dir, meta: dict, sha256: str | None = None) -> dict:
-    """The slide's GeoJSON and summary, once its pellets are numbered and its label images written.
+def finish_slide(path, info: dict, numbered: dict, measured, written, config: RunConfig, output_dir, meta: dict, sha256: str | None = None) -> dict:
+    """The slide's GeoJSON and summary, once its pellets are numbered and measured and its label images written.
 
     ``info`` holds the plan and what :func:`pellet_analysis.pipeline.process_file`
-    records (pixel size and its source, warnings, start time); ``written``
-    the seconds each label image took.
+    records (pixel size and its source, warnings, start time); ``measured``
+    the results of :func:`measure_slide_pellet`; ``written`` the seconds each
+    label image took.
     """
     path, output_dir = Path(path), Path(output_dir)
     stem = path.stem
-    if "error" in numbered:
-        return {"image": stem, "file": path.name, "ok": False, "reason": numbered["error"], "seconds": time.time() - info["started_wall"]}
+    error = numbered.get("error") or next((m["error"] for m in measured if "error" in m), None)
+    if error:
+        return {"image": stem, "file": path.name, "ok": False, "reason": error, "seconds": time.time() - info["started_wall"]}
     kept = numbered["kept"]
     if not kept:
         reason = "no pellet section found (no tissue object above pellets.tissue_min_od and pellets.min_pellet_area_um2)"
         return {"image": stem, "file": path.name, "ok": False, "reason": reason, "seconds": time.time() - info["started_wall"]}
     plan: SlidePlan = info["plan"]
     px = plan.pixel_size_um
+    by_index = {m["index"]: m for m in measured}
     rows, outlines, boxes = [], [], {}
     for pid, r in enumerate(kept, start=1):
-        row = table_row(stem, meta, {**r["row"], "pellet_id": pid}, px)
+        m = by_index[r["index"]]
+        row = table_row(stem, meta, {**m["row"], "pellet_id": pid}, px)
         rows.append(row)
-        outlines.append((row, r["outline"]))
-        boxes[str(pid)] = r["box"]
+        outlines.append((row, m["outline"]))
+        boxes[str(pid)] = m["box"]
     write_json(output_dir / "geojson" / f"{stem}.geojson", ring_collection(outlines))
     summary = image_summary(
         path,
@@ -203,6 +238,7 @@ def finish_slide(path, info: dict, numbered: dict, written, config: RunConfig, o
         timings_s={
             "plan": info["plan_s"],
             "pellets": [round(r["seconds"], 3) for r in kept],
+            "measure": [round(by_index[r["index"]]["seconds"], 3) for r in kept],
             "pellets_started_after_plan_s": [round(r["started_wall"] - info["started_wall"], 3) for r in kept],
             "write_labels": [round(s, 3) for s in written],
         },

@@ -179,6 +179,28 @@ def test_whole_slide_on_worker_processes_equals_threads_and_keeps_the_workers_li
     assert loaded == [["pellet_analysis._server_exit", "pellet_analysis.pipeline"]] * 2
 
 
+def test_a_slides_pellets_are_all_classified_before_the_small_tasks_run(slide_run, tmp_path):
+    """On one worker, the order the scheduler sends a slide's tasks: every pellet's classification, then the small tasks.
+
+    The small tasks (measuring each pellet, writing each label image) fill in
+    around the last pellets on several workers instead of waiting behind them;
+    numbering, which the label images wait for, runs as soon as it can.
+    """
+    from dask.callbacks import Callback
+
+    _, root = slide_run
+    config = RunConfig(input_dir=root / "in", output_dir=tmp_path / "out", whole_slide_min_px=1000, tile_px=700, scheduler="threads", n_workers=1)
+    sent = []
+    with Callback(pretask=lambda key, dsk, state: sent.append(key if isinstance(key, str) else key[0])):
+        record = run_batch(config)
+    assert record["n_failures"] == 0 and record["n_pellets"] == 2
+    steps = [key.split("-")[0] for key in sent if key.split("-")[0] in ("pellet", "measure", "number", "labels", "image")]
+    assert steps[:3] == ["pellet", "pellet", "number"], steps
+    assert sorted(steps[3:-1]) == ["labels"] * 3 + ["measure"] * 2 and steps[-1] == "image", steps
+    # the measurements are those of the slide run on two threads
+    assert record["table"].equals(slide_run[0]["table"])
+
+
 def test_a_whole_slide_without_a_pixel_size_says_it_used_the_default(section, tmp_path):
     (tmp_path / "in").mkdir()
     tifffile.imwrite(tmp_path / "in" / "D1_labeled_d14_s1.tif", section.image, tile=(256, 256), compression="zlib", photometric="rgb")
