@@ -308,15 +308,18 @@ def _compute(tasks, config: RunConfig, progress, pool=None, costs=None):
     from dask.callbacks import Callback
 
     class _Progress(Callback):
-        def _start_state(self, dsk, state):
+        @staticmethod
+        def _costliest_last(state):
             if costs:  # the scheduler takes ready tasks from the end of the list
                 state["ready"].sort(key=lambda key: costs.get(key, 0))
+
+        def _start_state(self, dsk, state):
+            self._costliest_last(state)
 
         def _posttask(self, key, result, dsk, state, worker_id):
             # called after the tasks this one made ready were added, before the next are sent: those
             # too wait behind costlier ones (Dask's own order would run them first, one by one)
-            if costs:
-                state["ready"].sort(key=lambda key: costs.get(key, 0))
+            self._costliest_last(state)
             if isinstance(result, dict) and "ok" in result:
                 progress(result)
 
