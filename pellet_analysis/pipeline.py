@@ -405,16 +405,16 @@ def _slide_graph(path: Path, info: dict, config: RunConfig, output_dir, metadata
     plan_info = info["plan"]
     plan = dask.delayed(plan_info, name=f"plan-{path.name}")
     areas = [(rows.stop - rows.start) * (cols.stop - cols.start) for rows, cols in plan_info.windows]
+    shape, px = plan_info.shape, plan_info.pixel_size_um
     pellets = [
         dask.delayed(slide_pellet, pure=False)(path, plan, k, config, info["stains"], info["scratch"], dask_key_name=f"pellet-{path.name}-{k}")
         for k in range(1, len(areas) + 1)
     ]
     measured = [
-        dask.delayed(measure_slide_pellet, pure=False)(task, plan_info.pixel_size_um, config, dask_key_name=f"measure-{path.name}-{k}")
+        dask.delayed(measure_slide_pellet, pure=False)(task, px, config, dask_key_name=f"measure-{path.name}-{k}")
         for k, task in enumerate(pellets, start=1)
     ]
     numbered = dask.delayed(number_pellets, pure=False)(pellets, dask_key_name=f"number-{path.name}")
-    shape, px = plan_info.shape, plan_info.pixel_size_um
     written = [  # one task per label image: on two workers two are written at once
         dask.delayed(write_slide_labels, pure=False)(
             numbered, kind, Path(output_dir) / "labels" / f"{path.stem}_{kind}.tif", shape, px, dask_key_name=f"labels-{kind}-{path.name}"
