@@ -42,6 +42,12 @@ def _run_with(config, console, pool) -> int:
     except FileNotFoundError as error:
         console.print(f"[red]error:[/red] {error}")
         return 2
+    if n_images == 0:
+        console.print(f"[red]error:[/red] no images ({', '.join(config.extensions)}) in {config.input_dir}")
+        return 2
+    if Path(config.output_dir).exists() and not Path(config.output_dir).is_dir():
+        console.print(f"[red]error:[/red] output folder {config.output_dir} is an existing file")
+        return 2
     console.print(
         f"pellet-analysis {__version__}: {n_images} image(s) in {config.input_dir} -> {config.output_dir} "
         f"(stains {config.stains.preset}, scheduler {config.scheduler})"
@@ -81,20 +87,24 @@ def _run_with(config, console, pool) -> int:
 def _load(args, console):
     from .config import ConfigError, load_config  # here, not at import: 0.23 s that `run` spends beside the fork server
 
+    given = {key: getattr(args, attribute, None) for key, (attribute, _) in _OPTIONS.items()}
     try:
-        return load_config(
-            args.config,
-            input_dir=getattr(args, "input", None),
-            output_dir=getattr(args, "output", None),
-            stains__preset=getattr(args, "stains", None),
-            pixel_size_um=getattr(args, "pixel_size_um", None),
-            scheduler=getattr(args, "scheduler", None),
-            n_workers=getattr(args, "workers", None),
-            sample_sheet=getattr(args, "sample_sheet", None),
-        )
+        return load_config(args.config, options={key: flag for key, (_, flag) in _OPTIONS.items()}, **given)
     except ConfigError as error:
-        console.print(f"[red]config error:[/red] {error}")
+        console.print(f"[red]error:[/red] {error}")
         return None
+
+
+#: Config key (dotted with ``__``) -> (argparse attribute, command-line option) of the options that override it.
+_OPTIONS = {
+    "input_dir": ("input", "--input"),
+    "output_dir": ("output", "--output"),
+    "stains__preset": ("stains", "--stains"),
+    "pixel_size_um": ("pixel_size_um", "--pixel-size-um"),
+    "scheduler": ("scheduler", "--scheduler"),
+    "n_workers": ("workers", "--workers"),
+    "sample_sheet": ("sample_sheet", "--sample-sheet"),
+}
 
 
 def cmd_run(args) -> int:

@@ -389,38 +389,54 @@ class RunConfig(_Strict):
         return [v.lower() if v.startswith(".") else "." + v.lower() for v in value]
 
 
-def _format_error(error: ValidationError, source: str) -> str:
+def _format_error(error: ValidationError, source: str, options: dict | None = None) -> str:
     first = error.errors()[0]
     key = ".".join(str(p) for p in first["loc"]) or "(top level)"
     msg = first["msg"]
     if first["type"] == "extra_forbidden":
         msg = "unknown key"
+    # pydantic prefixes the messages of custom validators with their kind; the user needs only the cause
+    msg = msg.removeprefix("Value error, ")
     more = len(error.errors()) - 1
     tail = f" (+{more} more)" if more else ""
+    if options and key in options:  # the value came from the command line, not from the file
+        return f"{options[key]}: {msg}{tail}"
     return f"{source}: {key}: {msg}{tail}"
 
 
-def build_config(data: dict | None = None, *, source: str = "config") -> RunConfig:
+def build_config(data: dict | None = None, *, source: str = "config", options: dict | None = None) -> RunConfig:
     """Validate a mapping into a :class:`RunConfig`.
+
+    Parameters
+    ----------
+    data : dict, optional
+    source : str, keyword-only
+        What the mapping was read from (a file name), named in errors.
+    options : dict, optional, keyword-only
+        Dotted key -> the command-line option that set it; an error in
+        such a key names the option instead of ``source``.
 
     Raises
     ------
     ConfigError
-        One line: the source, the dotted key and the cause.
+        One line: the source (or option), the dotted key and the cause.
     """
     try:
         return RunConfig.model_validate(data or {})
     except ValidationError as error:
-        raise ConfigError(_format_error(error, source)) from None
+        raise ConfigError(_format_error(error, source, options)) from None
 
 
-def load_config(path: str | Path | None = None, **overrides) -> RunConfig:
+def load_config(path: str | Path | None = None, *, options: dict | None = None, **overrides) -> RunConfig:
     """Read a YAML config (``yaml.safe_load``) and apply dotted-key overrides.
 
     Parameters
     ----------
     path : str or Path, optional
         YAML file; None gives the defaults.
+    options : dict, optional, keyword-only
+        Override key (``stains__preset``) -> the command-line option that
+        gave it (``--stains``): errors in that value name the option.
     **overrides
         Values replacing those in the file; keys may be dotted with ``__``
         (``stains__preset="he"``). None values are ignored.
@@ -456,4 +472,5 @@ def load_config(path: str | Path | None = None, **overrides) -> RunConfig:
             if not isinstance(node, dict):
                 raise ConfigError(f"{source}: {'.'.join(parts[:-1])}: must be a mapping")
         node[parts[-1]] = value
-    return build_config(data, source=source)
+    given = {key.replace("__", "."): flag for key, flag in (options or {}).items() if overrides.get(key) is not None}
+    return build_config(data, source=source, options=given)

@@ -400,11 +400,28 @@ def _one_line(error) -> str:
     return " ".join(str(error).split())[:200] or type(error).__name__
 
 
+def _umask() -> int:
+    """The process's file-creation mask, read without changing it where the system tells it (Linux)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # elsewhere the only way to read it is to set it; restored at once
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_path(path):
     """Yield a temporary path beside ``path``; on success it is synced and renamed over ``path``.
 
     Readers never see a partial file: either the old file or the complete new one.
+    The file gets the permissions the process's umask gives a new file (the
+    temporary file is created private, mode 0600), so colleagues on a shared
+    server can read a run as they can read any file its owner writes.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -414,6 +431,7 @@ def atomic_path(path):
         yield Path(tmp)
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
+            os.fchmod(handle.fileno(), 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         try:
