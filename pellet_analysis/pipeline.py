@@ -48,12 +48,11 @@ from .wholeslide import (
     is_whole_slide,
     measure_slide_pellet,
     number_pellets,
-    one_thread_per_task,
     plan_whole_slide,
     slide_pellet,
     write_slide_labels,
 )
-from .workers import process_pool
+from .workers import one_opencv_thread, opencv_threads, process_pool
 
 __all__ = [
     "TABLE_COLUMNS",
@@ -179,8 +178,6 @@ def nucleus_sizes_task(path, config: RunConfig) -> NucleusSizes | None:
     A TIFF's pixel size is read from its tags alone; an unreadable file gives
     None (:func:`process_file` reports it).
     """
-    one_thread_per_task()
-
     def unknown(file_px) -> bool:
         return _pixel_size_unknown(_pixel_size(file_px, config, [])[1], config)
 
@@ -227,7 +224,6 @@ def process_file(path, config: RunConfig, output_dir, metadata: dict | None = No
     path = Path(path)
     output_dir = Path(output_dir)
     started = time.perf_counter()
-    one_thread_per_task()
     stem = path.stem
     warnings = []
     meta = _metadata(path, config, metadata, warnings)
@@ -298,6 +294,7 @@ def _compute(tasks, config: RunConfig, progress, pool=None, costs=None):
         from distributed import Client, as_completed
 
         with Client(config.scheduler) as client:
+            client.run(one_opencv_thread)  # the cluster's workers run one task per thread already
             futures = client.compute(tasks)
             index = {f.key: i for i, f in enumerate(futures)}
             results = [None] * len(futures)
@@ -330,8 +327,12 @@ def _compute(tasks, config: RunConfig, progress, pool=None, costs=None):
         # one task per dispatch: Dask's default batches of 6 would run a slide's pellets one after another
         kwargs["chunksize"] = 1
         if pool is not None:
-            kwargs["pool"] = pool
-    with _Progress():
+            kwargs["pool"] = pool  # its workers were started with one OpenCV thread each
+        else:
+            kwargs["initializer"] = one_opencv_thread
+    # Dask runs one task per worker: more OpenCV threads per task would only oversubscribe the
+    # cores. Set for this computation's threads and restored after it, not for the caller's process.
+    with opencv_threads(1), _Progress():
         return list(dask.compute(*tasks, **kwargs))
 
 

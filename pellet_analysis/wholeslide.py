@@ -30,7 +30,7 @@ from .pellets import block_mean, working_factor
 from .slide import PelletClasses, SlidePlan, classify_pellet_window, measure_pellet_classes, plan_slide
 from .stains import StainSet
 
-__all__ = ["one_thread_per_task", "is_whole_slide", "plan_whole_slide", "slide_pellet", "measure_slide_pellet", "number_pellets", "write_slide_labels", "finish_slide", "LABEL_DTYPES"]
+__all__ = ["is_whole_slide", "plan_whole_slide", "slide_pellet", "measure_slide_pellet", "number_pellets", "write_slide_labels", "finish_slide", "LABEL_DTYPES"]
 
 #: dtype of each label image.
 LABEL_DTYPES = {"pellets": np.uint16, "classes": np.uint8, "nuclei": np.uint32}
@@ -92,13 +92,6 @@ def plan_whole_slide(lazy: LazyImage, pixel_size_um: float, config: RunConfig) -
     return plan_slide(small, lazy.shape, lazy.dtype, factor=factor, pixel_size_um=pixel_size_um, config=config)
 
 
-def one_thread_per_task() -> None:
-    """Keep OpenCV to one thread inside a task: Dask runs one task per worker, so more threads only oversubscribe the cores."""
-    import cv2
-
-    cv2.setNumThreads(1)
-
-
 def slide_pellet(path, plan: SlidePlan, index: int, config: RunConfig, stains: StainSet, scratch) -> dict:
     """Classify pellet ``index`` from its window of the scan; its arrays go to ``scratch`` as .npy files.
 
@@ -109,7 +102,6 @@ def slide_pellet(path, plan: SlidePlan, index: int, config: RunConfig, stains: S
     Never raises: returns ``{"index", "kept": False}`` for a pellet smaller than
     the minimum area, ``{"index", "error"}`` for a failure.
     """
-    one_thread_per_task()
     started = time.time()
     try:
         part = classify_pellet_window(read_window(path, plan.windows[index - 1]), plan, index, config=config, stains=stains)
@@ -149,7 +141,6 @@ def measure_slide_pellet(classified: dict, pixel_size_um: float, config: RunConf
     """
     if not classified.get("kept"):
         return classified
-    one_thread_per_task()
     started = time.time()
     index, box = classified["index"], classified["window"]
     try:

@@ -12,7 +12,7 @@ import os
 import threading
 from contextlib import contextmanager
 
-__all__ = ["process_pool", "start_server"]
+__all__ = ["process_pool", "start_server", "opencv_threads", "one_opencv_thread"]
 
 #: One BLAS / OpenMP thread per worker process, as dask.distributed's nanny sets for its workers:
 #: the pool already runs one process per core, and OpenBLAS's extra threads (the background
@@ -47,7 +47,7 @@ def process_pool(n_workers: int | None = None):
 
     n_workers = n_workers or os.cpu_count()
     context = _context(get_context)
-    pool = ProcessPoolExecutor(n_workers, mp_context=context, initializer=partial(initialize_worker_process))
+    pool = ProcessPoolExecutor(n_workers, mp_context=context, initializer=partial(initialize_worker_process, user_initializer=one_opencv_thread))
     if context.get_start_method() == "forkserver":
         start_server()  # returns at once (or at once again); the server imports the pipeline meanwhile
         # each submit waits for the server to fork (after its imports): not in this thread, which
@@ -79,11 +79,57 @@ def start_server() -> None:
 
 @contextmanager
 def _seeded_env():
-    """Dask's hash seed (for the life of this process) and :func:`_one_thread_env` while worker processes start."""
-    if os.environ.get("PYTHONHASHSEED") in (None, "0"):
+    """Dask's hash seed and :func:`_one_thread_env` while worker processes start; the caller's environment restored after."""
+    seeded = os.environ.get("PYTHONHASHSEED") in (None, "0")
+    before = os.environ.get("PYTHONHASHSEED")
+    if seeded:
         os.environ["PYTHONHASHSEED"] = "6640"  # Dask's choice: the same hashing in every worker
-    with _one_thread_env():
+    try:
+        with _one_thread_env():
+            yield
+    finally:
+        if seeded:
+            if before is None:
+                os.environ.pop("PYTHONHASHSEED", None)
+            else:
+                os.environ["PYTHONHASHSEED"] = before
+
+
+def one_opencv_thread() -> None:
+    """Keep OpenCV to one thread in a worker process of the pool (its initialiser): the pool runs a process per core."""
+    import cv2
+
+    cv2.setNumThreads(1)
+
+
+_opencv_lock = threading.Lock()
+_opencv_users = 0
+_opencv_before = None
+
+
+@contextmanager
+def opencv_threads(n: int):
+    """OpenCV's thread count set to ``n`` while any caller is inside, and put back as it was when the last leaves.
+
+    Counted, so that nested or concurrent computations (two batches run from
+    two threads of one napari session) neither restore it while another still
+    runs nor leave it changed after both.
+    """
+    global _opencv_users, _opencv_before
+    import cv2
+
+    with _opencv_lock:
+        if _opencv_users == 0:
+            _opencv_before = cv2.getNumThreads()
+            cv2.setNumThreads(int(n))
+        _opencv_users += 1
+    try:
         yield
+    finally:
+        with _opencv_lock:
+            _opencv_users -= 1
+            if _opencv_users == 0:
+                cv2.setNumThreads(_opencv_before)
 
 
 def _warm(pool, n_workers: int) -> None:

@@ -66,3 +66,51 @@ def test_an_output_path_that_is_a_file_is_one_line(tmp_path):
     line = _one_line(done := _cli("run", "--input", tmp_path / "in", "--output", tmp_path / "taken"))
     assert done.returncode == 2 and "is an existing file" in line and str(tmp_path / "taken") in line
     assert (tmp_path / "taken").read_text() == "a file"
+
+
+def test_a_batch_leaves_the_callers_opencv_threads_and_environment_as_it_found_them(tmp_path):
+    """Thread limits and hash seeds belong to the workers a run starts, not to the process that calls the library."""
+    import cv2
+
+    from pellet_analysis.config import RunConfig
+    from pellet_analysis.pipeline import run_batch
+    from pellet_analysis.synthetic import make_section, write_section
+
+    write_section(make_section(day=7, n_pellets=1, pixel_size_um=2.0, seed=3), tmp_path / "in" / "P1_labeled_d7_s1.tif")
+    before_threads, before_env = cv2.getNumThreads(), dict(os.environ)
+    cv2.setNumThreads(3)
+    try:
+        for scheduler in ("threads", "synchronous"):
+            record = run_batch(RunConfig(input_dir=tmp_path / "in", output_dir=tmp_path / scheduler, scheduler=scheduler, n_workers=2))
+            assert record["n_pellets"] == 1
+            assert cv2.getNumThreads() == 3
+        assert dict(os.environ) == before_env
+    finally:
+        cv2.setNumThreads(before_threads)
+
+
+def test_opencv_threads_is_restored_only_when_the_last_concurrent_user_leaves():
+    import threading
+
+    import cv2
+
+    from pellet_analysis.workers import opencv_threads
+
+    before = cv2.getNumThreads()
+    inside, release = threading.Event(), threading.Event()
+    seen = []
+
+    def other():
+        with opencv_threads(1):
+            inside.set()
+            release.wait(10)
+            seen.append(cv2.getNumThreads())
+
+    worker = threading.Thread(target=other)
+    worker.start()
+    inside.wait(10)
+    with opencv_threads(1):
+        pass  # leaves first: the other computation still runs with one thread
+    release.set()
+    worker.join()
+    assert seen == [1] and cv2.getNumThreads() == before
