@@ -100,12 +100,17 @@ def to_rgb(array, *, photometric: str | None = None, colormap=None) -> np.ndarra
         raise ImageReadError(f"expected a 2-D colour or greyscale image, got shape {a.shape}")
     if a.shape[-1] == 1:
         a = np.repeat(a, 3, axis=-1)
-    elif a.shape[-1] == 2:  # grey + alpha
-        a = np.concatenate([np.repeat(a[..., :1], 3, axis=-1), a[..., 1:]], axis=-1)
+    elif a.shape[-1] == 2:
+        # grey + alpha, or two channels of something else: either way no colour to separate stains by
+        raise ImageReadError("2 channels: a stained section needs an RGB scan (3 channels)")
     if a.dtype == np.bool_:
         a = a.astype(np.uint8) * 255
+    if np.issubdtype(a.dtype, np.signedinteger):
+        raise ImageReadError(f"signed integer pixels ({a.dtype}): a brightfield scan stores unsigned intensities")
     if np.issubdtype(a.dtype, np.floating):
-        a = np.clip(np.nan_to_num(a, nan=1.0), 0.0, 1.0).astype(np.float32)
+        if not np.isfinite(a).all():
+            raise ImageReadError("pixels that are NaN or infinite")
+        a = np.clip(a, 0.0, 1.0).astype(np.float32)
     elif a.dtype not in (np.uint8, np.uint16):
         info = np.iinfo(a.dtype)
         a = np.clip(a, 0, None).astype(np.float64) / max(info.max, 1) * 65535

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 from . import __version__
 from .bern import BERN_COLUMNS
 from .config import RunConfig
+from .gates import NotASectionError, check_section, section_problem
 from .geojson import pellet_feature_collection
 from .io import ImageReadError, open_lazy, read_image, read_pixel_size_um, sha256_file, write_json, write_label_tiff, write_tables
 from .measure import MEASUREMENT_COLUMNS
@@ -113,6 +114,7 @@ def analyze_image(rgb, *, pixel_size_um: float, config: RunConfig, stains: Stain
         raise ValueError(f"expected an RGB image of shape (rows, cols, 3), got {rgb.shape}")
     if not pixel_size_um or pixel_size_um <= 0:
         raise ValueError("pixel_size_um must be > 0")
+    check_section(rgb)
     stains = stains or configured_stains(config.stains)
     t = {}
     t0 = time.perf_counter()
@@ -185,11 +187,11 @@ def nucleus_sizes_task(path, config: RunConfig) -> NucleusSizes | None:
         return None
     try:
         rgb, file_px = read_image(path)
-    except ImageReadError:
+        if not unknown(file_px) or section_problem(rgb) is not None:
+            return None
+        return nucleus_sizes_px(rgb, configured_stains(config.stains))
+    except Exception:  # whatever it is, process_file meets it again and reports it as the image's failure
         return None
-    if not unknown(file_px):
-        return None
-    return nucleus_sizes_px(rgb, configured_stains(config.stains))
 
 
 def pixel_size_choices(sizes_by_image: dict, config: RunConfig) -> dict[str, PixelSizeChoice]:
@@ -224,6 +226,28 @@ def process_file(path, config: RunConfig, output_dir, metadata: dict | None = No
     path = Path(path)
     output_dir = Path(output_dir)
     started = time.perf_counter()
+    try:
+        return _process_file(path, config, output_dir, metadata, pixel_size_choice, started)
+    except Exception as error:  # one image's bug or bad data never stops the batch
+        return _unexpected_failure(path, output_dir, error, started)
+
+
+def _unexpected_failure(path: Path, output_dir: Path, error: Exception, started: float) -> dict:
+    """A failure summary naming the exception in one line; its traceback goes to ``logs/<image>.traceback.txt`` in the run folder."""
+    import traceback
+
+    log = output_dir / "logs" / f"{path.stem}.traceback.txt"
+    try:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text("".join(traceback.format_exception(error)), encoding="utf-8")
+        where = f"; traceback in {log.relative_to(output_dir)}"
+    except OSError:
+        where = ""
+    return _failure(path, f"{type(error).__name__}: {' '.join(str(error).split())[:200]}{where}", started)
+
+
+def _process_file(path: Path, config: RunConfig, output_dir: Path, metadata, pixel_size_choice, started: float) -> dict:
+    """:func:`process_file`'s work; exceptions other than a bad image's own are left to it."""
     stem = path.stem
     warnings = []
     meta = _metadata(path, config, metadata, warnings)
@@ -235,6 +259,9 @@ def process_file(path, config: RunConfig, output_dir, metadata: dict | None = No
         read_s = time.perf_counter() - t0
     except ImageReadError as error:
         return _failure(path, str(error), started)
+    problem = section_problem(rgb)
+    if problem is not None:
+        return _failure(path, problem, started)
     pixel_size, px_source = _pixel_size(file_px, config, warnings)
     if _pixel_size_unknown(px_source, config):
         choice = pixel_size_choice
@@ -366,10 +393,10 @@ def plan_slide_task(path, config: RunConfig, metadata, output_dir) -> dict:
         if _pixel_size_unknown(px_source, config):
             warnings.append(_default_pixel_size("none is estimated for whole-slide scans", pixel_size))
         plan = plan_whole_slide(lazy, pixel_size, config)
-    except ImageReadError as error:
+    except (ImageReadError, NotASectionError) as error:
         return _failure(path, str(error), started)
-    except (ValueError, MemoryError) as error:
-        return _failure(path, f"analysis failed ({type(error).__name__}: {' '.join(str(error).split())[:200]})", started)
+    except Exception as error:
+        return _unexpected_failure(path, Path(output_dir), error, started)
     return {
         "plan": plan,
         "meta": meta,

@@ -24,6 +24,7 @@ import numpy as np
 
 from .config import RunConfig
 from .geojson import pellet_outline, ring_collection
+from .gates import check_section
 from .io import ImageReadError, LazyImage, read_window, write_json, write_label_pyramid
 from .records import image_summary, pellet_boxes, table_row
 from .pellets import block_mean, working_factor
@@ -89,6 +90,7 @@ def plan_whole_slide(lazy: LazyImage, pixel_size_um: float, config: RunConfig) -
         small, factor = _low_resolution(lazy.levels, factor)
     except Exception as error:  # a truncated or corrupt tile surfaces from the codec or the zarr store
         raise ImageReadError(f"cannot decode the image's tiles ({type(error).__name__}: {' '.join(str(error).split())[:160]})") from None
+    check_section(small, dtype=lazy.dtype)
     return plan_slide(small, lazy.shape, lazy.dtype, factor=factor, pixel_size_um=pixel_size_um, config=config)
 
 

@@ -43,12 +43,16 @@ def _bad_corpus(src: Path) -> dict:
     cmyk = np.dstack([255 - rgb, np.zeros(rgb.shape[:2], np.uint8)])
     tifffile.imwrite(src / "P1_labeled_d14_s8.tif", cmyk, photometric="separated")
     expected["P1_labeled_d14_s8.tif"] = "CMYK"
-    # palette: quantise to 64 grey-ish levels through a colormap
-    index = (rgb.mean(axis=2) / 4).astype(np.uint8)
-    cmap = np.repeat(np.linspace(0, 65535, 256).astype(np.uint16)[None], 3, axis=0)
-    cmap[:, :64] = (np.linspace(0, 255, 64) * 257).astype(np.uint16)
+    # palette: quantise to a 6 x 6 x 6 colour cube through a colormap
+    levels = np.rint(rgb.astype(np.float32) / 51).astype(np.uint8)  # 0..5 per channel
+    index = (levels[..., 0] * 36 + levels[..., 1] * 6 + levels[..., 2]).astype(np.uint8)
+    cube = np.stack(np.meshgrid(*[np.arange(6)] * 3, indexing="ij"), -1).reshape(-1, 3) * 51
+    cmap = np.zeros((3, 256), np.uint16)
+    cmap[:, :216] = (cube.T * 257).astype(np.uint16)
     tifffile.imwrite(src / "P1_labeled_d14_s9.tif", index, photometric="palette", colormap=cmap)
-    expected["P1_labeled_d14_s9.tif"] = None  # palette: handled (greyish tissue may or may not be a pellet)
+    expected["P1_labeled_d14_s9.tif"] = None  # palette: handled
+    tifffile.imwrite(src / "P1_labeled_d14_s14.tif", rgb.mean(axis=2).astype(np.uint8))
+    expected["P1_labeled_d14_s14.tif"] = "no colour"  # greyscale: read, but no stain can be told apart
     huge = src / "P1_labeled_d14_s10.tif"
     tifffile.imwrite(huge, np.zeros((8, 8, 3), np.uint8), photometric="rgb")
     with tifffile.TiffFile(huge) as tif:
