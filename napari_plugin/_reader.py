@@ -50,20 +50,41 @@ def get_reader(path):
 
 
 def read_run(path):
-    """The first pellet of the run (the review widget walks through the rest)."""
+    """Open a run folder in the **Review pellets** widget, which shows its first pellet.
+
+    The widget is the one place that puts a run's layers on the canvas, so
+    File > Open Folder and the widget's own Open give the same single set of
+    layers (the reader returns napari's "read, no layers" sentinel). Without a
+    viewer (a script reading through npe2) the first pellet's layers are
+    returned, its pellet as an outline.
+    """
+    import napari
+
+    path = Path(path[0] if isinstance(path, list) else path)
+    viewer = napari.current_viewer()
+    if viewer is None:
+        return _first_pellet_layers(path)
+    _, widget = viewer.window.add_plugin_dock_widget("pellet-analysis", "Review pellets")
+    widget.open_run(path, show_first=True)
+    return [(None,)]
+
+
+def _first_pellet_layers(path: Path) -> list:
     import pandas as pd
+    from skimage.segmentation import find_boundaries
 
     from pellet_analysis.review import apply_review, pellet_crop
 
     from ._layers import pellet_layers
 
-    path = Path(path[0] if isinstance(path, list) else path)
     table = apply_review(pd.read_parquet(path / "pellets.parquet"), path)
     if table.empty:
         return [(np.zeros((1, 1), np.uint16), {"name": "no pellets in this run"}, "labels")]
     row = table.iloc[0].to_dict()
     crop = pellet_crop(path, row["image"], int(row["pellet_id"]))
     layers = pellet_layers(crop, name=f"{row['image']} #{row['pellet_id']}", row=row)
+    pellets = np.asarray(layers[3][0])
+    layers[3] = (np.where(find_boundaries(pellets, mode="inner"), pellets, 0), layers[3][1], layers[3][2])
     for data, meta, kind in layers:
         meta.setdefault("metadata", {}).update({"pellet_analysis_run": str(path), "image": row["image"], "pellet_id": int(row["pellet_id"])})
     return layers

@@ -73,6 +73,8 @@ class ReviewWidget(QWidget):
             combo.currentTextChanged.connect(self._refresh_table)
         self.grid = QTableWidget(0, len(SHOWN_COLUMNS))
         self.grid.setHorizontalHeaderLabels(SHOWN_COLUMNS)
+        # Qt's default indicator is column 0 *descending*: rows listed by image, ascending, as the header says
+        self.grid.horizontalHeader().setSortIndicator(0, Qt.SortOrder.AscendingOrder)
         self.grid.setSortingEnabled(True)
         self.grid.setSelectionBehavior(QTableWidget.SelectionBehavior.SelectRows)
         self.grid.setSelectionMode(QTableWidget.SelectionMode.SingleSelection)
@@ -143,8 +145,8 @@ class ReviewWidget(QWidget):
         if folder:
             self.open_run(folder)
 
-    def open_run(self, path):
-        """Load a run folder's pellet table (reviewer corrections and exclusions applied)."""
+    def open_run(self, path, *, show_first: bool = False):
+        """Load a run folder's pellet table (reviewer corrections and exclusions applied); ``show_first`` then shows its first row."""
         path = Path(path)
         self.path_edit.setText(str(path))
 
@@ -162,8 +164,15 @@ class ReviewWidget(QWidget):
                 combo.addItem("all")
                 combo.addItems([str(v) for v in sorted(self.table[name].dropna().unique())])
                 combo.blockSignals(False)
+            self.current = None
+            self._clear_layers()
             self._refresh_table()
             self.status.setText(f"{len(self.table)} pellets in {path.name}")
+            if show_first and self.grid.rowCount():
+                self.grid.blockSignals(True)  # row 0 may be selected already: show it whether or not the selection changes
+                self.grid.selectRow(0)
+                self.grid.blockSignals(False)
+                self.show_pellet(*self._row_key(0))
 
         return self._run(load, done, message=f"reading {path}…")
 
@@ -225,11 +234,8 @@ class ReviewWidget(QWidget):
         run_dir = self.run_dir
 
         def done(crop):
-            for layer in self._layers:
-                if layer in self.viewer.layers:
-                    self.viewer.layers.remove(layer)
+            self._clear_layers()
             row = self._table_row(image, pellet_id)
-            self._layers = []
             for data, meta, kind in pellet_layers(crop, row=row):
                 self._layers.append(getattr(self.viewer, f"add_{kind}")(data, **meta))
             self.layer("nuclei").contour = 1
@@ -241,6 +247,12 @@ class ReviewWidget(QWidget):
             self.status.setText(f"{image} pellet {pellet_id}{flag}: paint, fill or erase on the labels, then Save and Re-quantify.")
 
         return self._run(review.pellet_crop, done, run_dir, image, pellet_id, message=f"loading {image} #{pellet_id}…")
+
+    def _clear_layers(self):
+        for layer in self._layers:
+            if layer in self.viewer.layers:
+                self.viewer.layers.remove(layer)
+        self._layers = []
 
     def layer(self, kind: str):
         names = {"section": 0, "classes": 1, "nuclei": 2, "pellet": 3}

@@ -68,9 +68,11 @@ def test_reader_accepts_only_our_files(run_dir, tmp_path):
     fake = tmp_path / "x_classes.tif"
     tifffile.imwrite(fake, np.zeros((4, 4, 3), np.uint8), photometric="rgb")
     assert get_reader(str(fake)) is None  # right name, not a label image
-    layers = get_reader(str(run_dir))(str(run_dir))
+    layers = get_reader(str(run_dir))(str(run_dir))  # no viewer: the first pellet's layers
     assert [kind for _, _, kind in layers] == ["image", "labels", "labels", "labels"]
     assert layers[0][1]["scale"] == (1.5, 1.5)
+    pellet = layers[3][0]
+    assert 0 < np.count_nonzero(pellet) < 0.1 * pellet.size  # an outline, not a filled pellet over the classes
 
 
 def test_reader_gives_label_pyramids_as_lazy_multiscale(tmp_path):
@@ -175,3 +177,44 @@ def test_errors_are_notifications_not_tracebacks(make_napari_viewer, qtbot, tmp_
     widget.open_run(tmp_path)
     qtbot.waitUntil(lambda: widget.status.text().startswith("error:"), timeout=10000)
     assert "not a pellet-analysis run folder" in widget.status.text()
+
+
+@gui
+def test_a_run_folder_opens_once_whether_by_the_reader_or_the_widget(make_napari_viewer, qtbot, run_dir):
+    viewer = make_napari_viewer(show=True)
+    viewer.open(str(run_dir), plugin="pellet-analysis")  # File > Open Folder
+    _, widget = viewer.window.add_plugin_dock_widget("pellet-analysis", "Review pellets")  # the docked one
+    qtbot.waitUntil(lambda: widget.current is not None and widget.progress.maximum() == 1, timeout=30000)
+    assert len(viewer.layers) == 4 and widget._layers == list(viewer.layers)
+    assert widget.layer("pellet").contour > 0 and widget.layer("nuclei").contour > 0  # outlines over the classes
+    first = (widget.current["image"], widget.current["pellet_id"])
+    assert first == ("P1_labeled_d14_s1", 1)
+    widget.worker = None
+    widget.open_run(run_dir, show_first=True)  # and again from the widget: still one set of layers
+    qtbot.waitUntil(lambda: widget.current is not None and len(viewer.layers) == 4 and widget.progress.maximum() == 1, timeout=30000)
+    assert len(viewer.layers) == 4 and widget._layers == list(viewer.layers)
+    origins = {tuple(layer.translate) for layer in viewer.layers}
+    assert len(origins) == 1  # every layer of the pellet at one offset
+
+
+@gui
+def test_the_table_is_sorted_as_its_header_says(make_napari_viewer, qtbot, run_dir):
+    from qtpy.QtCore import Qt
+
+    from napari_plugin._widget import SHOWN_COLUMNS, ReviewWidget
+
+    viewer = make_napari_viewer(show=True)
+    widget = ReviewWidget(viewer)
+    widget.open_run(run_dir)
+    _wait(qtbot, widget)
+    header = widget.grid.horizontalHeader()
+
+    def column(c):
+        return [widget.grid.item(r, c).data(Qt.ItemDataRole.UserRole) for r in range(widget.grid.rowCount())]
+
+    assert (header.sortIndicatorSection(), header.sortIndicatorOrder()) == (0, Qt.SortOrder.AscendingOrder)
+    assert column(0) == sorted(column(0))
+    for c in (SHOWN_COLUMNS.index("pellet_id"), SHOWN_COLUMNS.index("nuclei_count"), SHOWN_COLUMNS.index("proteoglycan_area_fraction")):
+        for order in (Qt.SortOrder.AscendingOrder, Qt.SortOrder.DescendingOrder):
+            header.setSortIndicator(c, order)
+            assert column(c) == sorted(column(c), reverse=order == Qt.SortOrder.DescendingOrder)
