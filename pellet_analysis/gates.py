@@ -33,7 +33,7 @@ class GateParams:
         tissue transmits light: even dense tissue stays above a fifth of full
         scale, where dark-field, fluorescence and black frames do not.
     min_range_fraction : float
-        Lowest spread between the 0.1st and 99.9th brightness percentiles
+        Lowest spread between the 0.01st and 99.99th brightness percentiles
         (fraction of full scale): below it the image is uniform. The tails
         are thin so that a slide of glass holding one small pellet passes.
     max_label_levels : int
@@ -129,7 +129,7 @@ def section_problem(rgb, params: GateParams = GateParams(), *, dtype=None) -> st
     if colourless and 1 < levels <= params.max_label_levels:
         return f"a mask or label image ({levels} grey levels), not a stained section"
     grey = sample.astype(np.float32).mean(axis=-1) / np.float32(scale)
-    low, median, high = np.percentile(grey, [0.1, 50, 99.9])
+    low, median, high = np.percentile(grey, [0.01, 50, 99.99])
     if median < params.min_median_fraction:
         return (
             f"too dark for a brightfield scan (median brightness {100 * median:.0f} % of full scale; "
