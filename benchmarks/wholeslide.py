@@ -43,13 +43,13 @@ import json
 import math
 import os
 import platform
-import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
+
+from _common import timed  # benchmarks/ is the script's folder, first on sys.path
 
 PIXEL_SIZE_UM = 0.5
 BACKGROUND_RGB = (242, 238, 232)
@@ -139,91 +139,6 @@ def write_slide(path: Path, size: int, n_pellets: int = 6, seed: int = 0) -> dic
 # ---------------------------------------------------------------------------- measuring
 
 
-class PeakMemory:
-    """Peak of the summed resident memory of a process and its children, sampled in a thread.
-
-    Each sample reads the resident size of the processes already known
-    (``/proc/<pid>/statm``); the list of children is refreshed every
-    ``rescan_s`` only, as finding them reads every process of the machine.
-    Sampled that way every 50 ms, the sampler took 3.8 % of a core, which a
-    two-worker run, whose two cores are busy, pays and a one-worker run does
-    not; with children found every second, 1 %. The pipeline's workers start
-    within its first second, light (their imports come forked from the
-    server), and live to its end.
-    """
-
-    def __init__(self, pid: int, interval_s: float = 0.05, rescan_s: float = 1.0):
-        import psutil
-
-        self.process = psutil.Process(pid)
-        self.peak = 0
-        self.interval_s = interval_s
-        self.rescan_s = rescan_s
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self):
-        import psutil
-
-        procs, scanned = [self.process], -math.inf
-        while not self._stop.is_set():
-            now = time.monotonic()
-            if now - scanned >= self.rescan_s:
-                try:
-                    procs, scanned = [self.process, *self.process.children(recursive=True)], now
-                except psutil.Error:
-                    break
-            total = 0
-            for p in procs:
-                try:
-                    total += p.memory_info().rss
-                except psutil.Error:
-                    pass
-            self.peak = max(self.peak, total)
-            time.sleep(self.interval_s)
-
-    def stop(self) -> int:
-        self._stop.set()
-        self._thread.join()
-        return self.peak
-
-
-def _cpu_seconds() -> tuple[float, float]:
-    """Machine-wide (user + nice, system) CPU seconds so far, from /proc/stat; (nan, nan) elsewhere.
-
-    Counts every process, the pool's worker processes included, which a parent's
-    rusage misses when they are not its waited-for children.
-    """
-    try:
-        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
-    except OSError:
-        return math.nan, math.nan
-    hz = os.sysconf("SC_CLK_TCK")
-    return (int(fields[1]) + int(fields[2])) / hz, int(fields[3]) / hz
-
-
-def _timed(cmd, env=None) -> dict:
-    """Wall time, machine-wide user and system CPU time, and peak memory (process tree) of a command."""
-    cpu0 = _cpu_seconds()
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    mem = PeakMemory(proc.pid)
-    out, _ = proc.communicate()
-    wall = time.perf_counter() - t0
-    peak = mem.stop()
-    cpu1 = _cpu_seconds()
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(map(str, cmd))} failed:\n{out[-3000:]}")
-    return {
-        "seconds": wall,
-        "cpu_user_s": round(cpu1[0] - cpu0[0], 2),
-        "cpu_system_s": round(cpu1[1] - cpu0[1], 2),
-        "peak_rss_gib": peak / 2**30,
-        "output": out[-2000:],
-    }
-
-
 def run_pipeline(slide: Path, work: Path, workers: int) -> dict:
     """`pellet-analysis run` on the slide alone, in a fresh process and a fresh output folder."""
     import shutil
@@ -236,7 +151,7 @@ def run_pipeline(slide: Path, work: Path, workers: int) -> dict:
     out = work / f"out-{slide.stem}-{workers}w"
     shutil.rmtree(out, ignore_errors=True)
     cmd = [sys.executable, "-m", "pellet_analysis", "run", "--input", str(inp), "--output", str(out), "--scheduler", "processes", "--workers", str(workers)]
-    result = _timed(cmd)
+    result = timed(cmd)
     table = json.loads((out / "run.json").read_text())
     result["n_pellets"] = table["n_pellets"]
     result["n_failures"] = table["n_failures"]
@@ -267,7 +182,7 @@ print("otsu", t, "area_percent", 100.0 * hist[centres > t].sum() / hist.sum())
 
 def run_baseline(slide: Path) -> dict:
     """The Fiji-like baseline in a fresh single process."""
-    return _timed([sys.executable, "-c", BASELINE, str(slide)])
+    return timed([sys.executable, "-c", BASELINE, str(slide)])
 
 
 def stain_separation(slide: Path, repeats: int = 15) -> dict:
