@@ -272,6 +272,12 @@ class IronConfig(_Strict):
         0.01, ge=0, le=1, description="Largest iron-positive cell fraction (0-1) the calibrated threshold leaves in the controls."
     )
 
+    @field_validator("calibrate", mode="before")
+    @classmethod
+    def _calibrate_off(cls, value):
+        # YAML 1.1 reads an unquoted `off` as false
+        return "off" if value is False else value
+
 
 class BernConfig(_Strict):
     """Thresholds of the automated Bern-like score (Grogan et al. 2006), see docs/bern.md.

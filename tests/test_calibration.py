@@ -141,3 +141,23 @@ def test_report_names_estimated_pixel_sizes_at_the_top_and_shows_the_calibration
     calibration = page[page.index("id='iron-calibration'") :]
     threshold = runs["controls"]["iron_calibration"]["granule_min_od"]
     assert f"{threshold:.3g}" in calibration[:1000] and "control pellets" in calibration[:1000]
+
+
+def test_whole_slide_controls_calibrate_as_in_memory_ones(batch, tmp_path):
+    root, _, runs = batch
+    slides = run_batch(
+        RunConfig(input_dir=root / "in", output_dir=tmp_path / "slides", scheduler="synchronous", whole_slide_min_px=1000)
+    )
+    assert sum("whole_slide" in im for im in slides["images"].values()) == 3  # the TIFFs; the PNG is read whole
+    cal, memory = slides["iron_calibration"], runs["controls"]["iron_calibration"]
+    assert cal["n_control_cells"] == memory["n_control_cells"] and cal["granule_min_od"] == pytest.approx(memory["granule_min_od"])
+    assert slides["table"]["iron_positive_cell_fraction"].tolist() == pytest.approx(runs["controls"]["table"]["iron_positive_cell_fraction"].tolist())
+    assert {im["iron_granule_min_od"] for im in slides["images"].values()} == {cal["granule_min_od"]}
+
+
+def test_an_unquoted_off_in_yaml_turns_calibration_off(tmp_path):
+    from pellet_analysis.config import load_config
+
+    (tmp_path / "c.yaml").write_text("iron:\n  calibrate: off\n")  # YAML 1.1 reads it as false
+    assert load_config(tmp_path / "c.yaml").iron.calibrate == "off"
+    assert RunConfig().iron.calibrate == "controls" and RunConfig().iron.control_conditions == ["unlabeled"]
