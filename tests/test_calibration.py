@@ -161,3 +161,20 @@ def test_an_unquoted_off_in_yaml_turns_calibration_off(tmp_path):
     (tmp_path / "c.yaml").write_text("iron:\n  calibrate: off\n")  # YAML 1.1 reads it as false
     assert load_config(tmp_path / "c.yaml").iron.calibrate == "off"
     assert RunConfig().iron.calibrate == "controls" and RunConfig().iron.control_conditions == ["unlabeled"]
+
+
+def test_the_sample_sheet_names_the_controls(batch, tmp_path):
+    """Files named freely: the conditions come from the sheet, and the same controls give the same threshold."""
+    import shutil
+
+    root, _, runs = batch
+    (tmp_path / "in").mkdir()
+    lines = ["image,donor,condition,day"]
+    for k, (condition, day, _, suffix) in enumerate(BATCH):
+        shutil.copy(root / "in" / f"D1_{condition}_d{day}_s1{suffix}", tmp_path / "in" / f"scan{k}{suffix}")
+        lines.append(f"scan{k}{suffix},D1,{condition},{day}")
+    (tmp_path / "sheet.csv").write_text("\n".join(lines) + "\n")
+    record = run_batch(RunConfig(input_dir=tmp_path / "in", output_dir=tmp_path / "out", scheduler="synchronous", sample_sheet=tmp_path / "sheet.csv"))
+    cal = record["iron_calibration"]
+    assert cal["control_images"] == ["scan0", "scan1"]
+    assert cal["granule_min_od"] == pytest.approx(runs["controls"]["iron_calibration"]["granule_min_od"])
