@@ -102,10 +102,15 @@ def test_calibration_brings_the_controls_to_one_percent_and_keeps_labeled_iron(b
 
 
 def test_off_keeps_the_configured_threshold_and_says_so(batch):
+    from pellet_analysis.cli import iron_threshold_line
+
     _, _, runs = batch
     cal = runs["off"]["iron_calibration"]
     assert not cal["calibrated"] and cal["granule_min_od"] == IronConfig().granule_min_od and "off" in cal["reason"]
     assert cal["positive_fraction_after"] > 0.05  # the controls' false positives are still reported
+    assert iron_threshold_line(cal) == "iron threshold 0.2, not calibrated: iron.calibrate is off"
+    calibrated = runs["controls"]["iron_calibration"]
+    assert iron_threshold_line(calibrated).startswith(f"iron threshold 0.2 -> {calibrated['granule_min_od']:.3g}, calibrated on ")
 
 
 def test_a_run_again_reuses_the_calibration_and_skips_finished_images(batch):
