@@ -68,3 +68,19 @@ def test_psr_crop_collagen_against_liverquants_mask():
     ours = found.classes == CLASS_CODES["collagen"]
     f1 = 2 * (ours & reference).sum() / (ours.sum() + reference.sum())
     assert f1 >= 0.70, f1  # 0.733 on 2026-12-03; issue 19 asks for 0.8
+
+
+def test_a_screen_resolution_tag_and_the_estimate_are_one_consistent_warning(tmp_path):
+    """The Safranin-O crop as a TIFF tagged 72 dpi, as its source file is: the tag is ignored and the estimate used, said once."""
+    import tifffile
+
+    from pellet_analysis.pipeline import run_batch
+
+    (tmp_path / "in").mkdir()
+    tifffile.imwrite(tmp_path / "in" / "mbs.tif", read_rgb("mbs_pellet_crop.png"), photometric="rgb", resolution=(72, 72), resolutionunit="INCH")
+    record = run_batch(RunConfig(input_dir=tmp_path / "in", output_dir=tmp_path / "out", stains={"preset": "safranin-o"}, scheduler="synchronous"))
+    image = record["images"]["mbs"]
+    said = [w for w in image["warnings"] if "pixel size" in w]
+    assert len(said) == 1 and "352.8 µm is a screen resolution tag" in said[0] and "estimated" in said[0], said
+    assert f"{image['pixel_size_um']:.3g} µm" in said[0] and "used pixel_size_um" not in said[0]
+    assert image["pixel_size_source"] == "estimated" and record["table"]["pixel_size_source"].tolist() == ["estimated"]
