@@ -81,7 +81,26 @@ def _run_with(config, console, pool) -> int:
         f"({record['n_skipped']} finished earlier, not recomputed), "
         f"{record['n_failures']} failure(s), {record['seconds']:.1f} s; results in {config.output_dir}"
     )
+    line = iron_threshold_line(record.get("iron_calibration") or {})
+    if line:
+        console.print(line)
     return 0
+
+
+def iron_threshold_line(calibration: dict) -> str:
+    """One line on the iron granule threshold the run used and how it was found (run.json's ``iron_calibration``); '' without iron."""
+    if calibration.get("reason") == "the stain set has no iron":
+        return ""
+    threshold = calibration.get("granule_min_od", float("nan"))
+    if calibration.get("calibrated"):
+        line = (
+            f"iron threshold {calibration['configured_granule_min_od']:.3g} -> {threshold:.3g}, calibrated on "
+            f"{calibration['n_control_cells']} cells of {calibration['n_control_pellets']} control pellet(s)"
+        )
+        if "positive_fraction_after" in calibration:
+            line += f": iron-positive control cells {calibration['positive_fraction_before']:.1%} -> {calibration['positive_fraction_after']:.1%}"
+        return line + (" (calibration of an earlier run, same config and control files)" if calibration.get("reused") else "")
+    return f"iron threshold {threshold:.3g}, not calibrated: {calibration.get('reason', 'not recorded')}"
 
 
 def _load(args, console):

@@ -256,8 +256,27 @@ class IronConfig(_Strict):
         0.6, ge=0, description="Dark pixels this close to a nucleus (µm) are its blurred edge, not iron."
     )
     cell_distance_um: float = Field(
-        5.0, ge=0, description="A cell is iron-positive when a granule lies within this distance of its nucleus (µm)."
+        5.0, ge=0, description="A cell is iron-positive when an iron pixel lies within this distance (µm) of a pixel of its nucleus."
     )
+    calibrate: Literal["controls", "off"] = Field(
+        "controls",
+        description="controls: when the batch holds control pellets (condition in control_conditions, from the file "
+        "name or the sample sheet), granule_min_od is raised until at most calibrate_max_positive_fraction of their "
+        "cells are iron-positive, and every pellet of the batch is classified with that threshold (never below "
+        "granule_min_od); recorded in run.json and the report. off: granule_min_od as configured.",
+    )
+    control_conditions: list[str] = Field(
+        ["unlabeled"], description="Conditions (case ignored) of the pellets that hold no iron: the calibration's controls."
+    )
+    calibrate_max_positive_fraction: float = Field(
+        0.01, ge=0, le=1, description="Largest iron-positive cell fraction (0-1) the calibrated threshold leaves in the controls."
+    )
+
+    @field_validator("calibrate", mode="before")
+    @classmethod
+    def _calibrate_off(cls, value):
+        # YAML 1.1 reads an unquoted `off` as false
+        return "off" if value is False else value
 
 
 class BernConfig(_Strict):

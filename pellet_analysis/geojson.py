@@ -73,6 +73,6 @@ def ring_collection(outlines) -> dict:
             "classification": {"name": "Pellet", "color": [0, 200, 0]},
             "measurements": {k: _json_value(v) for k, v in row.items() if isinstance(v, (int, float, np.number)) and not isinstance(v, bool)},
         }
-        properties.update({k: _json_value(v) for k, v in row.items() if k in ("image", "donor", "condition", "day", "section")})
+        properties.update({k: _json_value(v) for k, v in row.items() if k in ("image", "donor", "condition", "day", "section", "pixel_size_um", "pixel_size_source")})
         features.append({"type": "Feature", "id": f"pellet-{pid}", "geometry": {"type": "Polygon", "coordinates": [ring]}, "properties": properties})
     return {"type": "FeatureCollection", "features": features}

@@ -35,11 +35,12 @@ from .bern import BERN_COLUMNS
 from .config import RunConfig
 from .gates import NotASectionError, check_section, section_problem
 from .geojson import pellet_feature_collection
-from .io import ImageReadError, open_lazy, read_image, read_pixel_size_um, sha256_file, write_json, write_label_tiff, write_tables
+from .calibrate import is_control, threshold_for_fraction
+from .io import ImageReadError, open_lazy, read_image, read_pixel_size_um, read_window, sha256_file, write_json, write_label_tiff, write_tables
 from .measure import MEASUREMENT_COLUMNS
 from .metadata import METADATA_FIELDS, parse_name
 from .pellets import Illumination
-from .slide import analyze_pellet, number_pieces, paste_pieces, plan_image
+from .slide import analyze_pellet, classify_pellet_window, measure_pellet_classes, number_pieces, paste_pieces, plan_image
 from .stains import StainSet, configured_stains
 from .records import image_summary, pellet_boxes, table_row
 from .scale import NucleusSizes, PixelSizeChoice, nucleus_sizes_px, pool_pixel_sizes_um
@@ -72,7 +73,7 @@ TABLE_COLUMNS = (
     ["image", "pellet_id", *METADATA_FIELDS]
     + [c for c in MEASUREMENT_COLUMNS if c != "pellet_id"]
     + BERN_COLUMNS
-    + ["pixel_size_um", "excluded", "exclusion_reason", "corrected"]
+    + ["pixel_size_um", "pixel_size_source", "excluded", "exclusion_reason", "corrected"]
 )
 
 
@@ -137,14 +138,20 @@ def list_images(input_dir, extensions) -> list[Path]:
     return sorted(p for p in input_dir.iterdir() if p.is_file() and p.suffix.lower() in exts and not p.name.startswith("."))
 
 
-def _pixel_size(file_px, config: RunConfig, warnings: list) -> tuple[float, str]:
-    """The pixel size to use and where it came from ("file" or "config"); notes an implausible file value in ``warnings``."""
+#: ``pixel_size_source`` values: the file's tags, the config (or --pixel-size-um), the config's
+#: default because nothing gave one, the image's own nuclei, the nuclei of the batch's images together.
+PIXEL_SIZE_SOURCES = ("file", "config", "default", "estimated", "batch estimate")
+
+
+def _pixel_size(file_px, config: RunConfig) -> tuple[float, str, str]:
+    """The pixel size to use, where it came from ("file" or "config"), and a note on an implausible file value ('' when none)."""
+    ignored = ""
     if file_px and not PLAUSIBLE_PIXEL_SIZE_UM[0] <= file_px <= PLAUSIBLE_PIXEL_SIZE_UM[1]:
-        warnings.append(f"ignored pixel size {file_px:.4g} µm from the file (a screen resolution tag, not a scan's); used pixel_size_um")
+        ignored = f"the file's pixel size {file_px:.4g} µm is a screen resolution tag, not a scan's: ignored"
         file_px = None
     if file_px and not config.force_pixel_size:
-        return file_px, "file"
-    return config.pixel_size_um, "config"
+        return file_px, "file", ignored
+    return config.pixel_size_um, "config", ignored
 
 
 def _pixel_size_unknown(px_source: str, config: RunConfig) -> bool:
@@ -155,6 +162,51 @@ def _pixel_size_unknown(px_source: str, config: RunConfig) -> bool:
 def _default_pixel_size(why: str, pixel_size: float) -> str:
     """The warning for an image measured at the config's default pixel size: every size in µm rests on a guess."""
     return f"no pixel size in the file or the config, and {why}: used the default {pixel_size:.3g} µm; give --pixel-size-um to set it"
+
+
+def _estimate_source(choice: PixelSizeChoice) -> str:
+    """The ``pixel_size_source`` of an estimated pixel size: the image's own nuclei, or the batch's."""
+    return "batch estimate" if "batch" in choice.source else "estimated"
+
+
+def image_pixel_size(rgb, file_px, stem: str, config: RunConfig, choice: PixelSizeChoice | None = None) -> tuple[float, str, str]:
+    """The pixel size an image in memory is measured at, its ``pixel_size_source`` and one warning ('' when none).
+
+    The warning says in one line what was decided and why: an implausible
+    file value, an estimate or the default are never silent, and never said
+    in two lines that contradict each other.
+
+    Parameters
+    ----------
+    rgb : ndarray, shape (rows, cols, 3)
+    file_px : float or None
+        The file's pixel size (µm).
+    stem : str
+    config : RunConfig
+    choice : PixelSizeChoice, optional
+        The batch's choice for this image (:func:`pixel_size_choices`); by
+        default estimated from this image's nuclei alone.
+
+    Returns
+    -------
+    pixel_size_um : float
+    source : str
+        One of :data:`PIXEL_SIZE_SOURCES`.
+    warning : str
+    """
+    pixel_size, source, ignored = _pixel_size(file_px, config)
+    decision = ""
+    if _pixel_size_unknown(source, config):
+        if choice is None and config.estimate_pixel_size:
+            choice = pixel_size_choices({stem: nucleus_sizes_px(rgb, configured_stains(config.stains))}, config)[stem]
+        if choice is not None and choice.pixel_size_um is not None:
+            pixel_size, source, decision = choice.pixel_size_um, _estimate_source(choice), choice.warning()
+        else:
+            source = "default"
+            decision = _default_pixel_size("too few whole nuclei to estimate it" if config.estimate_pixel_size else "estimate_pixel_size is off", pixel_size)
+    elif ignored:
+        decision = f"used {pixel_size:.4g} µm from the config"
+    return pixel_size, source, "; ".join(w for w in (ignored, decision) if w)
 
 
 def _metadata(path: Path, config: RunConfig, metadata, warnings: list):
@@ -181,7 +233,7 @@ def nucleus_sizes_task(path, config: RunConfig) -> NucleusSizes | None:
     None (:func:`process_file` reports it).
     """
     def unknown(file_px) -> bool:
-        return _pixel_size_unknown(_pixel_size(file_px, config, [])[1], config)
+        return _pixel_size_unknown(_pixel_size(file_px, config)[1], config)
 
     if not unknown(read_pixel_size_um(path)):
         return None
@@ -201,7 +253,9 @@ def pixel_size_choices(sizes_by_image: dict, config: RunConfig) -> dict[str, Pix
     )
 
 
-def process_file(path, config: RunConfig, output_dir, metadata: dict | None = None, pixel_size_choice: PixelSizeChoice | None = None) -> dict:
+def process_file(
+    path, config: RunConfig, output_dir, metadata: dict | None = None, pixel_size_choice: PixelSizeChoice | None = None, granule_min_od: float | None = None
+) -> dict:
     """Read, analyse and write one image; never raises for a bad image.
 
     Label images go to ``output_dir/labels`` and the image's summary to
@@ -222,12 +276,16 @@ def process_file(path, config: RunConfig, output_dir, metadata: dict | None = No
         For an image without a pixel size in its file or the config: the
         batch's choice (:func:`pixel_size_choices`); by default estimated
         from this image's nuclei alone.
+    granule_min_od : float, optional
+        The batch's calibrated iron granule threshold (:func:`calibrate_iron`);
+        by default ``config.iron.granule_min_od``. The summary records the
+        one used; the config hash stays that of ``config``.
     """
     path = Path(path)
     output_dir = Path(output_dir)
     started = time.perf_counter()
     try:
-        return _process_file(path, config, output_dir, metadata, pixel_size_choice, started)
+        return _process_file(path, config, output_dir, metadata, pixel_size_choice, granule_min_od, started)
     except Exception as error:  # one image's bug or bad data never stops the batch
         return _unexpected_failure(path, output_dir, error, started)
 
@@ -246,7 +304,7 @@ def _unexpected_failure(path: Path, output_dir: Path, error: Exception, started:
     return _failure(path, f"{type(error).__name__}: {' '.join(str(error).split())[:200]}{where}", started)
 
 
-def _process_file(path: Path, config: RunConfig, output_dir: Path, metadata, pixel_size_choice, started: float) -> dict:
+def _process_file(path: Path, config: RunConfig, output_dir: Path, metadata, pixel_size_choice, granule_min_od, started: float) -> dict:
     """:func:`process_file`'s work; exceptions other than a bad image's own are left to it."""
     stem = path.stem
     warnings = []
@@ -262,18 +320,12 @@ def _process_file(path: Path, config: RunConfig, output_dir: Path, metadata, pix
     problem = section_problem(rgb)
     if problem is not None:
         return _failure(path, problem, started)
-    pixel_size, px_source = _pixel_size(file_px, config, warnings)
-    if _pixel_size_unknown(px_source, config):
-        choice = pixel_size_choice
-        if choice is None and config.estimate_pixel_size:
-            choice = pixel_size_choices({stem: nucleus_sizes_px(rgb, configured_stains(config.stains))}, config)[stem]
-        if choice is not None and choice.pixel_size_um is not None:
-            pixel_size, px_source = choice.pixel_size_um, choice.source
-            warnings.append(choice.warning())
-        else:
-            warnings.append(_default_pixel_size("too few whole nuclei to estimate it" if config.estimate_pixel_size else "estimate_pixel_size is off", pixel_size))
+    pixel_size, px_source, px_warning = image_pixel_size(rgb, file_px, stem, config, pixel_size_choice)
+    if px_warning:
+        warnings.append(px_warning)
+    analysis_config = with_granule_min_od(config, granule_min_od)
     try:
-        analysis = analyze_image(rgb, pixel_size_um=pixel_size, config=config)
+        analysis = analyze_image(rgb, pixel_size_um=pixel_size, config=analysis_config)
     except (ValueError, MemoryError) as error:
         return _failure(path, f"analysis failed ({type(error).__name__}: {' '.join(str(error).split())[:200]})", started)
     if not analysis.rows:
@@ -284,7 +336,7 @@ def _process_file(path: Path, config: RunConfig, output_dir: Path, metadata, pix
     write_label_tiff(labels_dir / f"{stem}_classes.tif", analysis.classes.astype(np.uint8), pixel_size_um=pixel_size)
     write_label_tiff(labels_dir / f"{stem}_nuclei.tif", analysis.nuclei.astype(np.uint32), pixel_size_um=pixel_size)
     write_s = time.perf_counter() - t0
-    rows = [table_row(stem, meta, r, pixel_size) for r in analysis.rows]
+    rows = [table_row(stem, meta, r, pixel_size, px_source) for r in analysis.rows]
     write_json(output_dir / "geojson" / f"{stem}.geojson", pellet_feature_collection(analysis.pellets, rows))
     summary = image_summary(
         path,
@@ -302,9 +354,122 @@ def _process_file(path: Path, config: RunConfig, output_dir: Path, metadata, pix
         seconds=time.perf_counter() - started,
         stains_source=analysis.stains_info,
         pellet_boxes=pellet_boxes(analysis.pellets),
+        iron_granule_min_od=analysis_config.iron.granule_min_od,
     )
     write_json(output_dir / "parts" / f"{stem}.json", summary)
     return summary
+
+
+def with_granule_min_od(config: RunConfig, granule_min_od: float | None) -> RunConfig:
+    """``config`` with ``iron.granule_min_od`` replaced (unchanged for None)."""
+    if granule_min_od is None or granule_min_od == config.iron.granule_min_od:
+        return config
+    return config.model_copy(update={"iron": config.iron.model_copy(update={"granule_min_od": float(granule_min_od)})})
+
+
+def control_iron_levels(path, config: RunConfig, pixel_size_choice: PixelSizeChoice | None = None, slide_info: dict | None = None) -> dict:
+    """Classify a control image's pellets at the configured threshold: its cells' iron levels and positive count.
+
+    Parameters
+    ----------
+    path : str or Path
+    config : RunConfig
+    pixel_size_choice : PixelSizeChoice, optional
+        As for :func:`process_file`.
+    slide_info : dict, optional
+        A whole-slide scan's :func:`plan_slide_task` result: its pellets are
+        read window by window.
+
+    Returns
+    -------
+    dict
+        ``image``, ``levels`` (:func:`~pellet_analysis.calibrate.cell_iron_levels`
+        of every cell), ``n_pellets``, ``n_cells`` and ``n_positive`` (cells
+        iron-positive at the configured threshold); or ``image`` and ``error``.
+    """
+    path = Path(path)
+    stains = configured_stains(config.stains)
+    try:
+        if slide_info is None:
+            rgb, file_px = read_image(path)
+            check_section(rgb)
+            pixel_size = image_pixel_size(rgb, file_px, path.stem, config, pixel_size_choice)[0]
+            plan = plan_image(rgb, pixel_size_um=pixel_size, config=config)
+
+            def window_rgb(window):
+                return rgb[window]
+        else:
+            plan = slide_info["plan"]
+
+            def window_rgb(window):
+                return read_window(path, window)
+
+        levels, n_pellets, n_cells, n_positive = [], 0, 0, 0
+        for k, window in enumerate(plan.windows, start=1):
+            part = classify_pellet_window(window_rgb(window), plan, k, config=config, stains=stains, iron_levels=True)
+            if part is None:
+                continue
+            row = measure_pellet_classes(part, pixel_size_um=plan.pixel_size_um, config=config)
+            n_pellets += 1
+            n_cells += int(row["nuclei_count"])
+            n_positive += int(round(row["iron_positive_cell_fraction"] * row["nuclei_count"]))
+            levels.append(part.iron_levels)
+    except Exception as error:  # the control is left out of the calibration; process_file reports the image itself
+        return {"image": path.stem, "error": f"{type(error).__name__}: {' '.join(str(error).split())[:200]}"}
+    levels = np.concatenate(levels) if levels else np.zeros(0, np.float64)
+    return {"image": path.stem, "levels": levels, "n_pellets": n_pellets, "n_cells": n_cells, "n_positive": n_positive}
+
+
+def calibrate_iron(control_results, config: RunConfig) -> dict:
+    """The batch's iron calibration record from its controls' :func:`control_iron_levels`.
+
+    The threshold is the lowest, never below ``iron.granule_min_od``, under
+    which at most ``iron.calibrate_max_positive_fraction`` of the control
+    cells stay iron-positive (:func:`~pellet_analysis.calibrate.threshold_for_fraction`).
+
+    Returns
+    -------
+    dict
+        ``granule_min_od`` (the threshold every pellet of the batch is
+        classified with), ``calibrated``, and the controls' images, pellet and
+        cell counts, their iron-positive fraction at the configured threshold
+        (``positive_fraction_before``) and the one the levels predict at the
+        calibrated threshold; or ``reason`` when none was done.
+    """
+    fixed = float(config.iron.granule_min_od)
+    ok = [r for r in control_results if "error" not in r]
+    levels = np.concatenate([r["levels"] for r in ok]) if ok else np.zeros(0, np.float64)
+    record = {
+        "mode": "controls",
+        "control_conditions": list(config.iron.control_conditions),
+        "configured_granule_min_od": fixed,
+        "max_positive_fraction": config.iron.calibrate_max_positive_fraction,
+        "control_images": sorted(r["image"] for r in ok),
+        "failed_control_images": {r["image"]: r["error"] for r in control_results if "error" in r},
+        "n_control_pellets": sum(r["n_pellets"] for r in ok),
+        "n_control_cells": int(levels.size),
+    }
+    if levels.size == 0:
+        return {**record, "calibrated": False, "granule_min_od": fixed, "reason": "the control pellets hold no nuclei: the configured threshold is used"}
+    threshold = threshold_for_fraction(levels, max_fraction=config.iron.calibrate_max_positive_fraction, floor=fixed)
+    n_cells = sum(r["n_cells"] for r in ok)
+    return {
+        **record,
+        "calibrated": True,
+        "granule_min_od": threshold,
+        "positive_fraction_before": sum(r["n_positive"] for r in ok) / n_cells if n_cells else 0.0,
+        "positive_fraction_predicted": float(np.mean(levels > threshold)),
+    }
+
+
+def _calibration_outcome(record: dict, results, control_images) -> dict:
+    """``record`` with the controls' iron-positive cell fraction as measured at the threshold used (``positive_fraction_after``)."""
+    rows = [row for r in results if r.get("ok") and r["image"] in control_images for row in r["rows"]]
+    cells = sum(int(row["nuclei_count"]) for row in rows)
+    if not rows:
+        return record
+    positive = sum(row["iron_positive_cell_fraction"] * row["nuclei_count"] for row in rows)
+    return {**record, "positive_fraction_after": positive / cells if cells else 0.0, "n_control_pellets_measured": len(rows)}
 
 
 def _compute(tasks, config: RunConfig, progress, pool=None, costs=None):
@@ -389,9 +554,12 @@ def plan_slide_task(path, config: RunConfig, metadata, output_dir) -> dict:
         return _failure(path, f"file name does not match pattern {config.filename_pattern!r}", started)
     try:
         lazy = open_lazy(path)
-        pixel_size, px_source = _pixel_size(lazy.pixel_size_um, config, warnings)
+        pixel_size, px_source, ignored = _pixel_size(lazy.pixel_size_um, config)
+        decision = f"used {pixel_size:.4g} µm from the config" if ignored else ""
         if _pixel_size_unknown(px_source, config):
-            warnings.append(_default_pixel_size("none is estimated for whole-slide scans", pixel_size))
+            px_source, decision = "default", _default_pixel_size("none is estimated for whole-slide scans", pixel_size)
+        if ignored or decision:
+            warnings.append("; ".join(w for w in (ignored, decision) if w))
         plan = plan_whole_slide(lazy, pixel_size, config)
     except (ImageReadError, NotASectionError) as error:
         return _failure(path, str(error), started)
@@ -494,8 +662,12 @@ def _check_same_config(output_dir: Path, chash: str) -> None:
         )
 
 
-def _finished_summary(output_dir: Path, path: Path, chash: str, meta) -> dict | None:
-    """The summary of an image finished earlier with the same input file, config and metadata, else None."""
+def _finished_summary(output_dir: Path, path: Path, chash: str, meta, granule_min_od: float | None) -> dict | None:
+    """The summary of an image finished earlier with the same input file, config, metadata and iron threshold, else None.
+
+    ``granule_min_od`` None: the batch's threshold is not known yet (its
+    calibration is to be done), so no image counts as finished.
+    """
     part = output_dir / "parts" / f"{path.stem}.json"
     if not part.is_file():
         return None
@@ -505,11 +677,54 @@ def _finished_summary(output_dir: Path, path: Path, chash: str, meta) -> dict | 
         return None
     if summary.get("config_hash") != chash or summary.get("metadata_override") != _jsonable(meta):
         return None
+    if granule_min_od is None or summary.get("iron_granule_min_od") != granule_min_od:
+        return None
     if not all((output_dir / "labels" / f"{path.stem}_{k}.tif").is_file() for k in ("pellets", "classes", "nuclei")):
         return None
     if summary.get("sha256") != sha256_file(path):
         return None
     return {**summary, "skipped": True}
+
+
+#: The batch's iron calibration, kept beside its results so that a run again skips finished images
+#: without classifying the controls again (only while the config and the control files are the same).
+CALIBRATION_FILE = "iron_calibration.json"
+
+
+def _fixed_threshold(config: RunConfig, reason: str) -> dict:
+    """The calibration record of a batch classified with the configured iron threshold, and why."""
+    return {"mode": config.iron.calibrate, "calibrated": False, "granule_min_od": float(config.iron.granule_min_od), "reason": reason}
+
+
+def _known_calibration(entries, config: RunConfig, output_dir: Path, chash: str) -> tuple[dict, set]:
+    """The batch's iron calibration as far as it is known before any image is analysed, and its control images.
+
+    Returns the record of a fixed threshold (calibration off, no iron in the
+    stain set, no controls), the record calibrated earlier on the same
+    control files with the same config (from :data:`CALIBRATION_FILE`), or a
+    record without ``granule_min_od`` holding the ``key`` a new calibration
+    is stored under.
+    """
+    controls = {}
+    for path, meta in entries:
+        meta = meta if meta is not None else (parse_name(path.stem, config.filename_pattern) or {})
+        if is_control(meta.get("condition"), config.iron.control_conditions):
+            controls[path.stem] = path
+    if "iron" not in configured_stains(config.stains).roles:
+        return _fixed_threshold(config, "the stain set has no iron"), set()
+    if config.iron.calibrate == "off":  # the controls' iron-positive fraction is still recorded
+        return _fixed_threshold(config, "iron.calibrate is off"), set(controls)
+    if not controls:
+        names = ", ".join(config.iron.control_conditions)
+        return _fixed_threshold(config, f"no control pellets (condition {names}) in this batch: the configured threshold is used"), set()
+    key = {"config_hash": chash, "controls": {stem: sha256_file(path) for stem, path in sorted(controls.items())}}
+    try:
+        stored = json.loads((output_dir / CALIBRATION_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        stored = {}
+    if stored.get("key") == key and "granule_min_od" in stored.get("record", {}):
+        return {**stored["record"], "reused": True}, set(controls)
+    return {"key": key}, set(controls)
 
 
 def _jsonable(meta):
@@ -549,7 +764,7 @@ def run_batch(config: RunConfig, *, progress=None, pool=None) -> dict:
 
     sheet = read_sample_sheet(config.sample_sheet, config.input_dir) if config.sample_sheet else None
     seen: dict[str, Path] = {}
-    tasks, pre_failures, skipped, slides, todo = [], [], [], [], []
+    tasks, pre_failures, skipped, slides, todo, entries = [], [], [], [], [], []
 
     def fail(stem, name, reason):
         pre_failures.append({"image": stem, "file": name, "ok": False, "reason": reason})
@@ -566,17 +781,20 @@ def run_batch(config: RunConfig, *, progress=None, pool=None) -> dict:
                 continue
             meta = {k: sheet.at[path.stem, k] for k in ("donor", "condition", "day", "section")}
             meta["day"] = int(meta["day"])
-        done = _finished_summary(output_dir, path, chash, meta)
-        if done is not None:
-            skipped.append(done)
-            continue
-        if is_whole_slide(path, config):
-            slides.append((path, meta))
-            continue
-        todo.append((path, meta))
+        entries.append((path, meta))
     if sheet is not None:
         for stem in sheet.index.difference(list(seen)):
             fail(stem, sheet.at[stem, "file"], f"listed in sample sheet {config.sample_sheet} but not found in {config.input_dir}")
+    calibration, controls = _known_calibration(entries, config, output_dir, chash)
+    granule_min_od = calibration.get("granule_min_od")  # None: to be calibrated on the controls below
+    for path, meta in entries:
+        done = _finished_summary(output_dir, path, chash, meta, granule_min_od)
+        if done is not None:
+            skipped.append(done)
+        elif is_whole_slide(path, config):
+            slides.append((path, meta))
+        else:
+            todo.append((path, meta))
     report = progress or (lambda summary: None)
     for summary in skipped:
         report(summary)
@@ -599,8 +817,24 @@ def run_batch(config: RunConfig, *, progress=None, pool=None) -> dict:
         planned, sizes = done_first[: len(slides)], done_first[len(slides) : len(first) - len(slides)]
         digests = done_first[len(first) - len(slides) :]
         choices = pixel_size_choices({p.stem: s for (p, _), s in zip(todo, sizes)}, config) if pool_scale else {}
+        if granule_min_od is None:
+            # the controls are classified at the configured threshold first; every image then with the calibrated one
+            slide_infos = {p.stem: info for (p, _), info in zip(slides, planned) if info.get("ok", True)}
+            calibration_tasks = [
+                dask.delayed(control_iron_levels, pure=False)(
+                    p, config, choices.get(p.stem), slide_infos.get(p.stem), dask_key_name=f"calibrate-{p.name}"
+                )
+                for p, _ in todo + slides
+                if p.stem in controls and (p.stem in slide_infos or not is_whole_slide(p, config))
+            ]
+            calibration = {**calibration, **calibrate_iron(_compute(calibration_tasks, config, lambda r: None, pool) if calibration_tasks else [], config)}
+            granule_min_od = calibration["granule_min_od"]
+            write_json(output_dir / CALIBRATION_FILE, {"key": calibration.pop("key"), "record": calibration})
+        batch_config = with_granule_min_od(config, granule_min_od)
         tasks += [
-            dask.delayed(process_file, pure=False)(path, config, output_dir, meta, choices.get(path.stem), dask_key_name=f"image-{path.name}")
+            dask.delayed(process_file, pure=False)(
+                path, config, output_dir, meta, choices.get(path.stem), granule_min_od, dask_key_name=f"image-{path.name}"
+            )
             for path, meta in todo
         ]
         if slides:
@@ -608,7 +842,7 @@ def run_batch(config: RunConfig, *, progress=None, pool=None) -> dict:
                 if not info.get("ok", True):
                     pre_failures.append(info)
                 else:
-                    summary, slide_costs = _slide_graph(path, info, config, output_dir, meta, digest)
+                    summary, slide_costs = _slide_graph(path, info, batch_config, output_dir, meta, digest)
                     tasks.append(summary)
                     costs.update(slide_costs)
         results = _compute(tasks, config, report, pool, costs) if tasks else []
@@ -619,7 +853,9 @@ def run_batch(config: RunConfig, *, progress=None, pool=None) -> dict:
     results.extend(skipped)
     for f in pre_failures:
         report(f)
-    return write_run_outputs(results, config, output_dir, started=started, images=images)
+    calibration.pop("key", None)
+    calibration = _calibration_outcome(calibration, results, controls)
+    return write_run_outputs(results, config, output_dir, started=started, images=images, iron_calibration=calibration)
 
 
 def _table(results) -> pd.DataFrame:
@@ -633,13 +869,17 @@ def _table(results) -> pd.DataFrame:
         table[col] = table[col].astype("int64")
     for col in ("excluded", "corrected"):
         table[col] = table[col].astype(bool)
-    for col in ("image", "donor", "condition", "section", "exclusion_reason"):
+    for col in ("image", "donor", "condition", "section", "pixel_size_source", "exclusion_reason"):
         table[col] = table[col].astype("string")
     return table.sort_values(["image", "pellet_id"], kind="stable").reset_index(drop=True)
 
 
-def write_run_outputs(results, config: RunConfig, output_dir, *, started: float, images) -> dict:
-    """Write pellets.csv/.parquet, failures.csv and run.json from per-image summaries (atomically)."""
+def write_run_outputs(results, config: RunConfig, output_dir, *, started: float, images, iron_calibration: dict | None = None) -> dict:
+    """Write pellets.csv/.parquet, failures.csv and run.json from per-image summaries (atomically).
+
+    ``iron_calibration``: the batch's iron threshold and how it was found
+    (:func:`calibrate_iron`), recorded as run.json's ``iron_calibration``.
+    """
     import pandas as pd
 
     from .review import apply_review
@@ -664,6 +904,7 @@ def write_run_outputs(results, config: RunConfig, output_dir, *, started: float,
         "n_images": len(images),
         "n_pellets": int(len(table)),
         "n_failures": int(len(failures)),
+        "iron_calibration": iron_calibration or _fixed_threshold(config, "not recorded"),
         "seconds": time.perf_counter() - started,
     }
     write_json(output_dir / "run.json", record)

@@ -13,10 +13,10 @@ from .metadata import METADATA_FIELDS
 __all__ = ["table_row", "image_summary", "pellet_boxes"]
 
 
-def table_row(image: str, meta: dict, measurements: dict, pixel_size_um: float) -> dict:
-    """One pellets.csv row: image, study metadata, measurements, and review columns at their defaults."""
+def table_row(image: str, meta: dict, measurements: dict, pixel_size_um: float, pixel_size_source: str) -> dict:
+    """One pellets.csv row: image, study metadata, measurements, the pixel size and where it came from, and review columns at their defaults."""
     row = {"image": image, **{k: meta.get(k) for k in METADATA_FIELDS}, **measurements}
-    row.update(pixel_size_um=pixel_size_um, excluded=False, exclusion_reason="", corrected=False)
+    row.update(pixel_size_um=pixel_size_um, pixel_size_source=pixel_size_source, excluded=False, exclusion_reason="", corrected=False)
     return row
 
 

@@ -23,7 +23,7 @@ from .review import apply_review
 from .stats import comparison_table
 from .study import aggregate
 
-__all__ = ["REPORT_METRICS", "make_report"]
+__all__ = ["GUESSED_PIXEL_SIZES", "REPORT_METRICS", "SIZE_METRICS", "make_report"]
 
 #: Metric column -> (label, unit) shown in plots and tables.
 REPORT_METRICS = {
@@ -46,7 +46,110 @@ def _data_uri(data: bytes, mime: str) -> str:
     return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
 
 
-def _plot_metrics(donors: pd.DataFrame) -> str:
+#: ``pixel_size_source`` values whose sizes rest on a guess: the report names those images at its top
+#: and marks their pellets in the plots of measures in µm.
+GUESSED_PIXEL_SIZES = ("estimated", "batch estimate", "default")
+
+#: Metrics whose values depend on the pixel size (µm², per mm²).
+SIZE_METRICS = {"area_um2": ("Pellet area", "µm²"), "nuclei_density_per_mm2": ("Nuclei density", "per mm²")}
+
+_GUESSED_MARKER = dict(marker="X", s=90, facecolor="none", edgecolor="black", linewidths=1.2)
+
+
+def _pixel_size_sources(table: pd.DataFrame, run: dict) -> pd.Series:
+    """Each pellet's ``pixel_size_source``: its column, or for runs from before it, the image's in run.json ('' unknown)."""
+    if "pixel_size_source" in table.columns:
+        return table["pixel_size_source"].astype("string").fillna("")
+    images = run.get("images", {})
+    return table["image"].map(lambda im: images.get(str(im), {}).get("pixel_size_source", "")).astype("string")
+
+
+def _guessed_images(table: pd.DataFrame, sources: pd.Series) -> pd.DataFrame:
+    """Image, pixel size and its source of the images measured at an estimated or default pixel size."""
+    guessed = table.assign(pixel_size_source=sources)[sources.isin(GUESSED_PIXEL_SIZES)]
+    return guessed.groupby("image", sort=True).agg(pixel_size_um=("pixel_size_um", "first"), pixel_size_source=("pixel_size_source", "first")).reset_index()
+
+
+def _plot_sizes(table: pd.DataFrame, guessed: pd.Series) -> str:
+    """Pellet area and nuclei density, one point per pellet by condition and day; pellets at a guessed pixel size marked X."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    groups = [
+        f"{c} d{int(d)}" if pd.notna(c) and pd.notna(d) else "no condition/day"
+        for c, d in zip(table.get("condition", pd.Series([None] * len(table))), table.get("day", pd.Series([None] * len(table))))
+    ]
+    order = sorted(set(groups))
+    x = np.array([order.index(g) for g in groups], float) + np.random.default_rng(0).uniform(-0.15, 0.15, len(groups))
+    colours = np.array(["#b35806" if str(c) == "labeled" else "#2166ac" if str(c) == "unlabeled" else "gray" for c in table.get("condition", [None] * len(table))])
+    guessed = np.asarray(guessed, bool)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), dpi=100)
+    for ax, (metric, (label, unit)) in zip(axes, SIZE_METRICS.items()):
+        values = table[metric].to_numpy(float)
+        ax.scatter(x[~guessed], values[~guessed], c=colours[~guessed], s=30, alpha=0.8)
+        ax.scatter(x[guessed], values[guessed], **_GUESSED_MARKER)
+        ax.scatter(x[guessed], values[guessed], c=colours[guessed], s=12)
+        ax.set_xticks(range(len(order)))
+        ax.set_xticklabels(order, rotation=30, ha="right", fontsize=8)
+        ax.set_title(label, fontsize=11)
+        ax.set_ylabel(unit)
+        ax.grid(alpha=0.3)
+    handles = [
+        plt.Line2D([], [], linestyle="", marker="o", color="gray", label="pixel size from the file or config"),
+        _guessed_handle("pixel size estimated (or default)"),
+    ]
+    return _finished_figure(fig, handles, "One point per pellet", legend_size=8, rect=(0, 0, 1, 0.88))
+
+
+def _guessed_handle(label: str):
+    import matplotlib.pyplot as plt
+
+    return plt.Line2D([], [], linestyle="", marker="X", markerfacecolor="none", markeredgecolor="black", markersize=9, label=label)
+
+
+def _finished_figure(fig, handles, title: str, *, legend_size: int, rect) -> str:
+    """Legend, title and layout of a report figure, closed and returned as a PNG data URI."""
+    import matplotlib.pyplot as plt
+
+    fig.legend(handles=handles, loc="upper right", fontsize=legend_size)
+    fig.suptitle(title, fontsize=10, x=0.01, ha="left")
+    fig.tight_layout(rect=rect)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return _data_uri(buf.getvalue(), "image/png")
+
+
+def _calibration_html(run: dict) -> str:
+    """The batch's iron granule threshold and how it was found (run.json's ``iron_calibration``)."""
+    cal = run.get("iron_calibration")
+    if not cal:
+        return "<p>Not recorded (a run from before iron calibration).</p>"
+    threshold = f"granule threshold (iron.granule_min_od) {cal.get('granule_min_od', float('nan')):.3g}"
+    if cal.get("calibrated"):
+        text = (
+            f"Calibrated on {cal['n_control_cells']} cells of {cal['n_control_pellets']} control pellets "
+            f"(condition {html.escape(', '.join(cal.get('control_conditions', [])))}; images {html.escape(', '.join(cal.get('control_images', [])))}): "
+            f"{threshold}, configured {cal['configured_granule_min_od']:.3g}. Iron-positive control cells: "
+            f"{cal.get('positive_fraction_before', float('nan')):.2%} at the configured threshold, "
+            f"{cal.get('positive_fraction_after', cal.get('positive_fraction_predicted', float('nan'))):.2%} at the calibrated one "
+            f"(target at most {cal.get('max_positive_fraction', 0.01):.0%}). Every pellet of the run was classified with it."
+        )
+    else:
+        after = cal.get("positive_fraction_after")
+        text = f"Not calibrated: {html.escape(str(cal.get('reason', '')))}; {threshold}." + (
+            f" Iron-positive control cells: {after:.2%}." if after is not None else ""
+        )
+    failed = cal.get("failed_control_images") or {}
+    if failed:
+        text += " Control images that could not be read: " + html.escape(", ".join(failed)) + "."
+    return f"<p>{text}</p>"
+
+
+def _plot_metrics(donors: pd.DataFrame, guessed_keys=frozenset()) -> str:
+    """One panel per report metric, one line per donor and condition; ``guessed_keys`` (donor, condition, day) marked X on size metrics."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -59,6 +162,9 @@ def _plot_metrics(donors: pd.DataFrame) -> str:
             sub = sub.sort_values("day")
             ax.plot(sub["day"], sub[metric], marker="o", color=colours.get(condition, "gray"),
                     linestyle="-" if condition == "labeled" else "--", alpha=0.8, label=f"{donor} {condition}")
+            marked = [(donor, condition, int(d)) in guessed_keys for d in sub["day"]]
+            if metric in SIZE_METRICS and any(marked):
+                ax.scatter(sub["day"][marked], sub[metric][marked], zorder=3, **_GUESSED_MARKER)
         ax.set_title(label, fontsize=11)
         ax.set_xlabel("day")
         ax.set_ylabel(unit)
@@ -67,13 +173,9 @@ def _plot_metrics(donors: pd.DataFrame) -> str:
             ax.set_xticks(days)
         ax.grid(alpha=0.3)
     handles = [plt.Line2D([], [], color=c, linestyle="-" if k == "labeled" else "--", marker="o", label=k) for k, c in colours.items()]
-    fig.legend(handles=handles, loc="upper right", fontsize=9)
-    fig.suptitle("One line per donor and condition (donor means of section means)", fontsize=10, x=0.01, ha="left")
-    fig.tight_layout(rect=(0, 0, 0.86, 0.95))
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return _data_uri(buf.getvalue(), "image/png")
+    if guessed_keys:
+        handles.append(_guessed_handle("pixel size estimated"))
+    return _finished_figure(fig, handles, "One line per donor and condition (donor means of section means)", legend_size=9, rect=(0, 0, 0.86, 0.95))
 
 
 def _thumbnail(run_dir: Path, stem: str, pellet_id: int, size_px: int = 200) -> str | None:
@@ -157,8 +259,29 @@ def make_report(run_dir, *, seed: int = 0, thumbnails: bool = True) -> dict:
         f"{agg['n_unassigned']} without donor/condition/day left out, {len(failures)} failed inputs; "
         f"{summary['donor'].nunique() if len(summary) else 0} donors.</p>"
     )
+    sources = _pixel_size_sources(table, run)
+    guessed = _guessed_images(table, sources)
+    if len(guessed):
+        listed = "".join(
+            f"<li>{html.escape(str(r.image))}: {r.pixel_size_um:.3g} µm ({html.escape(str(r.pixel_size_source))})</li>" for r in guessed.itertuples()
+        )
+        parts.append(
+            f"<div id='pixel-size' class='note'><p><b>Pixel size not given for {len(guessed)} image{'s' if len(guessed) != 1 else ''}:</b> "
+            "estimated from the nuclei (or the default); their areas, densities and distances rest on that guess and are "
+            "marked &times; in the plots. Give --pixel-size-um (or pixel_size_um) to set it.</p><ul>" + listed + "</ul></div>"
+        )
+    kept = table[~table["excluded"].fillna(False).astype(bool)]
+    is_guessed = sources.isin(GUESSED_PIXEL_SIZES)
+    guessed_keys = {
+        (r.donor, r.condition, int(r.day))
+        for r in table[is_guessed & ~table["excluded"].fillna(False).astype(bool)].itertuples()
+        if pd.notna(r.donor) and pd.notna(r.condition) and pd.notna(r.day)
+    }
     if len(donors):
-        parts.append(f"<h2>Measurements over time</h2><img id='plots' alt='measurements against day' src='{_plot_metrics(donors)}'>")
+        parts.append(f"<h2>Measurements over time</h2><img id='plots' alt='measurements against day' src='{_plot_metrics(donors, guessed_keys)}'>")
+    if len(kept):
+        parts.append(f"<h2>Pellet sizes</h2><img id='size-plots' alt='pellet area and nuclei density' src='{_plot_sizes(kept, is_guessed[kept.index])}'>")
+    parts.append(f"<h2>Iron threshold</h2><div id='iron-calibration'>{_calibration_html(run)}</div>")
     if len(statistics):
         shown = statistics.copy()
         shown["metric"] = shown["metric"].map(lambda m: REPORT_METRICS.get(m, (m,))[0])

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .bern import bern_scores
+from .calibrate import cell_iron_levels
 from .classify import classify_maps, deconvolution_stains, pellet_maps, pixel_maps_depth_px
 from .config import RunConfig
 from .measure import measure_pellets
@@ -131,9 +132,12 @@ class PelletClasses:
     nuclei: np.ndarray  # uint32, 1..n within this pellet
     proteoglycan_od: np.ndarray  # float32
     stains_info: dict  # which stain vectors were used and why (choose_stains)
+    iron_levels: np.ndarray | None = None  # per nucleus: the highest granule threshold leaving it iron-positive (when asked)
 
 
-def classify_pellet_window(rgb_window, plan: SlidePlan, index: int, *, config: RunConfig, stains: StainSet) -> PelletClasses | None:
+def classify_pellet_window(
+    rgb_window, plan: SlidePlan, index: int, *, config: RunConfig, stains: StainSet, iron_levels: bool = False
+) -> PelletClasses | None:
     """Refine and classify one pellet from its full-resolution window (the first part of :func:`analyze_pellet`).
 
     Parameters
@@ -147,6 +151,10 @@ def classify_pellet_window(rgb_window, plan: SlidePlan, index: int, *, config: R
     stains : StainSet, keyword-only
         With ``stains.estimate: auto`` the stain vectors are estimated from
         the pellet's own pixels (:func:`~pellet_analysis.stains.choose_stains`).
+    iron_levels : bool, keyword-only
+        Also give each nucleus's :func:`~pellet_analysis.calibrate.cell_iron_levels`
+        (stain sets with iron; an empty array for others): what the
+        calibration on control pellets needs.
 
     Returns
     -------
@@ -176,9 +184,14 @@ def classify_pellet_window(rgb_window, plan: SlidePlan, index: int, *, config: R
     box = _grown_box(inside)
     inside_box = inside[box]
     result = classify_maps(maps[box], inside_box, stains, **kwargs)
+    levels = None
+    if iron_levels:
+        levels = np.zeros(0, np.float64)
+        if "iron" in stains.roles:
+            levels = cell_iron_levels(maps[box][..., 3], inside_box, result.nuclei * inside_box, pixel_size_um=px, iron=config.iron)
     del maps
     in_image = tuple(slice(w.start + b.start, w.start + b.stop) for w, b in zip(window, box))
-    return PelletClasses(index, in_image, inside_box, result.classes, result.nuclei, result.proteoglycan_od, stains_info)
+    return PelletClasses(index, in_image, inside_box, result.classes, result.nuclei, result.proteoglycan_od, stains_info, levels)
 
 
 def measure_pellet_classes(part: PelletClasses, *, pixel_size_um: float, config: RunConfig) -> dict:

@@ -210,7 +210,7 @@ def finish_slide(path, info: dict, numbered: dict, measured, written, config: Ru
     rows, outlines, boxes = [], [], {}
     for pid, r in enumerate(kept, start=1):
         m = by_index[r["index"]]
-        row = table_row(stem, meta, {**m["row"], "pellet_id": pid}, px)
+        row = table_row(stem, meta, {**m["row"], "pellet_id": pid}, px, info["pixel_size_source"])
         rows.append(row)
         outlines.append((row, m["outline"]))
         boxes[str(pid)] = m["box"]
@@ -238,6 +238,7 @@ def finish_slide(path, info: dict, numbered: dict, measured, written, config: Ru
         seconds=time.time() - info["started_wall"],
         stains_source=[r["stains_info"] for r in kept],
         pellet_boxes=boxes,
+        iron_granule_min_od=config.iron.granule_min_od,
         whole_slide={
             "low_resolution_factor": plan.factor,
             "pellet_windows": [[[w[0].start, w[0].stop], [w[1].start, w[1].stop]] for w in plan.windows],

@@ -56,7 +56,7 @@ def test_he_run_on_easy1_crops_analyses_every_pixel_with_a_consistent_pixel_size
     sizes = {}
     for stem, (low, high) in {"crop512": (6, 20), "crop1000": (25, 55)}.items():
         image = record["images"][stem]
-        assert image["pixel_size_source"] == "estimated from the batch's nuclei"  # two crops of one scan
+        assert image["pixel_size_source"] == "batch estimate"  # two crops of one scan
         sizes[stem] = image["pixel_size_um"]
         pellets = tifffile.imread(tmp_path / "out" / "labels" / f"{stem}_pellets.tif")
         nuclei = tifffile.imread(tmp_path / "out" / "labels" / f"{stem}_nuclei.tif")

@@ -107,6 +107,7 @@ def test_rerun_keeps_corrections_exclusions_and_the_log(run):
     assert bool(rows.loc[2, "excluded"]) and rows.loc[2, "exclusion_reason"] == "tear"
     on_disk = pd.read_parquet(run_dir / "pellets.parquet").set_index("pellet_id")
     assert bool(on_disk.loc[2, "excluded"]) and bool(on_disk.loc[1, "corrected"])
+    assert on_disk["pixel_size_source"].tolist() == ["file", "file"]  # re-quantified rows keep where their pixel size came from
 
 
 def test_audit_log_is_append_only_json_lines(run):

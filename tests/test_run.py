@@ -254,7 +254,7 @@ def test_screen_resolution_tags_are_not_taken_as_pixel_size(tmp_path):
     record = run_batch(RunConfig(input_dir=src, output_dir=tmp_path / "out", pixel_size_um=1.0))
     image = record["images"]["P1_labeled_d7_s1"]
     assert image["pixel_size_source"] == "config" and image["pixel_size_um"] == 1.0
-    assert any("ignored pixel size 352.8" in w for w in image["warnings"])
+    assert [w for w in image["warnings"] if "pixel size" in w] == ["the file's pixel size 352.8 µm is a screen resolution tag, not a scan's: ignored; used 1 µm from the config"]
 
 
 def test_distributed_scheduler_with_a_local_cluster_of_two_processes(batch, tmp_path):

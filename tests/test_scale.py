@@ -33,14 +33,15 @@ def test_run_estimates_only_when_the_pixel_size_is_unknown(tmp_path):
     cv2.imwrite(str(tmp_path / "in" / "P1_unlabeled_d14_s1.png"), section.image[..., ::-1])  # PNG: no pixel size
     record = run_batch(RunConfig(input_dir=tmp_path / "in", output_dir=tmp_path / "auto"))
     image = record["images"]["P1_unlabeled_d14_s1"]
-    assert image["pixel_size_source"] == "estimated from nuclei" and image["pixel_size_um"] == pytest.approx(0.5, rel=0.15)
+    assert image["pixel_size_source"] == "estimated" and image["pixel_size_um"] == pytest.approx(0.5, rel=0.15)
+    assert record["table"]["pixel_size_source"].tolist() == ["estimated"] * len(record["table"])  # said in every row too
     assert any("estimated" in w for w in image["warnings"])
     given = run_batch(RunConfig(input_dir=tmp_path / "in", output_dir=tmp_path / "given", pixel_size_um=0.7))
     assert given["images"]["P1_unlabeled_d14_s1"]["pixel_size_um"] == 0.7  # a pixel size in the config is used as given
     assert not any("pixel size" in w for w in given["images"]["P1_unlabeled_d14_s1"]["warnings"])
     run_batch(RunConfig(input_dir=tmp_path / "in", output_dir=tmp_path / "off", estimate_pixel_size=False))
     off = json.loads((tmp_path / "off" / "run.json").read_text())["images"]["P1_unlabeled_d14_s1"]
-    assert off["pixel_size_source"] == "config" and off["pixel_size_um"] == 1.0
+    assert off["pixel_size_source"] == "default" and off["pixel_size_um"] == 1.0
     assert any("used the default 1 µm" in w and "estimate_pixel_size is off" in w for w in off["warnings"])
 
 
@@ -53,7 +54,7 @@ def test_a_tile_too_sparse_to_estimate_says_it_used_the_default(tmp_path):
     cv2.imwrite(str(tmp_path / "in" / "tile.png"), tile[..., ::-1])
     record = run_batch(RunConfig(input_dir=tmp_path / "in", output_dir=tmp_path / "out", stains={"preset": "he"}))
     image = record["images"]["tile"]
-    assert image["pixel_size_source"] == "config"
+    assert image["pixel_size_source"] == "default"
     assert any("too few whole nuclei to estimate it: used the default 1 µm" in w for w in image["warnings"]), image["warnings"]
 
 
@@ -102,11 +103,11 @@ def test_a_sparse_tile_of_a_batch_is_measured_at_the_batch_estimate(tmp_path):
     record = run_batch(RunConfig(input_dir=tmp_path / "in", output_dir=tmp_path / "out", stains={"preset": "he"}))
     images = record["images"]
     px = {name: images[name]["pixel_size_um"] for name in ("tile1", "tile2", "sparse")}
-    assert all(images[name]["pixel_size_source"] == "estimated from the batch's nuclei" for name in px)
+    assert all(images[name]["pixel_size_source"] == "batch estimate" for name in px)
     assert len(set(px.values())) == 1 and 0.25 <= px["sparse"] <= 0.25 * 1.4, px  # synthetic nuclei are ~7 µm, taken as 8
     assert any("estimated from the nuclei of the batch's 3 images together" in w for w in images["sparse"]["warnings"]), images["sparse"]["warnings"]
     # alone, the same tile is measured at the default (test_a_tile_too_sparse_to_estimate_says_it_used_the_default);
     # with a ratio, the tiles keep their own estimates where near the batch's
     keep = run_batch(RunConfig(input_dir=tmp_path / "in", output_dir=tmp_path / "keep", stains={"preset": "he"}, batch_pixel_size_max_ratio=1.5))
-    assert all(keep["images"][f"tile{s}"]["pixel_size_source"] == "estimated from nuclei" for s in (1, 2))
+    assert all(keep["images"][f"tile{s}"]["pixel_size_source"] == "estimated" for s in (1, 2))
     assert keep["images"]["sparse"]["pixel_size_um"] == px["sparse"]

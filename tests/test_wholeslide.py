@@ -206,7 +206,7 @@ def test_a_whole_slide_without_a_pixel_size_says_it_used_the_default(section, tm
     tifffile.imwrite(tmp_path / "in" / "D1_labeled_d14_s1.tif", section.image, tile=(256, 256), compression="zlib", photometric="rgb")
     config = RunConfig(input_dir=tmp_path / "in", output_dir=tmp_path / "out", whole_slide_min_px=1000, scheduler="synchronous")
     summary = run_batch(config)["images"]["D1_labeled_d14_s1"]
-    assert "whole_slide" in summary and summary["pixel_size_source"] == "config" and summary["pixel_size_um"] == 1.0
+    assert "whole_slide" in summary and summary["pixel_size_source"] == "default" and summary["pixel_size_um"] == 1.0
     assert any("none is estimated for whole-slide scans: used the default 1 µm" in w for w in summary["warnings"]), summary["warnings"]
     # a pixel size given in the config is used without a word
     given = run_batch(config.model_copy(update={"output_dir": tmp_path / "given", "pixel_size_um": PX}))

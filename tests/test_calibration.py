@@ -1,0 +1,185 @@
+"""The iron granule threshold calibrated on a batch's unlabeled control pellets (iron.calibrate)."""
+
+import json
+import math
+
+import cv2
+import numpy as np
+import pytest
+
+from pellet_analysis.calibrate import cell_iron_levels, is_control, threshold_for_fraction
+from pellet_analysis.config import IronConfig, RunConfig
+from pellet_analysis.measure import CLASS_CODES, measure_pellets
+from pellet_analysis.pipeline import CALIBRATION_FILE, run_batch
+from pellet_analysis.report import make_report
+from pellet_analysis.synthetic import make_section, write_section
+
+# (condition, day, seed, suffix): PNG carries no pixel size, so that image's is estimated
+BATCH = [("unlabeled", 28, 40, ".tif"), ("unlabeled", 14, 41, ".tif"), ("labeled", 28, 42, ".tif"), ("labeled", 14, 43, ".png")]
+
+
+def test_a_cell_is_positive_below_its_level_and_not_at_or_above_it():
+    iron = IronConfig(cell_distance_um=5.0, nucleus_gap_um=1.0)
+    shape = (80, 80)
+    nuclei = np.zeros(shape, np.uint32)
+    cv2.circle(nuclei, (20, 40), 4, 1, -1)  # nucleus 1, centre row 40 col 20
+    cv2.circle(nuclei, (60, 40), 4, 2, -1)  # nucleus 2, far from every granule
+    contrast = np.zeros(shape, np.float32)
+    contrast[40, 28] = 0.5  # 4 px beyond the nucleus's edge at 1 µm/px: within reach
+    contrast[40, 25] = 0.9  # on the nucleus's blurred rim (within nucleus_gap_um): never iron
+    contrast[5, 5] = 2.0  # far from both
+    inside = np.ones(shape, bool)
+    levels = cell_iron_levels(contrast, inside, nuclei, pixel_size_um=1.0, iron=iron)
+    assert levels.tolist() == pytest.approx([0.5, 0.0])
+    # outside the pellet nothing counts
+    assert cell_iron_levels(contrast, inside & (np.arange(80)[None, :] < 26), nuclei, pixel_size_um=1.0, iron=iron)[0] == 0
+    # at half the pixel size the same granule is 8 px away: still within 5 µm
+    assert cell_iron_levels(contrast, inside, nuclei, pixel_size_um=0.5, iron=iron)[0] == pytest.approx(0.5)
+    # beyond cell_distance_um and the granules' growth (5.5 µm): 0
+    far = np.zeros(shape, np.float32)
+    far[40, 50] = 0.5  # 26 px from nucleus 1's edge, at 0.25 µm/px 6.5 µm
+    assert cell_iron_levels(far, inside, nuclei, pixel_size_um=0.25, iron=iron)[0] == 0
+
+
+def test_threshold_leaves_at_most_the_fraction_positive_and_never_goes_below_the_floor():
+    levels = np.linspace(0.0, 1.99, 200)
+    t = threshold_for_fraction(levels, max_fraction=0.01, floor=0.2)
+    assert (levels > t).sum() == 2 and t == pytest.approx(levels[-3])
+    assert threshold_for_fraction(levels, max_fraction=0.01, floor=1.99) == 1.99
+    assert threshold_for_fraction(levels[:50], max_fraction=0.01, floor=0.2) == pytest.approx(levels[49])  # < 100 cells: none positive
+    assert threshold_for_fraction(np.zeros(10), max_fraction=0.01, floor=0.2) == 0.2
+    with pytest.raises(ValueError):
+        threshold_for_fraction(levels, max_fraction=1.5, floor=0.2)
+
+
+def test_controls_are_named_by_condition_case_and_spaces_ignored():
+    assert is_control(" Unlabeled", ["unlabeled"]) and not is_control("labeled", ["unlabeled"])
+    assert not is_control(None, ["unlabeled"]) and not is_control(float("nan"), ["unlabeled"])
+
+
+@pytest.fixture(scope="module")
+def batch(tmp_path_factory):
+    root = tmp_path_factory.mktemp("calibration")
+    truth = {}
+    for condition, day, seed, suffix in BATCH:
+        section = make_section(labeled=condition == "labeled", day=day, n_pellets=1, pixel_size_um=1.0, seed=seed, pellet_diameter_um=(300.0, 360.0))
+        stem = f"D1_{condition}_d{day}_s1"
+        write_section(section, root / "in" / f"{stem}{suffix}")
+        truth[stem] = section
+    runs = {}
+    for mode in ("controls", "off"):
+        runs[mode] = run_batch(RunConfig(input_dir=root / "in", output_dir=root / mode, scheduler="synchronous", iron={"calibrate": mode}))
+    return root, truth, runs
+
+
+def _iron_f1(found, truth) -> float:
+    a, b = found == CLASS_CODES["iron"], truth == CLASS_CODES["iron"]
+    return 2 * (a & b).sum() / max(1, a.sum() + b.sum())
+
+
+def test_calibration_brings_the_controls_to_one_percent_and_keeps_labeled_iron(batch):
+    import tifffile
+
+    root, truth, runs = batch
+    cal = runs["controls"]["iron_calibration"]
+    assert cal["calibrated"] and cal["control_images"] == ["D1_unlabeled_d14_s1", "D1_unlabeled_d28_s1"]
+    assert cal["granule_min_od"] > cal["configured_granule_min_od"] == IronConfig().granule_min_od
+    assert cal["n_control_pellets"] == 2 and cal["n_control_cells"] > 200
+    assert cal["positive_fraction_before"] > 0.05  # 0.103 on 2026-12-03: the fixed threshold's false positives
+    assert cal["positive_fraction_after"] <= 0.01 and cal["positive_fraction_after"] <= cal["positive_fraction_predicted"]
+    table = runs["controls"]["table"].set_index("image")
+    off = runs["off"]["table"].set_index("image")
+    for stem in ("D1_unlabeled_d14_s1", "D1_unlabeled_d28_s1"):
+        assert table.loc[stem, "iron_positive_cell_fraction"] <= 0.02 < off.loc[stem, "iron_positive_cell_fraction"]
+    for stem in ("D1_labeled_d14_s1", "D1_labeled_d28_s1"):
+        (expected,) = measure_pellets(truth[stem].pellets, truth[stem].classes, truth[stem].nuclei, pixel_size_um=1.0)
+        assert table.loc[stem, "iron_positive_cell_fraction"] > 0.6 * expected["iron_positive_cell_fraction"]
+        assert _iron_f1(tifffile.imread(root / "controls" / "labels" / f"{stem}_classes.tif"), truth[stem].classes) >= 0.8
+    # every image of the batch records the threshold it was classified with
+    record = json.loads((root / "controls" / "run.json").read_text())
+    assert {im["iron_granule_min_od"] for im in record["images"].values()} == {cal["granule_min_od"]}
+    assert record["iron_calibration"]["granule_min_od"] == cal["granule_min_od"]
+
+
+def test_off_keeps_the_configured_threshold_and_says_so(batch):
+    from pellet_analysis.cli import iron_threshold_line
+
+    _, _, runs = batch
+    cal = runs["off"]["iron_calibration"]
+    assert not cal["calibrated"] and cal["granule_min_od"] == IronConfig().granule_min_od and "off" in cal["reason"]
+    assert cal["positive_fraction_after"] > 0.05  # the controls' false positives are still reported
+    assert iron_threshold_line(cal) == "iron threshold 0.2, not calibrated: iron.calibrate is off"
+    calibrated = runs["controls"]["iron_calibration"]
+    assert iron_threshold_line(calibrated).startswith(f"iron threshold 0.2 -> {calibrated['granule_min_od']:.3g}, calibrated on ")
+
+
+def test_a_run_again_reuses_the_calibration_and_skips_finished_images(batch):
+    root, _, runs = batch
+    again = run_batch(RunConfig(input_dir=root / "in", output_dir=root / "controls", scheduler="synchronous"))
+    assert again["n_skipped"] == 4 and again["iron_calibration"]["reused"]
+    assert again["iron_calibration"]["granule_min_od"] == runs["controls"]["iron_calibration"]["granule_min_od"]
+    # a stored calibration of other control files is not trusted: every image is classified again
+    stored = json.loads((root / "controls" / CALIBRATION_FILE).read_text())
+    stored["key"]["controls"]["D1_unlabeled_d14_s1"] = "0" * 64
+    (root / "controls" / CALIBRATION_FILE).write_text(json.dumps(stored))
+    redone = run_batch(RunConfig(input_dir=root / "in", output_dir=root / "controls", scheduler="synchronous"))
+    assert redone["n_skipped"] == 0 and "reused" not in redone["iron_calibration"]
+    assert redone["iron_calibration"]["granule_min_od"] == pytest.approx(runs["controls"]["iron_calibration"]["granule_min_od"])
+
+
+def test_without_controls_the_fixed_threshold_is_used_and_said(batch, tmp_path):
+    root, _, _ = batch
+    record = run_batch(RunConfig(input_dir=root / "in", output_dir=tmp_path / "out", scheduler="synchronous", iron={"control_conditions": ["sham"]}))
+    cal = record["iron_calibration"]
+    assert not cal["calibrated"] and cal["granule_min_od"] == IronConfig().granule_min_od and "no control pellets" in cal["reason"]
+
+
+def test_report_names_estimated_pixel_sizes_at_the_top_and_shows_the_calibration(batch):
+    root, _, runs = batch
+    assert runs["controls"]["table"].set_index("image").loc["D1_labeled_d14_s1", "pixel_size_source"] in ("estimated", "batch estimate")
+    assert set(runs["controls"]["table"]["pixel_size_source"]) - {"estimated", "batch estimate"} == {"file"}
+    page = make_report(root / "controls", thumbnails=False)["report"].read_text()
+    top = page.index("id='pixel-size'")
+    assert top < page.index("<h2>") and "D1_labeled_d14_s1" in page[top : page.index("</div>", top)]
+    assert "D1_labeled_d28_s1" not in page[top : page.index("</div>", top)]
+    assert "id='size-plots'" in page
+    calibration = page[page.index("id='iron-calibration'") :]
+    threshold = runs["controls"]["iron_calibration"]["granule_min_od"]
+    assert f"{threshold:.3g}" in calibration[:1000] and "control pellets" in calibration[:1000]
+
+
+def test_whole_slide_controls_calibrate_as_in_memory_ones(batch, tmp_path):
+    root, _, runs = batch
+    slides = run_batch(
+        RunConfig(input_dir=root / "in", output_dir=tmp_path / "slides", scheduler="synchronous", whole_slide_min_px=1000)
+    )
+    assert sum("whole_slide" in im for im in slides["images"].values()) == 3  # the TIFFs; the PNG is read whole
+    cal, memory = slides["iron_calibration"], runs["controls"]["iron_calibration"]
+    assert cal["n_control_cells"] == memory["n_control_cells"] and cal["granule_min_od"] == pytest.approx(memory["granule_min_od"])
+    assert slides["table"]["iron_positive_cell_fraction"].tolist() == pytest.approx(runs["controls"]["table"]["iron_positive_cell_fraction"].tolist())
+    assert {im["iron_granule_min_od"] for im in slides["images"].values()} == {cal["granule_min_od"]}
+
+
+def test_an_unquoted_off_in_yaml_turns_calibration_off(tmp_path):
+    from pellet_analysis.config import load_config
+
+    (tmp_path / "c.yaml").write_text("iron:\n  calibrate: off\n")  # YAML 1.1 reads it as false
+    assert load_config(tmp_path / "c.yaml").iron.calibrate == "off"
+    assert RunConfig().iron.calibrate == "controls" and RunConfig().iron.control_conditions == ["unlabeled"]
+
+
+def test_the_sample_sheet_names_the_controls(batch, tmp_path):
+    """Files named freely: the conditions come from the sheet, and the same controls give the same threshold."""
+    import shutil
+
+    root, _, runs = batch
+    (tmp_path / "in").mkdir()
+    lines = ["image,donor,condition,day"]
+    for k, (condition, day, _, suffix) in enumerate(BATCH):
+        shutil.copy(root / "in" / f"D1_{condition}_d{day}_s1{suffix}", tmp_path / "in" / f"scan{k}{suffix}")
+        lines.append(f"scan{k}{suffix},D1,{condition},{day}")
+    (tmp_path / "sheet.csv").write_text("\n".join(lines) + "\n")
+    record = run_batch(RunConfig(input_dir=tmp_path / "in", output_dir=tmp_path / "out", scheduler="synchronous", sample_sheet=tmp_path / "sheet.csv"))
+    cal = record["iron_calibration"]
+    assert cal["control_images"] == ["scan0", "scan1"]
+    assert cal["granule_min_od"] == pytest.approx(runs["controls"]["iron_calibration"]["granule_min_od"])
