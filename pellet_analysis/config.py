@@ -169,7 +169,10 @@ class NucleiConfig(_Strict):
     min_diameter_um: float = Field(5.0, gt=0, description="Smallest nucleus diameter (µm).")
     max_diameter_um: float = Field(18.0, gt=0, description="Largest nucleus diameter (µm).")
     typical_diameter_um: float = Field(
-        8.0, gt=0, description="Median nucleus diameter (µm), used only to estimate an unknown pixel size."
+        8.0,
+        gt=0,
+        description="Typical nucleus length (µm): the major axis of the median nucleus (a round one's diameter), used only "
+        "to estimate an unknown pixel size.",
     )
     dark_min_od: float = Field(
         0.3,
@@ -332,7 +335,7 @@ class RunConfig(_Strict):
     estimate_pixel_size: bool = Field(
         True,
         description="When neither the file nor the config (or --pixel-size-um) gives a pixel size, "
-        "estimate it from the nuclei (their median taken as nuclei.typical_diameter_um across) "
+        "estimate it from the nuclei (their median taken as nuclei.typical_diameter_um long) "
         "instead of assuming pixel_size_um; the run records the estimate and warns.",
     )
     batch_pixel_size_max_ratio: float = Field(

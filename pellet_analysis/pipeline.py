@@ -192,7 +192,7 @@ def nucleus_sizes_task(path, config: RunConfig) -> NucleusSizes | None:
         return None
     if not unknown(file_px):
         return None
-    return nucleus_sizes_px(rgb, configured_stains(config.stains))
+    return nucleus_sizes_px(rgb, configured_stains(config.stains), tissue_min_od=config.pellets.tissue_min_od)
 
 
 def pixel_size_choices(sizes_by_image: dict, config: RunConfig) -> dict[str, PixelSizeChoice]:
@@ -243,7 +243,7 @@ def process_file(path, config: RunConfig, output_dir, metadata: dict | None = No
     if _pixel_size_unknown(px_source, config):
         choice = pixel_size_choice
         if choice is None and config.estimate_pixel_size:
-            choice = pixel_size_choices({stem: nucleus_sizes_px(rgb, configured_stains(config.stains))}, config)[stem]
+            choice = pixel_size_choices({stem: nucleus_sizes_px(rgb, configured_stains(config.stains), tissue_min_od=config.pellets.tissue_min_od)}, config)[stem]
         if choice is not None and choice.pixel_size_um is not None:
             pixel_size, px_source = choice.pixel_size_um, choice.source
             warnings.append(choice.warning())
