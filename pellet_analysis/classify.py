@@ -301,6 +301,30 @@ def _compact_objects(mask, *, min_radius_px: float, min_area_px: int):
     return remove_small_objects(objects, min_area_px)
 
 
+def _lone_convex_objects(candidates, taken, *, min_solidity: float, max_extent_px: float) -> np.ndarray:
+    """The objects of ``candidates`` that hold no pixel of ``taken``, fit a box ``max_extent_px`` wide and are at least ``min_solidity`` convex.
+
+    Pale (vesicular) nuclei hold a half to a third of the hematoxylin of dark
+    ones and fall below a threshold that leaves out the hematoxylin of the
+    cytoplasm; at a lower threshold they stand alone and convex, while the
+    cytoplasm joins into wide concave networks or around a dark nucleus
+    (found already). The size bound keeps the decision within a tile's
+    overlap (:func:`objects_depth_px`).
+    """
+    candidates = np.asarray(candidates, dtype=bool)
+    out = np.zeros(candidates.shape, bool)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(candidates.view(np.uint8), connectivity=4, ltype=cv2.CV_32S)
+    keep = (stats[:, cv2.CC_STAT_WIDTH] <= max_extent_px) & (stats[:, cv2.CC_STAT_HEIGHT] <= max_extent_px)
+    keep[labels[np.asarray(taken, bool) & candidates]] = False
+    keep[0] = False
+    for k in np.nonzero(keep)[0]:
+        c, r, w, h = (int(stats[k, i]) for i in (cv2.CC_STAT_LEFT, cv2.CC_STAT_TOP, cv2.CC_STAT_WIDTH, cv2.CC_STAT_HEIGHT))
+        obj = labels[r : r + h, c : c + w] == k
+        if _solidity(obj) >= min_solidity:
+            out[r : r + h, c : c + w] |= obj
+    return out
+
+
 def _grow_to_half_maximum(instances, signal, inside, *, distance_px: int):
     """Grow each object by up to ``distance_px`` over pixels at least half its median signal.
 
@@ -504,8 +528,9 @@ def thresholds_from_histograms(hist, *, classify: ClassifyConfig, nuclei: Nuclei
     and no matrix stain, as in H&E, rather than the darkness of near-neutral
     Weigert's) the nucleus
     threshold is ``nuclei.stain_otsu_fraction`` of Otsu's, never below
-    ``nuclei.stain_min_od``: Otsu's threshold falls between dark and pale
-    nuclei, whose hematoxylin is a third to half of the dark ones'.
+    ``nuclei.stain_min_od``; pale nuclei below it are found apart
+    (:func:`_lone_convex_objects`), since at a lower threshold real cytoplasm,
+    which holds hematoxylin too, joins the nuclei.
 
     The proteoglycan threshold sits at half the typical stained level (the
     median above ``classify.proteoglycan_min_od``), never below that floor,
@@ -518,6 +543,8 @@ def thresholds_from_histograms(hist, *, classify: ClassifyConfig, nuclei: Nuclei
     if spot_hist.sum() > 16 and occupied.size > 1:
         centres = 0.5 * (_SPOT_EDGES[1:] + _SPOT_EDGES[:-1])
         lo, hi = occupied[0], occupied[-1] + 1
+        if deconvolved:  # flat regions (glass, a lumen, even tissue) hold no nucleus: left out of Otsu's two classes
+            lo = max(lo, min(hi - 2, int(np.searchsorted(_SPOT_EDGES, nuclei.stain_otsu_floor_od))))
         otsu = float(threshold_otsu(hist=(spot_hist[lo:hi], centres[lo:hi])))
         dark = max(nuclei.stain_min_od, nuclei.stain_otsu_fraction * otsu) if deconvolved else max(dark, otsu)
     elif deconvolved:
@@ -596,6 +623,13 @@ def classify_objects(
     min_r_px = nuclei.min_diameter_um / 2 / px
     min_nucleus_px = max(2, int(math.pi * min_r_px**2 * 0.55))
     nuclear = _compact_objects(inside & (spots > thresholds.dark), min_radius_px=min_r_px, min_area_px=min_nucleus_px)
+    deconvolved = not MATRIX_ROLES & set(stains.roles)
+    if deconvolved and nuclei.stain_pale_fraction < nuclei.stain_otsu_fraction:
+        pale = _compact_objects(
+            inside & (spots > thresholds.dark * nuclei.stain_pale_fraction / nuclei.stain_otsu_fraction),
+            min_radius_px=min_r_px, min_area_px=min_nucleus_px,
+        )
+        nuclear |= _lone_convex_objects(pale, nuclear, min_solidity=nuclei.stain_pale_min_solidity, max_extent_px=nuclei.max_diameter_um / px)
     iron_mask = np.zeros(inside.shape, bool)
     contrast = np.zeros(inside.shape, bool)
     if has_iron:
@@ -609,7 +643,6 @@ def classify_objects(
         )
     # nuclei are cut inside their blurred edges by the threshold: grow each to half its own
     # darkness, by up to 1 µm, but not over the granule-sized spots beside it
-    deconvolved = not MATRIX_ROLES & set(stains.roles)
     if deconvolved:
         split = split_nuclei_by_stain(
             nuclear,

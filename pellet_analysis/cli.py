@@ -192,6 +192,11 @@ def cmd_validate(args) -> int:
     from .validate import validate
 
     console = _console()
+    if args.real is not None:
+        return _validate_real(args, console)
+    if args.stains not in (None, "ab-vg", "he"):
+        console.print("[red]error:[/red] synthetic validation renders ab-vg sections or he tiles; other presets need --real DIR")
+        return 2
     if args.stains == "he":
         return _validate_he(args, console)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console) as bar:
@@ -217,6 +222,30 @@ def _validate_he(args, console) -> int:
     print(json.dumps(result["summary"], indent=2))
     if args.output:
         console.print(f"tiles and the run in {args.output}")
+    return 0
+
+
+def _validate_real(args, console) -> int:
+    """``validate --real DIR``: nuclei instance F1 against the instance labels of real images."""
+    import json
+
+    from .validate import validate_real
+
+    if not args.real.is_dir():
+        console.print(f"[red]error:[/red] {args.real} is not a folder")
+        return 2
+    try:
+        result = validate_real(args.real, stains=args.stains or "he", use_pixel_size=not args.no_pixel_size, output_dir=args.output,
+                               progress=lambda i, n, row: console.print(f"{i}/{n} {row['image']}: F1 {row['f1']:.3f}"))
+    except FileNotFoundError as error:
+        console.print(f"[red]error:[/red] {error}")
+        return 2
+    images = result["images"]
+    print(images.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print(f"mean F1 {result['summary']['nuclei_instance_f1_mean']:.3f} over {len(images)} image(s)")
+    print(json.dumps(result["summary"], indent=2))
+    if args.output:
+        console.print(f"validation_real_images.csv and validation_real.json in {args.output}")
     return 0
 
 
@@ -275,8 +304,14 @@ def build_parser() -> argparse.ArgumentParser:
     val.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
     val.add_argument("--hue-jitter-deg", type=float, default=6.0, dest="hue_jitter_deg", help="largest stain-vector rotation (degrees, default 6)")
     val.add_argument("--output", type=Path, help="folder for validation_images.csv, validation_pellets.csv, validation.json")
-    val.add_argument("--stains", choices=["ab-vg", "he"], default="ab-vg",
-                     help="ab-vg: pellet sections (default); he: full-frame H&E tiles (PNG, no pixel size) through `run --stains he`, nuclei instance F1 at IoU 0.5")
+    val.add_argument("--stains", choices=["ab-vg", "safranin-o", "alcian-nfr", "he", "h-dab"], default=None,
+                     help="ab-vg: pellet sections (default); he: full-frame H&E tiles (PNG, no pixel size) through `run --stains he`, nuclei instance F1 at IoU 0.5; "
+                     "with --real, the preset the images are analysed with (default he)")
+    val.add_argument("--real", type=Path, default=None, metavar="DIR",
+                     help="score nuclei against instance labels: every <stem>.tif in DIR with a <stem>_labels.tif; pixel size from <stem>.xml "
+                     "(MicronsPerPixel) or the file; prints F1, precision, recall and counts per image and the mean")
+    val.add_argument("--no-pixel-size", action="store_true", dest="no_pixel_size",
+                     help="with --real: ignore the XML and file pixel sizes and let the tool estimate them from the nuclei, as `run` does")
     val.add_argument("--size-px", type=int, default=512, dest="size_px", help="with --stains he: tile side in pixels (default 512)")
     val.set_defaults(func=cmd_validate)
 

@@ -169,7 +169,10 @@ class NucleiConfig(_Strict):
     min_diameter_um: float = Field(5.0, gt=0, description="Smallest nucleus diameter (µm).")
     max_diameter_um: float = Field(18.0, gt=0, description="Largest nucleus diameter (µm).")
     typical_diameter_um: float = Field(
-        8.0, gt=0, description="Median nucleus diameter (µm), used only to estimate an unknown pixel size."
+        8.0,
+        gt=0,
+        description="Typical nucleus length (µm): the major axis of the median nucleus (a round one's diameter), used only "
+        "to estimate an unknown pixel size.",
     )
     dark_min_od: float = Field(
         0.3,
@@ -180,12 +183,35 @@ class NucleiConfig(_Strict):
     )
 
     stain_otsu_fraction: float = Field(
-        0.5,
+        1.0,
         gt=0,
         le=1,
         description="For a nuclear stain separated by colour deconvolution with no matrix stain (he, h-dab), the "
-        "threshold on its local excess (white top-hat) is this fraction of Otsu's within the region: Otsu's "
-        "falls between dark and pale (vesicular) nuclei.",
+        "threshold on its local excess (white top-hat) is this fraction of Otsu's within the region. On real H&E "
+        "the cytoplasm holds hematoxylin too: below Otsu's level it joins the nuclei (pale nuclei are taken at "
+        "stain_pale_fraction instead).",
+    )
+    stain_otsu_floor_od: float = Field(
+        0.05,
+        ge=0,
+        description="For a deconvolved nuclear stain with no matrix stain (he, h-dab): pixels whose local excess "
+        "(white top-hat, OD) is below this are left out of Otsu's threshold, so that glass or a lumen filling "
+        "part of a tile does not lower it.",
+    )
+    stain_pale_fraction: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="For a deconvolved nuclear stain with no matrix stain (he, h-dab): objects above this fraction of "
+        "Otsu's level but below the nucleus threshold (stain_otsu_fraction) are pale nuclei when they hold no darker "
+        "nucleus, are at least stain_pale_min_solidity convex and fit within max_diameter_um; equal to "
+        "stain_otsu_fraction turns this off.",
+    )
+    stain_pale_min_solidity: float = Field(
+        0.9,
+        gt=0,
+        le=1,
+        description="Smallest solidity (pixels over their convex hull's) of a pale nucleus (see stain_pale_fraction).",
     )
     stain_min_od: float = Field(
         0.15,
@@ -328,7 +354,7 @@ class RunConfig(_Strict):
     estimate_pixel_size: bool = Field(
         True,
         description="When neither the file nor the config (or --pixel-size-um) gives a pixel size, "
-        "estimate it from the nuclei (their median taken as nuclei.typical_diameter_um across) "
+        "estimate it from the nuclei (their median taken as nuclei.typical_diameter_um long) "
         "instead of assuming pixel_size_um; the run records the estimate and warns.",
     )
     batch_pixel_size_max_ratio: float = Field(

