@@ -44,6 +44,10 @@ __all__ = [
 ]
 
 
+#: Percentile of the pale pixels taken as white when tissue nearly fills the frame (no surface can be fitted).
+WHITE_PERCENTILE_FULL_FRAME = 90.0
+
+
 @dataclass
 class Illumination:
     """Background intensity I0: a constant per channel or a smooth polynomial field."""
@@ -191,6 +195,9 @@ def illumination_from_small(small, dtype, *, pixel_size_um: float, stains: Stain
             illum = Illumination(np.zeros(3), coef, source="flat-field")
             illum.background_rgb = illum.field(small.shape[:2]).reshape(-1, 3).mean(0).astype(np.float64)
             return illum
+        # too little background for a surface: tissue nearly fills the frame, and its few pale pixels
+        # (lacunae, lumina) hold a little stain; the brightest of them are the nearest to the glass
+        return Illumination(estimate_background(small, mask, percentile=WHITE_PERCENTILE_FULL_FRAME), source="estimated")
     return Illumination(estimate_background(small, mask), source="estimated")
 
 

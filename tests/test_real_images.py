@@ -198,3 +198,44 @@ def test_alcian_blue_fraction_with_estimated_vectors_within_5_points_of_lab_qupa
     v = valves[name]
     assert v["largest_source"] == "estimated-macenko", v
     assert abs(v["estimated"] - v["reference"]) <= 0.05, v
+
+
+def test_safranin_o_tiles_at_half_resolution_find_nuclei_where_the_whole_section_does(mbs, mbs_runs):
+    """224-px tiles wholly inside the section, downscaled by 2 (1.2 µm per pixel), each analysed alone.
+
+    Each tile fills its frame, so it is one region with its own white point and thresholds. Its
+    nuclei are matched one to one (Hungarian, centroids within 5 µm) to the whole section's
+    nuclei whose centroids lie in the tile.
+    """
+    import cv2
+    from scipy import ndimage as ndi
+    from scipy.optimize import linear_sum_assignment
+    from scipy.spatial.distance import cdist
+
+    def centroids(nuclei):
+        ids = np.unique(nuclei[nuclei > 0])
+        return np.array(ndi.center_of_mass(np.ones_like(nuclei), nuclei, ids)).reshape(-1, 2)
+
+    whole = mbs_runs["original"]
+    in_whole = centroids(whole.nuclei)
+    totals = np.zeros(3)
+    for r in range(0, mbs.shape[0] - 223, 224):
+        for c in range(0, mbs.shape[1] - 223, 224):
+            if not (whole.pellets[r : r + 224, c : c + 224] > 0).all():
+                continue
+            tile = cv2.resize(mbs[r : r + 224, c : c + 224], (112, 112), interpolation=cv2.INTER_AREA)
+            found = analyze_image(tile, pixel_size_um=2 * MBS_PIXEL_SIZE_UM, config=SAFRANIN_O)
+            assert len(found.rows) == 1 and found.rows[0]["area_um2"] == pytest.approx(112 * 112 * 1.44)
+            in_tile = centroids(found.nuclei) * 2 + 0.5 + np.array([r, c])
+            here = in_whole[(in_whole[:, 0] >= r) & (in_whole[:, 0] < r + 224) & (in_whole[:, 1] >= c) & (in_whole[:, 1] < c + 224)]
+            distance = cdist(here, in_tile)
+            rows, cols = linear_sum_assignment(distance)
+            matched = int((distance[rows, cols] <= 5.0 / MBS_PIXEL_SIZE_UM).sum())
+            print(f"\ntile ({r}, {c}): whole section {len(here)}, tile {len(in_tile)}, matched {matched}")
+            assert len(in_tile) == pytest.approx(len(here), rel=0.3)
+            totals += (len(here), len(in_tile), matched)
+    assert totals[0] > 500  # seven tiles lie wholly inside the section
+    assert totals[1] == pytest.approx(totals[0], rel=0.15)
+    recall, precision = totals[2] / totals[0], totals[2] / totals[1]
+    print(f"all tiles: whole {totals[0]:.0f}, tiles {totals[1]:.0f}, recall {recall:.2f}, precision {precision:.2f}")
+    assert recall >= 0.7 and precision >= 0.8
