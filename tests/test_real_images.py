@@ -239,3 +239,11 @@ def test_safranin_o_tiles_at_half_resolution_find_nuclei_where_the_whole_section
     recall, precision = totals[2] / totals[0], totals[2] / totals[1]
     print(f"all tiles: whole {totals[0]:.0f}, tiles {totals[1]:.0f}, recall {recall:.2f}, precision {precision:.2f}")
     assert recall >= 0.7 and precision >= 0.8
+
+
+def test_safranin_o_tiled_classification_equals_in_memory(mbs, mbs_runs):
+    """The spot maps' filters (stain and darkness top-hats) and the object step's size test tile exactly."""
+    whole = mbs_runs["original"]
+    tiled = analyze_image(mbs, pixel_size_um=MBS_PIXEL_SIZE_UM, config=RunConfig(stains={"preset": "safranin-o"}, tile_px=256))
+    assert np.array_equal(whole.pellets, tiled.pellets)
+    assert np.array_equal(whole.classes, tiled.classes) and np.array_equal(whole.nuclei, tiled.nuclei)
