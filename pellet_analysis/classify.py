@@ -342,6 +342,18 @@ def _grow_to_half_maximum(instances, signal, inside, *, distance_px: int):
     return out
 
 
+def _drop_small_instances(instances, min_area_px: int) -> np.ndarray:
+    """Instances (uint32) with fewer than ``min_area_px`` pixels set to 0."""
+    out = np.asarray(instances).astype(np.uint32)
+    if out.max() == 0:
+        return out
+    area = np.bincount(out.ravel())
+    small = area < int(min_area_px)
+    small[0] = False
+    out[small[out]] = 0
+    return out
+
+
 def _granules(candidates, nuclear, *, gap_px: int, max_area_px: float):
     """Iron granules: small dark objects not on a nucleus's rim.
 
@@ -374,6 +386,16 @@ def dark_spots(od_fine, stains: StainSet, *, pixel_size_um: float, nuclei: Nucle
     else:
         nuc_names = names if stains.roles.get("nuclei") in names else [stains.roles["nuclei"]]
         signal = unmix(od_fine, np.stack([stains.vector(n) for n in nuc_names]))[..., nuc_names.index(stains.roles["nuclei"])]
+        if MATRIX_ROLES & set(stains.roles):
+            # beside matrix stains the vectors rarely fit the matrix's hue exactly (dense Safranin O can read as
+            # -0.1 OD of hematoxylin), so a pale lacuna in it rises above it in the nuclear stain. A nucleus
+            # holds the stain and is darker than its surroundings, a lacuna neither: a spot is at most the
+            # stain there and the excess of the largest channel OD.
+            radius = top_hat_radius_px(pixel_size_um=pixel_size_um, nuclei=nuclei)
+            excess = white_tophat_disk(signal, radius)
+            darker = white_tophat_disk(np.maximum(np.maximum(od_fine[..., 0], od_fine[..., 1]), od_fine[..., 2]), radius)
+            np.minimum(excess, darker, out=excess)
+            return np.minimum(excess, np.maximum(signal, 0), out=excess)
     return white_tophat_disk(signal, top_hat_radius_px(pixel_size_um=pixel_size_um, nuclei=nuclei))
 
 
@@ -521,8 +543,18 @@ def map_histograms(maps, inside) -> np.ndarray:
     return np.concatenate([np.histogram(spots, _SPOT_EDGES)[0], np.histogram(pg, _PG_EDGES)[0]]).astype(np.int64)
 
 
-def thresholds_from_histograms(hist, *, classify: ClassifyConfig, nuclei: NucleiConfig, deconvolved: bool = False) -> Thresholds:
+def thresholds_from_histograms(
+    hist, *, classify: ClassifyConfig, nuclei: NucleiConfig, deconvolved: bool = False, relative: bool = False
+) -> Thresholds:
     """The pellet's nucleus darkness threshold (Otsu, never below ``nuclei.dark_min_od``) and proteoglycan threshold.
+
+    With ``relative`` (a nuclear stain separated by colour deconvolution
+    beside matrix stains, as hematoxylin in Safranin-O or nuclear fast red
+    beside Alcian blue) the nucleus threshold is Otsu's of the pellet's own
+    stain excess, never below ``nuclei.relative_min_od`` (a guard against
+    noise): a paler or stronger stain moves it in proportion, where the
+    absolute ``dark_min_od`` made for Weigert's black would keep only the
+    darkest nuclei of a pale section, or none.
 
     With ``deconvolved`` (the nuclear stain separated by colour deconvolution
     and no matrix stain, as in H&E, rather than the darkness of near-neutral
@@ -545,10 +577,19 @@ def thresholds_from_histograms(hist, *, classify: ClassifyConfig, nuclei: Nuclei
         lo, hi = occupied[0], occupied[-1] + 1
         if deconvolved:  # flat regions (glass, a lumen, even tissue) hold no nucleus: left out of Otsu's two classes
             lo = max(lo, min(hi - 2, int(np.searchsorted(_SPOT_EDGES, nuclei.stain_otsu_floor_od))))
+        elif relative and hi > 2:
+            lo = max(lo, 1)  # the first bin (< 0.002 OD) holds the pixels with no nuclear stain at all, which Otsu's split would follow
         otsu = float(threshold_otsu(hist=(spot_hist[lo:hi], centres[lo:hi])))
-        dark = max(nuclei.stain_min_od, nuclei.stain_otsu_fraction * otsu) if deconvolved else max(dark, otsu)
+        if deconvolved:
+            dark = max(nuclei.stain_min_od, nuclei.stain_otsu_fraction * otsu)
+        elif relative:
+            dark = max(float(nuclei.relative_min_od), otsu)
+        else:
+            dark = max(dark, otsu)
     elif deconvolved:
         dark = float(nuclei.stain_min_od)
+    elif relative:
+        dark = float(nuclei.relative_min_od)
     floor = float(classify.proteoglycan_min_od)
     first = int(np.searchsorted(_PG_EDGES, floor, side="right"))  # bins wholly above the floor
     above = pg_hist[first:]
@@ -622,14 +663,19 @@ def classify_objects(
     has_iron = "iron" in stains.roles
     min_r_px = nuclei.min_diameter_um / 2 / px
     min_nucleus_px = max(2, int(math.pi * min_r_px**2 * 0.55))
-    nuclear = _compact_objects(inside & (spots > thresholds.dark), min_radius_px=min_r_px, min_area_px=min_nucleus_px)
     deconvolved = not MATRIX_ROLES & set(stains.roles)
-    if deconvolved and nuclei.stain_pale_fraction < nuclei.stain_otsu_fraction:
-        pale = _compact_objects(
-            inside & (spots > thresholds.dark * nuclei.stain_pale_fraction / nuclei.stain_otsu_fraction),
-            min_radius_px=min_r_px, min_area_px=min_nucleus_px,
-        )
-        nuclear |= _lone_convex_objects(pale, nuclear, min_solidity=nuclei.stain_pale_min_solidity, max_extent_px=nuclei.max_diameter_um / px)
+    if has_iron or deconvolved:
+        nuclear = _compact_objects(inside & (spots > thresholds.dark), min_radius_px=min_r_px, min_area_px=min_nucleus_px)
+        if deconvolved and nuclei.stain_pale_fraction < nuclei.stain_otsu_fraction:
+            pale = _compact_objects(
+                inside & (spots > thresholds.dark * nuclei.stain_pale_fraction / nuclei.stain_otsu_fraction),
+                min_radius_px=min_r_px, min_area_px=min_nucleus_px,
+            )
+            nuclear |= _lone_convex_objects(pale, nuclear, min_solidity=nuclei.stain_pale_min_solidity, max_extent_px=nuclei.max_diameter_um / px)
+    else:  # a nuclear stain beside matrix stains (safranin-o, alcian-nfr): no granules to part from nuclei by
+        # form, and an opening would erase the flat nuclei a few pixels thick of a coarse scan; their size is
+        # judged once they are grown to their own half maximum (below), as blur shrinks small nuclei's cores
+        nuclear = remove_small_objects(fill_holes(inside & (spots > thresholds.dark)), 2)
     iron_mask = np.zeros(inside.shape, bool)
     contrast = np.zeros(inside.shape, bool)
     if has_iron:
@@ -661,6 +707,8 @@ def classify_objects(
     instances = _grow_to_half_maximum(
         split, spots, inside & ~contrast, distance_px=max(1, round(1.0 / px))
     )
+    if not (has_iron or deconvolved):
+        instances = _drop_small_instances(instances, min_nucleus_px)
     nuclear = instances > 0
     if has_iron:
         # granules likewise: grow each to half its own contrast, by up to 0.5 µm, without entering a nucleus
@@ -796,7 +844,12 @@ def classify_maps(
     width = inside.shape[1]
     # H&E and H-DAB: nuclei are the only objects; sets with a matrix stain keep Otsu, so their matrix classes do not change
     deconvolved = not MATRIX_ROLES & set(stains.roles)
-    thresholds = thresholds_from_histograms(map_histograms(maps, inside), classify=classify, nuclei=nuclei, deconvolved=deconvolved)
+    # a nuclear stain separated beside matrix stains (safranin-o, alcian-nfr): relative to the pellet's own stain;
+    # ab-vg's Weigert darkness keeps its absolute floor
+    relative = not deconvolved and "iron" not in stains.roles
+    thresholds = thresholds_from_histograms(
+        map_histograms(maps, inside), classify=classify, nuclei=nuclei, deconvolved=deconvolved, relative=relative
+    )
     if tile_px is None:
         classes, instances = classify_objects(maps, inside, thresholds, stains, **settings)
         instances = _raster_numbered(instances)

@@ -113,7 +113,28 @@ class PelletConfig(_Strict):
     tissue_min_od: float = Field(
         0.05,
         gt=0,
-        description="Lowest optical density (largest channel OD, smoothed) counted as tissue.",
+        description="Optical density (largest channel OD, smoothed) always counted as tissue; a paler section's "
+        "threshold is tissue_fraction of its own median tissue OD, never below tissue_floor_od. A section whose "
+        "median tissue OD is below this value keeps it as its threshold (faint tissue is not told from uneven glass).",
+    )
+    tissue_fraction: float = Field(
+        0.25,
+        gt=0,
+        lt=1,
+        description="Fraction (0-1) of the section's median tissue OD (the tissue side of Otsu's split of the image) "
+        "above which a pixel is tissue, when that is below tissue_min_od: a paler stain keeps the same outline.",
+    )
+    tissue_floor_od: float = Field(
+        0.01,
+        gt=0,
+        description="Lowest tissue threshold (OD) however pale the section: a guard against glass noise.",
+    )
+    outline_smoothing_um: float = Field(
+        20.0,
+        ge=0,
+        description="Radius (µm) of the closing and opening that smooth a pellet's outline at tissue scale: gaps "
+        "narrower than twice this between cells at the edge are bridged, fringes thinner than that are trimmed, "
+        "so the outline follows the tissue edge, not every cell. 0 keeps the thresholded edge.",
     )
     smoothing_um: float = Field(
         1.0, ge=0, description="Gaussian sigma applied before tissue thresholding (µm)."
@@ -182,6 +203,13 @@ class NucleiConfig(_Strict):
         "and Otsu's within the pellets.",
     )
 
+    relative_min_od: float = Field(
+        0.03,
+        gt=0,
+        description="For a nuclear stain separated by colour deconvolution beside matrix stains (safranin-o's "
+        "hematoxylin, alcian-nfr's nuclear fast red): the nucleus threshold is Otsu's of the pellet's own stain "
+        "excess (white top-hat), never below this guard (OD) against noise on faint sections.",
+    )
     stain_otsu_fraction: float = Field(
         1.0,
         gt=0,

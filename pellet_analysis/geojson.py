@@ -4,28 +4,17 @@ from __future__ import annotations
 
 import math
 
-import cv2
 import numpy as np
 from scipy import ndimage as ndi
-from skimage.measure import find_contours
+
+from .measure import outline_polygon
 
 __all__ = ["pellet_outline", "pellet_feature_collection", "feature_collection", "ring_collection"]
 
 
 def pellet_outline(mask, *, offset=(0, 0), tolerance_px: float = 0.75) -> list[list[float]]:
-    """Closed outer outline of the largest part of ``mask`` as ``[x, y]`` (column, row) pixel coordinates."""
-    mask = np.pad(np.asarray(mask, bool), 1)
-    contours = find_contours(mask.astype(np.float32), 0.5)
-    if not contours:
-        return []
-    contour = max(contours, key=len)
-    # Douglas-Peucker, as skimage's approximate_polygon (whose import costs scipy.signal, most of a second
-    # in every worker); the closed contour repeats its first point, so both ends stay
-    contour = cv2.approxPolyDP(np.ascontiguousarray(contour, dtype=np.float32)[:, None, :], tolerance_px, False)[:, 0, :]
-    ring = [[float(c - 1 + offset[1]), float(r - 1 + offset[0])] for r, c in contour]
-    if ring[0] != ring[-1]:
-        ring.append(ring[0])
-    return ring
+    """Closed outer outline of the largest part of ``mask`` as ``[x, y]`` (column, row) pixel coordinates (:func:`~pellet_analysis.measure.outline_polygon`)."""
+    return [[float(c + offset[1]), float(r + offset[0])] for r, c in outline_polygon(mask, tolerance_px=tolerance_px)]
 
 
 def _json_value(value):
@@ -73,6 +62,12 @@ def ring_collection(outlines) -> dict:
             "classification": {"name": "Pellet", "color": [0, 200, 0]},
             "measurements": {k: _json_value(v) for k, v in row.items() if isinstance(v, (int, float, np.number)) and not isinstance(v, bool)},
         }
-        properties.update({k: _json_value(v) for k, v in row.items() if k in ("image", "donor", "condition", "day", "section", "pixel_size_um", "pixel_size_source")})
+        properties.update(
+            {
+                k: _json_value(v)
+                for k, v in row.items()
+                if k in ("image", "donor", "condition", "day", "section", "pixel_size_um", "pixel_size_source", "touches_border", "shape_exclusion_reason")
+            }
+        )
         features.append({"type": "Feature", "id": f"pellet-{pid}", "geometry": {"type": "Polygon", "coordinates": [ring]}, "properties": properties})
     return {"type": "FeatureCollection", "features": features}

@@ -13,7 +13,18 @@ from scipy.spatial import cKDTree
 
 from .morphology import within_distance
 
-__all__ = ["CLASS_CODES", "CLASS_NAMES", "MEASUREMENT_COLUMNS", "measure_pellets", "perimeter_crofton"]
+__all__ = [
+    "CLASS_CODES",
+    "CLASS_NAMES",
+    "MEASUREMENT_COLUMNS",
+    "measure_pellets",
+    "perimeter_crofton",
+    "outline_polygon",
+    "polygon_circularity",
+    "touches_border",
+    "BORDER_REASON",
+    "SHAPE_COLUMNS",
+]
 
 #: Class codes of the ``<image>_classes.tif`` label image.
 CLASS_CODES = {
@@ -49,6 +60,10 @@ MEASUREMENT_COLUMNS = [
 ]
 
 
+#: Measurements of a pellet's shape: not comparable when it is cut by the image border (:func:`touches_border`).
+SHAPE_COLUMNS = ("area_um2", "circularity")
+
+
 def _safe_fraction(numerator, denominator) -> float:
     return float(numerator) / float(denominator) if denominator > 0 else 0.0
 
@@ -76,6 +91,66 @@ def perimeter_crofton(mask) -> float:
     code += 4 * q[1:, :-1]
     code += 8 * q[:-1, :-1]
     return float(_CROFTON_4 @ np.bincount(code.ravel(), minlength=16))
+
+
+def outline_polygon(mask, *, tolerance_px: float = 0.75) -> np.ndarray:
+    """The outer outline of the largest part of ``mask`` as a closed polygon of (row, col) vertices (float64).
+
+    The iso-line at 0.5 of the mask (marching squares: through the midpoints
+    between inside and outside pixel centres, so it encloses the mask's
+    pixels) simplified by Douglas-Peucker within ``tolerance_px``. This is the
+    polygon written to the GeoJSON outlines; the first vertex is repeated at
+    the end. Empty (0, 2) when ``mask`` is empty.
+    """
+    from skimage.measure import find_contours
+
+    mask = np.pad(np.asarray(mask, bool), 1)
+    contours = find_contours(mask.view(np.uint8).astype(np.float32), 0.5)
+    if not contours:
+        return np.zeros((0, 2))
+    contour = max(contours, key=lambda c: abs(_shoelace(c)))
+    # Douglas-Peucker, as skimage's approximate_polygon (whose import costs scipy.signal, most of a second
+    # in every worker); the closed contour repeats its first point, so both ends stay
+    contour = cv2.approxPolyDP(np.ascontiguousarray(contour, dtype=np.float32)[:, None, :], float(tolerance_px), False)[:, 0, :]
+    contour = contour.astype(np.float64) - 1.0
+    if not np.array_equal(contour[0], contour[-1]):
+        contour = np.vstack([contour, contour[:1]])
+    return contour
+
+
+def _shoelace(points) -> float:
+    """Signed area of the polygon through ``points`` (rows, cols)."""
+    r, c = np.asarray(points, np.float64).T
+    return 0.5 * float(np.dot(r, np.roll(c, -1)) - np.dot(c, np.roll(r, -1)))
+
+
+def polygon_circularity(polygon) -> float:
+    """ImageJ's circularity of a polygon: 4 pi area / perimeter², at most 1 (0 for an empty polygon).
+
+    Area (shoelace) and perimeter (the sum of its sides' lengths) are those
+    ImageJ's Measure and QuPath give for the same polygon ROI, for instance
+    the pellet outline imported from the run's GeoJSON.
+    """
+    polygon = np.asarray(polygon, np.float64)
+    if len(polygon) < 4:
+        return 0.0
+    perimeter = float(np.hypot(*np.diff(polygon, axis=0).T).sum())
+    return min(1.0, 4.0 * np.pi * abs(_shoelace(polygon)) / perimeter**2) if perimeter > 0 else 0.0
+
+
+#: The pellets.csv reason, in ``shape_exclusion_reason``, why a pellet's area and circularity are not comparable.
+BORDER_REASON = "cut by the image border"
+
+
+def touches_border(box, shape) -> bool:
+    """Whether a pellet whose bounding box (pair of slices) lies in an image of ``shape`` reaches the image's edge.
+
+    Such a pellet may be cut there (a field of view inside a section always
+    is): its area and circularity are those of the part in the image, not
+    comparable with whole sections (``shape_exclusion_reason`` is then
+    :data:`BORDER_REASON`), while its fractions, densities and scores stay valid.
+    """
+    return bool(any(s.start <= 0 or s.stop >= n for s, n in zip(box, shape[:2])))
 
 
 def _labels_present(labels) -> np.ndarray:
@@ -223,8 +298,7 @@ def measure_pellets(
         n_px = int(mask.sum())
         cls = classes[sl][mask]
         rr, cc = np.nonzero(mask)
-        perim_px = perimeter_crofton(mask)
-        circ = min(1.0, 4.0 * np.pi * n_px / perim_px**2) if perim_px > 0 else 0.0
+        circ = polygon_circularity(outline_polygon(mask))
         pg = cls == CLASS_CODES["proteoglycan"]
         mean_od = sd_od = 0.0
         if proteoglycan_od is not None and pg.any():

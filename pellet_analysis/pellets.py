@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 from scipy import ndimage as ndi
+from skimage.filters import threshold_otsu
 from skimage.measure import label as cc_label
 from skimage.measure import regionprops
 from skimage.morphology import disk, remove_small_holes, remove_small_objects
@@ -33,12 +34,18 @@ __all__ = [
     "illumination_from_small",
     "tissue_score",
     "fills_frame",
+    "tissue_threshold_od",
     "pellet_topology",
     "pellet_windows",
     "pellet_margin_px",
     "refine_pellet",
     "fill_enclosed_holes",
+    "smooth_outline",
 ]
+
+
+#: Percentile of the pale pixels taken as white when tissue nearly fills the frame (no surface can be fitted).
+WHITE_PERCENTILE_FULL_FRAME = 90.0
 
 
 @dataclass
@@ -188,6 +195,9 @@ def illumination_from_small(small, dtype, *, pixel_size_um: float, stains: Stain
             illum = Illumination(np.zeros(3), coef, source="flat-field")
             illum.background_rgb = illum.field(small.shape[:2]).reshape(-1, 3).mean(0).astype(np.float64)
             return illum
+        # too little background for a surface: tissue nearly fills the frame, and its few pale pixels
+        # (lacunae, lumina) hold a little stain; the brightest of them are the nearest to the glass
+        return Illumination(estimate_background(small, mask, percentile=WHITE_PERCENTILE_FULL_FRAME), source="estimated")
     return Illumination(estimate_background(small, mask), source="estimated")
 
 
@@ -216,7 +226,48 @@ def fills_frame(tissue, *, min_border_fraction: float) -> bool:
     return bool(border.mean() >= min_border_fraction)
 
 
-def pellet_topology(small_rgb, illumination: Illumination, *, pixel_size_um: float, config: PelletConfig) -> np.ndarray:
+def tissue_threshold_od(score, *, config: PelletConfig) -> float:
+    """The tissue score above which a pixel of this image is tissue: relative to its own stain, capped.
+
+    Otsu's threshold splits the (smoothed) tissue score into glass and
+    tissue; the threshold is ``config.tissue_fraction`` of the tissue's median
+    score, never above ``config.tissue_min_od`` (an OD no clean glass reaches
+    after the white point) and never below ``config.tissue_floor_od``. A
+    section stained half as strongly thus keeps the same outline. When the
+    tissue's median is itself below ``tissue_min_od``, nothing tells such
+    faint "tissue" from uneven glass or a blank frame, and the cap is used.
+
+    Parameters
+    ----------
+    score : ndarray of float
+        Smoothed tissue score (:func:`tissue_score`) of the image or its low-resolution copy.
+    config : PelletConfig, keyword-only
+
+    Returns
+    -------
+    float
+        OD.
+    """
+    cap = float(config.tissue_min_od)
+    values = np.asarray(score, dtype=np.float32).ravel()
+    if values.size < 16 or not values.max() > values.min():
+        return cap
+    split = float(threshold_otsu(values))
+    tissue = values[values > split]
+    level = float(np.median(tissue)) if tissue.size else 0.0
+    if level < cap:
+        return cap
+    return min(cap, max(float(config.tissue_floor_od), float(config.tissue_fraction) * level))
+
+
+def small_tissue_score(small_rgb, illumination: Illumination, *, pixel_size_um: float, config: PelletConfig) -> np.ndarray:
+    """The smoothed tissue score (float32) of a low-resolution copy whose pixels are ``pixel_size_um``."""
+    return gaussian(tissue_score(illumination.od(small_rgb)), config.smoothing_um / float(pixel_size_um))
+
+
+def pellet_topology(
+    small_rgb, illumination: Illumination, *, pixel_size_um: float, config: PelletConfig, tissue_od: float | None = None, score=None
+) -> np.ndarray:
     """Which low-resolution pixels form which pellet: labels numbered left to right.
 
     Parameters
@@ -227,6 +278,10 @@ def pellet_topology(small_rgb, illumination: Illumination, *, pixel_size_um: flo
     pixel_size_um : float, keyword-only
         Pixel size of ``small_rgb``.
     config : PelletConfig, keyword-only
+    tissue_od : float, optional, keyword-only
+        The image's tissue threshold; default :func:`tissue_threshold_od` of its score.
+    score : ndarray, optional, keyword-only
+        :func:`small_tissue_score` of ``small_rgb``, when already computed.
 
     Returns
     -------
@@ -238,9 +293,11 @@ def pellet_topology(small_rgb, illumination: Illumination, *, pixel_size_um: flo
         such as a small H&E tile with pale stroma or a lumen at its border.
     """
     px = float(pixel_size_um)
-    od = illumination.od(small_rgb)
-    score = gaussian(tissue_score(od), config.smoothing_um / px)
-    mask = score > float(config.tissue_min_od)
+    if score is None:
+        score = small_tissue_score(small_rgb, illumination, pixel_size_um=px, config=config)
+    if tissue_od is None:
+        tissue_od = tissue_threshold_od(score, config=config)
+    mask = score > float(tissue_od)
     smaller_than_a_pellet = mask.size * px**2 < config.min_pellet_area_um2
     if fills_frame(mask, min_border_fraction=config.full_frame_min_border_fraction) or (smaller_than_a_pellet and mask.any()):
         return np.ones(mask.shape, np.int32)
@@ -258,7 +315,15 @@ def pellet_topology(small_rgb, illumination: Illumination, *, pixel_size_um: flo
 def pellet_margin_px(*, pixel_size_um: float, factor: int, config: PelletConfig, extra_px: int = 0) -> int:
     """Margin (px) around a pellet's low-resolution box that holds its refined edge and its filters' reach."""
     sigma = config.smoothing_um / pixel_size_um
-    return factor + 1 + int(math.ceil(4 * sigma)) + 2 + int(round(config.edge_band_um / pixel_size_um)) + int(extra_px)
+    return (
+        factor + 1 + int(math.ceil(4 * sigma)) + 2 + int(round(config.edge_band_um / pixel_size_um))
+        + outline_radius_px(pixel_size_um=pixel_size_um, config=config) + int(extra_px)
+    )
+
+
+def outline_radius_px(*, pixel_size_um: float, config: PelletConfig) -> int:
+    """Radius (px) of the closing and opening that smooth a pellet's outline (``config.outline_smoothing_um``)."""
+    return int(round(config.outline_smoothing_um / float(pixel_size_um)))
 
 
 def pellet_windows(labels_small, factor: int, shape, margin_px: int) -> list:
@@ -271,13 +336,17 @@ def pellet_windows(labels_small, factor: int, shape, margin_px: int) -> list:
     return windows
 
 
-def refine_pellet(od, labels_small, pellet: int, window, factor: int, *, pixel_size_um: float, config: PelletConfig) -> np.ndarray:
+def refine_pellet(
+    od, labels_small, pellet: int, window, factor: int, *, pixel_size_um: float, config: PelletConfig, tissue_od: float | None = None
+) -> np.ndarray:
     """One pellet's full-resolution mask inside its window.
 
     The low-resolution pellets are grown by two low-resolution pixels and
     enlarged to full resolution; inside its own grown region, the pellet's edge is
     placed by thresholding the smoothed tissue score of ``od`` (the window's
-    optical density) at full resolution.
+    optical density) at full resolution. Holes up to
+    ``config.fill_holes_max_um2`` (lacunae, pale matrix) are the pellet's, and
+    the outline is smoothed at tissue scale (:func:`smooth_outline`).
 
     Parameters
     ----------
@@ -292,6 +361,8 @@ def refine_pellet(od, labels_small, pellet: int, window, factor: int, *, pixel_s
         Full-resolution pixels per low-resolution pixel.
     pixel_size_um : float, keyword-only
     config : PelletConfig, keyword-only
+    tissue_od : float, optional, keyword-only
+        The image's tissue threshold (:func:`tissue_threshold_od`); default ``config.tissue_min_od``.
 
     Returns
     -------
@@ -308,12 +379,59 @@ def refine_pellet(od, labels_small, pellet: int, window, factor: int, *, pixel_s
     grown = grown_small[np.clip(rows, r0, r1 - 1)[:, None] - r0, np.clip(cols, c0, c1 - 1)[None, :] - c0]
     # (rows and columns of the partial edge blocks, left out of the low resolution, take the last block's label)
     score = gaussian(tissue_score(od), config.smoothing_um / pixel_size_um)
-    mask = _half_maximum_edges(score, float(config.tissue_min_od), band_px=max(1, round(config.edge_band_um / pixel_size_um)))
+    threshold = float(config.tissue_min_od if tissue_od is None else tissue_od)
+    mask = _half_maximum_edges(score, threshold, band_px=max(1, round(config.edge_band_um / pixel_size_um)))
     mask &= grown == pellet
     # background reaching a side of the window inside the image continues beyond it: never a hole
     rows_total, cols_total = labels_small.shape[0] * factor, labels_small.shape[1] * factor
     open_sides = (window[0].start > 0, window[0].stop < rows_total, window[1].start > 0, window[1].stop < cols_total)
-    return fill_enclosed_holes(mask, max_area_px=int(config.fill_holes_max_um2 / pixel_size_um**2), open_sides=open_sides)
+    max_hole_px = int(config.fill_holes_max_um2 / pixel_size_um**2)
+    mask = fill_enclosed_holes(mask, max_area_px=max_hole_px, open_sides=open_sides)
+    radius = outline_radius_px(pixel_size_um=pixel_size_um, config=config)
+    if radius < 1:
+        return mask
+    # the smoothing bridges clefts of background, never into another pellet's region
+    smoothed = smooth_outline(mask, radius_px=radius) & ((grown == pellet) | (grown == 0))
+    return fill_enclosed_holes(smoothed, max_area_px=max_hole_px, open_sides=open_sides)
+
+
+def smooth_outline(mask, *, radius_px: int) -> np.ndarray:
+    """A closing, then an opening, of ``mask`` by a disk of ``radius_px``: its outline at that scale.
+
+    The closing bridges the gaps between cells at the tissue's edge (the
+    pale matrix around lacunae, clefts narrower than the disk) and the
+    opening trims fringes thinner than it (single cells and fibres standing
+    off the edge), so the outline follows the tissue, not every cell. A
+    convex section, and any made of disks of that radius, is left as it is.
+    Both run on OpenCV's 5 x 5 chamfer distance transforms (within about 2 %
+    of Euclidean, a third faster than the exact one; their cost does not grow
+    with the radius); outside ``mask`` is background, also beyond its edges.
+
+    Parameters
+    ----------
+    mask : ndarray of bool
+    radius_px : int, keyword-only
+
+    Returns
+    -------
+    ndarray of bool
+    """
+    mask = np.asarray(mask, dtype=bool)
+    r = int(radius_px)
+    if r < 1 or not mask.any():
+        return mask.copy()
+    pad = r + 2
+    padded = np.pad(mask, pad).view(np.uint8)
+
+    def within(binary):  # dilation by the disk: pixels within r of ``binary``
+        return cv2.distanceTransform(1 - binary, cv2.DIST_L2, cv2.DIST_MASK_5) <= r
+
+    def eroded(binary):  # erosion by the disk: pixels farther than r from the background
+        return cv2.distanceTransform(binary, cv2.DIST_L2, cv2.DIST_MASK_5) > r
+
+    closed = eroded(within(padded).view(np.uint8)).view(np.uint8)
+    opened = within(eroded(closed).view(np.uint8))
+    return opened[pad:-pad, pad:-pad].copy()
 
 
 def fill_enclosed_holes(mask, *, max_area_px: int, open_sides=(True, True, True, True)) -> np.ndarray:

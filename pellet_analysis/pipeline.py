@@ -73,7 +73,7 @@ TABLE_COLUMNS = (
     ["image", "pellet_id", *METADATA_FIELDS]
     + [c for c in MEASUREMENT_COLUMNS if c != "pellet_id"]
     + BERN_COLUMNS
-    + ["pixel_size_um", "pixel_size_source", "excluded", "exclusion_reason", "corrected"]
+    + ["pixel_size_um", "pixel_size_source", "touches_border", "shape_exclusion_reason", "excluded", "exclusion_reason", "corrected"]
 )
 
 
@@ -867,9 +867,9 @@ def _table(results) -> pd.DataFrame:
     table["day"] = pd.array(table["day"], dtype="Int64")
     for col in ("nuclei_count", "iron_granule_count", *BERN_COLUMNS):
         table[col] = table[col].astype("int64")
-    for col in ("excluded", "corrected"):
+    for col in ("excluded", "corrected", "touches_border"):
         table[col] = table[col].astype(bool)
-    for col in ("image", "donor", "condition", "section", "pixel_size_source", "exclusion_reason"):
+    for col in ("image", "donor", "condition", "section", "pixel_size_source", "exclusion_reason", "shape_exclusion_reason"):
         table[col] = table[col].astype("string")
     return table.sort_values(["image", "pellet_id"], kind="stable").reset_index(drop=True)
 

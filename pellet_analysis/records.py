@@ -8,15 +8,29 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from .io import sha256_file
+from .measure import BORDER_REASON
 from .metadata import METADATA_FIELDS
 
 __all__ = ["table_row", "image_summary", "pellet_boxes"]
 
 
 def table_row(image: str, meta: dict, measurements: dict, pixel_size_um: float, pixel_size_source: str) -> dict:
-    """One pellets.csv row: image, study metadata, measurements, the pixel size and where it came from, and review columns at their defaults."""
+    """One pellets.csv row: image, study metadata, measurements, the pixel size and where it came from, and review columns at their defaults.
+
+    A pellet cut by the image border (``touches_border``) gets :data:`~pellet_analysis.measure.BORDER_REASON`
+    as its ``shape_exclusion_reason``: its area and circularity are left out of the report's means.
+    """
     row = {"image": image, **{k: meta.get(k) for k in METADATA_FIELDS}, **measurements}
-    row.update(pixel_size_um=pixel_size_um, pixel_size_source=pixel_size_source, excluded=False, exclusion_reason="", corrected=False)
+    touches = bool(row.get("touches_border", False))
+    row.update(
+        pixel_size_um=pixel_size_um,
+        pixel_size_source=pixel_size_source,
+        touches_border=touches,
+        shape_exclusion_reason=BORDER_REASON if touches else "",
+        excluded=False,
+        exclusion_reason="",
+        corrected=False,
+    )
     return row
 
 

@@ -18,6 +18,7 @@ import pandas as pd
 
 from . import __version__
 from .io import atomic_write, write_tables
+from .measure import SHAPE_COLUMNS
 from .overlay import render_overlay
 from .review import apply_review
 from .stats import comparison_table
@@ -243,10 +244,12 @@ def make_report(run_dir, *, seed: int = 0, thumbnails: bool = True) -> dict:
     run = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
     failures = pd.read_csv(run_dir / "failures.csv") if (run_dir / "failures.csv").is_file() else pd.DataFrame(columns=["image", "reason"])
     metrics = list(REPORT_METRICS)
-    agg = aggregate(table, metrics)
+    # the shape measures are summarised too (without the pellets cut by the image border), not tested
+    shapes = [c for c in SHAPE_COLUMNS if c in table.columns]
+    agg = aggregate(table, metrics + shapes)
     donors = agg["donors"]
     summary = donors.sort_values(["condition", "day", "donor"]).reset_index(drop=True)
-    statistics = comparison_table(donors, metrics, seed=seed) if len(donors) else pd.DataFrame()
+    statistics = comparison_table(donors.drop(columns=shapes), metrics, seed=seed) if len(donors) else pd.DataFrame()
 
     write_tables(run_dir, {"summary": summary, "statistics": statistics}, parquet=("summary",))
 
@@ -257,6 +260,7 @@ def make_report(run_dir, *, seed: int = 0, thumbnails: bool = True) -> dict:
     parts.append(
         f"<p id='counts'>{n_images} images, {len(table)} pellets, {agg['n_excluded']} excluded by review and left out, "
         f"{agg['n_unassigned']} without donor/condition/day left out, {len(failures)} failed inputs; "
+        f"{agg['n_shape_excluded']} cut by the image border: their area and circularity are left out of the means, their other measures kept; "
         f"{summary['donor'].nunique() if len(summary) else 0} donors.</p>"
     )
     sources = _pixel_size_sources(table, run)
@@ -292,12 +296,12 @@ def make_report(run_dir, *, seed: int = 0, thumbnails: bool = True) -> dict:
     if len(summary):
         parts.append("<h2>Donor summary</h2><div id='summary'>" + _html_table(summary, text_columns=("donor", "condition")) + "</div>")
 
-    pellet_cols = ["image", "pellet_id", "donor", "condition", "day", *metrics, "excluded", "exclusion_reason"]
+    pellet_cols = ["image", "pellet_id", "donor", "condition", "day", *metrics, *shapes, "shape_exclusion_reason", "excluded", "exclusion_reason"]
     pellets = table[[c for c in pellet_cols if c in table.columns]].copy()
     anchors = [f"pellet-{r.image}-{r.pellet_id}" for r in pellets.itertuples()]
     pellets.insert(0, "thumbnail", [f"<a href='#thumb-{a}'>view</a>" for a in anchors])
     parts.append("<h2>Pellets</h2><div id='pellets'>" + _html_table(
-        pellets, text_columns=("thumbnail", "image", "donor", "condition", "exclusion_reason"), row_ids=anchors,
+        pellets, text_columns=("thumbnail", "image", "donor", "condition", "shape_exclusion_reason", "exclusion_reason"), row_ids=anchors,
         row_classes=["excluded" if bool(x) else "" for x in table["excluded"]]) + "</div>")
 
     if thumbnails:

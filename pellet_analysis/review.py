@@ -29,7 +29,7 @@ from .bern import bern_scores
 from .classify import pixel_maps, pixel_maps_depth_px
 from .config import RunConfig
 from .io import read_image, read_label_window, read_window, write_label_pyramid, write_label_tiff, zarr_levels
-from .measure import CLASS_NAMES, measure_pellets
+from .measure import CLASS_NAMES, measure_pellets, touches_border
 from .pellets import Illumination, estimate_illumination
 from .records import pellet_boxes
 from .stains import StainSet, configured_stains
@@ -298,6 +298,7 @@ def requantify(run_dir, image: str, pellet_ids=None, *, config: RunConfig | None
         )
         row["centroid_row_px"] += box[0].start
         row["centroid_col_px"] += box[1].start
+        row["touches_border"] = touches_border(box, shape)
         out.append({**row, **bern_scores(row, config.bern), "corrected": corrected})
     return out
 

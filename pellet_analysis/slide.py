@@ -18,7 +18,7 @@ from .bern import bern_scores
 from .calibrate import cell_iron_levels
 from .classify import classify_maps, deconvolution_stains, pellet_maps, pixel_maps_depth_px
 from .config import RunConfig
-from .measure import measure_pellets
+from .measure import measure_pellets, touches_border
 from .pellets import (
     Illumination,
     block_mean,
@@ -27,6 +27,8 @@ from .pellets import (
     pellet_topology,
     pellet_windows,
     refine_pellet,
+    small_tissue_score,
+    tissue_threshold_od,
     working_factor,
 )
 from .stains import StainSet, choose_stains
@@ -57,6 +59,7 @@ class SlidePlan:
     labels_small: np.ndarray  # int32 low-resolution pellets, numbered left to right
     windows: list  # full-resolution (row slice, column slice) per low-resolution pellet
     full_frame: bool = False  # tissue fills the image: one region of every pixel (pellets.fills_frame)
+    tissue_od: float | None = None  # the image's tissue threshold (pellets.tissue_threshold_od); None: pellets.tissue_min_od
 
 
 @dataclass
@@ -92,7 +95,9 @@ def plan_slide(small_rgb, shape, dtype, *, factor: int, pixel_size_um: float, co
     px_small = float(pixel_size_um) * factor
     small_rgb = np.asarray(small_rgb, dtype=np.float32)
     illumination = illumination_from_small(small_rgb, np.dtype(dtype), pixel_size_um=px_small, stains=config.stains, pellets=config.pellets)
-    labels = pellet_topology(small_rgb, illumination, pixel_size_um=px_small, config=config.pellets)
+    score = small_tissue_score(small_rgb, illumination, pixel_size_um=px_small, config=config.pellets)
+    tissue_od = tissue_threshold_od(score, config=config.pellets)
+    labels = pellet_topology(small_rgb, illumination, pixel_size_um=px_small, config=config.pellets, tissue_od=tissue_od, score=score)
     depth = pixel_maps_depth_px(pixel_size_um=pixel_size_um, classify=config.classify, nuclei=config.nuclei, iron=config.iron)
     margin = pellet_margin_px(pixel_size_um=pixel_size_um, factor=factor, config=config.pellets, extra_px=depth)
     return SlidePlan(
@@ -104,6 +109,7 @@ def plan_slide(small_rgb, shape, dtype, *, factor: int, pixel_size_um: float, co
         labels_small=labels,
         windows=pellet_windows(labels, factor, shape, margin),
         full_frame=bool(labels.size) and bool((labels == 1).all()),
+        tissue_od=tissue_od,
     )
 
 
@@ -133,6 +139,7 @@ class PelletClasses:
     proteoglycan_od: np.ndarray  # float32
     stains_info: dict  # which stain vectors were used and why (choose_stains)
     iron_levels: np.ndarray | None = None  # per nucleus: the highest granule threshold leaving it iron-positive (when asked)
+    touches_border: bool = False  # the pellet reaches the image's edge (measure.touches_border)
 
 
 def classify_pellet_window(
@@ -169,7 +176,7 @@ def classify_pellet_window(
     if plan.full_frame:
         inside = np.ones(od.shape[:2], bool)
     else:
-        inside = refine_pellet(od, plan.labels_small, index, window, plan.factor, pixel_size_um=px, config=config.pellets)
+        inside = refine_pellet(od, plan.labels_small, index, window, plan.factor, pixel_size_um=px, config=config.pellets, tissue_od=plan.tissue_od)
         if inside.sum() * px**2 < config.pellets.min_pellet_area_um2:
             return None
     stains, stains_info = choose_stains(od, inside, stains, config.stains, pixel_size_um=px, names=deconvolution_stains(stains))
@@ -191,7 +198,10 @@ def classify_pellet_window(
             levels = cell_iron_levels(maps[box][..., 3], inside_box, result.nuclei * inside_box, pixel_size_um=px, iron=config.iron)
     del maps
     in_image = tuple(slice(w.start + b.start, w.start + b.stop) for w, b in zip(window, box))
-    return PelletClasses(index, in_image, inside_box, result.classes, result.nuclei, result.proteoglycan_od, stains_info, levels)
+    border = touches_border(_grown_box(inside, by=0, offset=(window[0].start, window[1].start)), plan.shape)
+    return PelletClasses(
+        index, in_image, inside_box, result.classes, result.nuclei, result.proteoglycan_od, stains_info, levels, touches_border=border
+    )
 
 
 def measure_pellet_classes(part: PelletClasses, *, pixel_size_um: float, config: RunConfig) -> dict:
@@ -207,7 +217,7 @@ def measure_pellet_classes(part: PelletClasses, *, pixel_size_um: float, config:
     )
     row["centroid_row_px"] += part.box[0].start
     row["centroid_col_px"] += part.box[1].start
-    return {**row, **bern_scores(row, config.bern)}
+    return {**row, **bern_scores(row, config.bern), "touches_border": part.touches_border}
 
 
 def analyze_pellet(rgb_window, plan: SlidePlan, index: int, *, config: RunConfig, stains: StainSet) -> PelletPiece | None:
@@ -238,14 +248,15 @@ def analyze_pellet(rgb_window, plan: SlidePlan, index: int, *, config: RunConfig
     return PelletPiece(index, window, inside, classes, nuclei, pg_od, row, part.stains_info)
 
 
-def _grown_box(inside) -> tuple:
-    """The bounding box of ``inside`` grown by one pixel within the array (the whole array when empty)."""
+def _grown_box(inside, by: int = 1, offset=(0, 0)) -> tuple:
+    """The bounding box of ``inside`` grown by ``by`` pixels within the array (the whole array when empty), shifted by ``offset``."""
     rows, cols = np.nonzero(inside.any(axis=1))[0], np.nonzero(inside.any(axis=0))[0]
     if rows.size == 0:
-        return (slice(0, inside.shape[0]), slice(0, inside.shape[1]))
+        rows, cols = np.array([0, inside.shape[0] - 1]), np.array([0, inside.shape[1] - 1])
+        by = 0
     return (
-        slice(max(0, rows[0] - 1), min(inside.shape[0], rows[-1] + 2)),
-        slice(max(0, cols[0] - 1), min(inside.shape[1], cols[-1] + 2)),
+        slice(offset[0] + max(0, rows[0] - by), offset[0] + min(inside.shape[0], rows[-1] + 1 + by)),
+        slice(offset[1] + max(0, cols[0] - by), offset[1] + min(inside.shape[1], cols[-1] + 1 + by)),
     )
 
 

@@ -140,8 +140,8 @@ PRESETS: dict[str, StainSet] = {
     "safranin-o": _preset(
         "safranin-o",
         {
-            "safranin_o": (0.100, 0.850, 0.520),
-            "fast_green": (0.850, 0.100, 0.520),
+            "safranin_o": (0.215, 0.643, 0.735),
+            "fast_green": (0.98003, 0.14429, 0.13661),
             "hematoxylin": (0.650, 0.704, 0.286),
         },
         {"proteoglycan": "safranin_o", "collagen": "fast_green", "nuclei": "hematoxylin"},
@@ -480,11 +480,14 @@ def estimate_background(image, tissue_mask=None, *, channel_axis=-1, percentile=
 def looks_like_glass(white, dtype) -> bool:
     """Whether a first white point (:func:`estimate_background` without a mask) is bare glass or a lumen.
 
-    Glass is bright and near-neutral. Where tissue fills the image the
-    brightest tenth of the pixels is tissue: darker (mean under 0.72 of full
-    scale) or coloured, as pale eosin is (its weakest channel under 0.8 of
-    its strongest; glass and lumina on H&E tiles and pellet scans measured
-    0.89-0.98, synthetic tiles of packed eosin 0.59-0.75).
+    Glass is near-neutral and the brightest part of the image. Where tissue
+    fills the image the brightest tenth of the pixels is tissue: coloured, as
+    pale eosin is (its weakest channel under 0.8 of its strongest; glass and
+    lumina on H&E tiles and pellet scans measured 0.89-0.98, synthetic tiles
+    of packed eosin 0.59-0.75), or dark (mean under half of full scale). A
+    hazy scan's glass is neutral grey (a veil of OD 0.15 leaves 0.7 of full
+    scale), and still glass: whether tissue fills such a frame is decided by
+    the tissue found against it (:func:`~pellet_analysis.pellets.fills_frame`).
 
     Parameters
     ----------
@@ -497,7 +500,7 @@ def looks_like_glass(white, dtype) -> bool:
     bool
     """
     white = np.asarray(white, dtype=np.float64)
-    return bool(white.mean() >= 0.72 * intensity_range(dtype) and white.min() >= 0.8 * white.max())
+    return bool(white.mean() >= 0.5 * intensity_range(dtype) and white.min() >= 0.8 * white.max())
 
 
 def _poly_terms(rows, cols, order):

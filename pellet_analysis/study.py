@@ -6,6 +6,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import pandas as pd
 
+from .measure import SHAPE_COLUMNS
 from .metadata import CONDITIONS
 
 __all__ = ["SampleSheetError", "read_sample_sheet", "aggregate"]
@@ -103,7 +104,10 @@ def aggregate(table: pd.DataFrame, metrics) -> dict:
 
     A section is one image (or one ``section`` value of a donor/condition/day);
     its value is the mean over its pellets; a donor's value per condition and
-    day is the mean over its sections.
+    day is the mean over its sections. The shape measures
+    (:data:`~pellet_analysis.measure.SHAPE_COLUMNS`) of a pellet with a
+    ``shape_exclusion_reason`` (cut by the image border) are left out of
+    those means; its other measures stay.
 
     Parameters
     ----------
@@ -116,13 +120,21 @@ def aggregate(table: pd.DataFrame, metrics) -> dict:
     -------
     dict
         ``sections`` and ``donors`` DataFrames (each with ``n_pellets``, and
-        ``n_sections`` for donors), ``n_excluded`` and ``n_unassigned``
-        (pellets without donor, condition or day).
+        ``n_sections`` for donors), ``n_excluded``, ``n_unassigned``
+        (pellets without donor, condition or day) and ``n_shape_excluded``
+        (pellets aggregated without their shape measures).
     """
     table = table.copy()
     excluded = table["excluded"].fillna(False).astype(bool)
     n_excluded = int(excluded.sum())
-    table = table[~excluded]
+    table = table[~excluded].copy()
+    n_shape_excluded = 0
+    if "shape_exclusion_reason" in table.columns:
+        cut = table["shape_exclusion_reason"].fillna("").astype(str).str.len() > 0
+        n_shape_excluded = int(cut.sum())
+        for column in SHAPE_COLUMNS:
+            if column in table.columns:
+                table[column] = table[column].astype(float).where(~cut)
     assigned = table["donor"].notna() & table["condition"].notna() & table["day"].notna()
     n_unassigned = int((~assigned).sum())
     table = table[assigned].copy()
@@ -142,5 +154,5 @@ def aggregate(table: pd.DataFrame, metrics) -> dict:
     for frame in (sections, donors):
         for col in ("donor", "condition"):
             frame[col] = frame[col].astype(str)
-    return {"sections": sections, "donors": donors, "n_excluded": n_excluded, "n_unassigned": n_unassigned}
+    return {"sections": sections, "donors": donors, "n_excluded": n_excluded, "n_unassigned": n_unassigned, "n_shape_excluded": n_shape_excluded}
 

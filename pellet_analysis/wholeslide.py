@@ -124,6 +124,7 @@ def slide_pellet(path, plan: SlidePlan, index: int, config: RunConfig, stains: S
         "kept": True,
         "window": part.box,  # what the files hold: the pellet's bounding box, grown by one pixel
         "stains_info": part.stains_info,
+        "touches_border": part.touches_border,
         "files": files,
         "n_nuclei": int(part.nuclei.max(initial=0, where=part.inside)),
         "started_wall": started,
@@ -147,7 +148,7 @@ def measure_slide_pellet(classified: dict, pixel_size_um: float, config: RunConf
     index, box = classified["index"], classified["window"]
     try:
         arrays = {kind: np.load(f, mmap_mode="r") for kind, f in classified["files"].items()}
-        part = PelletClasses(index, box, stains_info=classified["stains_info"], **arrays)
+        part = PelletClasses(index, box, stains_info=classified["stains_info"], touches_border=classified["touches_border"], **arrays)
         row = measure_pellet_classes(part, pixel_size_um=pixel_size_um, config=config)
     except Exception as error:
         return _pellet_error(index, error)

@@ -102,3 +102,23 @@ def test_small_window_background_is_never_filled_as_a_hole(config):
     edge[0, 4] = False  # background reaching the edge
     assert fill_enclosed_holes(ring, max_area_px=9).all() and not fill_enclosed_holes(ring, max_area_px=8).all()
     assert fill_enclosed_holes(edge, max_area_px=100)[0, 4] == False  # noqa: E712
+
+
+def test_circularity_is_imagej_s_on_the_outline_polygon_and_cut_pellets_say_so(sections, analyses, config):
+    """4 pi area / perimeter² of the exported polygon: a disk reads ~1, a 2:1 ellipse ~0.84 (exact 0.8411)."""
+    from pellet_analysis.measure import outline_polygon, polygon_circularity
+    from pellet_analysis.pipeline import analyze_image
+
+    rows, cols = np.mgrid[:600, :600]
+    disk = (rows - 300) ** 2 + (cols - 300) ** 2 <= 250**2
+    ellipse = ((rows - 300) / 250.0) ** 2 + ((cols - 300) / 125.0) ** 2 <= 1
+    assert 0.98 < polygon_circularity(outline_polygon(disk)) <= 1.0
+    assert abs(polygon_circularity(outline_polygon(ellipse)) - 0.8411) < 0.02
+    # the synthetic pellets lie whole on glass; cut through one, it touches the border
+    for s, a in zip(sections, analyses):
+        assert not any(r["touches_border"] for r in a.rows)
+        assert all(abs(r["circularity"] - g["circularity"]) < 0.05 for r, g in zip(a.rows, truth_table(s)))
+    s, a = sections[0], analyses[0]
+    row = int(a.rows[0]["centroid_row_px"])
+    cut = analyze_image(s.image[row:], pixel_size_um=s.pixel_size_um, config=config)
+    assert [r["touches_border"] for r in cut.rows] == [True]

@@ -188,3 +188,24 @@ def test_changed_config_refuses_to_mix_results(tmp_path):
     done = subprocess.run([sys.executable, "-m", "pellet_analysis", "run", "--input", str(src), "--output", str(tmp_path / "out"), "--stains", "he"],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 2 and "different config" in done.stderr and "new --output" in done.stderr
+
+
+@pytest.mark.parametrize("grey", [238, 170, 128])
+def test_blank_or_hazy_glass_is_never_a_pellet(grey):
+    """Relative tissue thresholds must not invent tissue on glass: bright, hazy-grey or dim, with sensor noise and a gradient."""
+    from pellet_analysis.gates import NotASectionError
+    from pellet_analysis.pipeline import analyze_image
+    from pellet_analysis.slide import plan_image
+
+    rng = np.random.default_rng(grey)
+    rows = np.linspace(0.0, 1.0, 400)[:, None, None]
+    blank = grey * (1.0 - 0.03 * rows) + rng.normal(0.0, 1.5, (400, 500, 3))  # 3 % vignetting: OD 0.013
+    blank = np.clip(np.round(blank), 0, 255).astype(np.uint8)
+    config = RunConfig(stains={"preset": "safranin-o"})
+    # the pellet finder itself, behind the input gate: no tissue on glass of any brightness
+    assert plan_image(blank, pixel_size_um=1.0, config=config).windows == []
+    try:
+        found = analyze_image(blank, pixel_size_um=1.0, config=config)
+    except NotASectionError:
+        return
+    assert found.rows == [], found.rows

@@ -55,3 +55,20 @@ def test_run_uses_sheet_metadata_and_reports_unlisted_and_missing(tmp_path):
     failures = pd.read_csv(tmp_path / "out" / "failures.csv").set_index("image").reason
     assert "not listed in sample sheet" in failures["scan2"]
     assert "not found" in failures["scan3"]
+
+
+def test_shape_measures_of_pellets_cut_by_the_border_are_left_out_of_the_means():
+    from pellet_analysis.study import aggregate
+
+    table = pd.DataFrame(
+        {
+            "image": ["a", "a"], "pellet_id": [1, 2], "donor": ["P1", "P1"], "condition": ["labeled", "labeled"], "day": [14, 14],
+            "area_um2": [100_000.0, 40_000.0], "circularity": [0.9, 0.4], "proteoglycan_area_fraction": [0.2, 0.4],
+            "touches_border": [False, True], "shape_exclusion_reason": ["", "cut by the image border"], "excluded": [False, False],
+        }
+    )
+    agg = aggregate(table, ["area_um2", "circularity", "proteoglycan_area_fraction"])
+    section = agg["sections"].iloc[0]
+    assert section["area_um2"] == 100_000.0 and section["circularity"] == 0.9  # the cut pellet's shape is left out
+    assert section["proteoglycan_area_fraction"] == pytest.approx(0.3)  # its other measures stay
+    assert section["n_pellets"] == 2 and agg["n_shape_excluded"] == 1
