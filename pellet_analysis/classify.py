@@ -4,11 +4,13 @@ Classes (``CLASS_CODES``): proteoglycan and collagen come from colour
 deconvolution of the chromatic stains; nuclei and iron from local dark spots.
 For ``ab-vg`` (Weigert's iron hematoxylin, near-neutral black) darkness is the
 OD of the least-absorbed channel above the surrounding matrix (a white
-top-hat); dark objects thick and large enough to be a nucleus are nuclei.
+top-hat) above a fraction of the pellet's own nuclear level; dark objects
+thick and large enough to be a nucleus are nuclei.
 Iron granules are spots of green and blue OD above a granule-sized top-hat
 (brown granules absorb those channels most), outside and not on the rim of a
-nucleus. Other presets take nuclei from the
-deconvolved nuclear stain."""
+nucleus, brown on average (blue above green, red not far below blue) and
+isolated (their half-maximum does not run on into a fibre or a wider dark
+object). Other presets take nuclei from the deconvolved nuclear stain."""
 
 from __future__ import annotations
 
@@ -37,6 +39,8 @@ __all__ = [
     "classify_maps",
     "pixel_maps",
     "granule_contrast",
+    "granule_colour",
+    "brown_objects",
     "pellet_window",
     "split_nuclei",
     "split_nuclei_by_stain",
@@ -354,11 +358,53 @@ def _drop_small_instances(instances, min_area_px: int) -> np.ndarray:
     return out
 
 
-def _granules(candidates, nuclear, *, gap_px: int, max_area_px: float):
-    """Iron granules: small dark objects not on a nucleus's rim.
+def brown_objects(candidates, colour, *, min_blue_green: float, min_red_blue: float) -> np.ndarray:
+    """The 8-connected objects of ``candidates`` whose mean granule-scale colour is brown.
+
+    Brown iron absorbs blue more than green and red about half as much as
+    blue (the preset's vector: 0.40, 0.57, 0.72). Near-neutral Weigert's
+    hematoxylin absorbs green at least as much as blue (0.60, 0.62, 0.50),
+    acid fuchsin and picrosirius red far more, and picric yellow (or a
+    red-orange fibre on it) hardly any red. The colour is averaged over the
+    object because JPEG's chroma subsampling leaves single pixels' colour
+    unreliable.
+
+    Parameters
+    ----------
+    candidates : ndarray of bool
+    colour : ndarray of float, shape (rows, cols, 3)
+        Granule-scale contrast of the red, green and blue OD (:func:`granule_colour`).
+    min_blue_green : float, keyword-only
+        Smallest ratio of the object's blue to green contrast.
+    min_red_blue : float, keyword-only
+        Smallest ratio of its red to blue contrast.
+
+    Returns
+    -------
+    ndarray of bool
+    """
+    candidates = np.asarray(candidates, dtype=bool)
+    n, labels = cv2.connectedComponents(candidates.view(np.uint8), connectivity=8, ltype=cv2.CV_32S)
+    if n <= 1:
+        return candidates
+    ids = labels[candidates]
+    sums = [np.bincount(ids, weights=colour[..., k][candidates], minlength=n) for k in range(3)]
+    keep = (sums[2] >= min_blue_green * sums[1]) & (sums[0] >= min_red_blue * sums[2]) & (sums[2] > 0)
+    keep[0] = False
+    return keep[labels]
+
+
+def _granules(candidates, nuclear, contrast_map, *, gap_px: int, max_area_px: float, max_region_px: float, reach_px: int):
+    """Iron granules: small isolated objects not on a nucleus's rim.
 
     Candidates within ``gap_px`` of a nucleus (its blurred edge) and objects
-    larger than ``max_area_px`` (matrix overlaps, not granules) are dropped.
+    larger than ``max_area_px`` (clusters of granules are kept up to it) are
+    dropped, and so is every object that is not an isolated spot: where the
+    pixels of at least half its peak contrast, connected to it (nuclei and
+    their rims excluded), reach ``reach_px`` beyond it or cover more than
+    ``max_region_px`` (one largest granule: a small dark nucleus is wider). A granule's contrast falls away within its blur; a
+    fibre or a textured matrix carries on at that level (a collagen network
+    holds granule-sized dark spots everywhere).
     """
     near = binary_dilation_disk(nuclear, gap_px)
     candidates = candidates & ~near
@@ -367,6 +413,23 @@ def _granules(candidates, nuclear, *, gap_px: int, max_area_px: float):
         return candidates
     keep = stats[:, cv2.CC_STAT_AREA] <= max_area_px
     keep[0] = False
+    peaks = np.zeros(n, np.float32)
+    np.maximum.at(peaks, labels[candidates], contrast_map[candidates])
+    rows_n, cols_n = labels.shape
+    for k in np.nonzero(keep)[0]:
+        top, left = int(stats[k, cv2.CC_STAT_TOP]), int(stats[k, cv2.CC_STAT_LEFT])
+        box = (
+            slice(max(0, top - reach_px), min(rows_n, top + int(stats[k, cv2.CC_STAT_HEIGHT]) + reach_px)),
+            slice(max(0, left - reach_px), min(cols_n, left + int(stats[k, cv2.CC_STAT_WIDTH]) + reach_px)),
+        )
+        level = (contrast_map[box] >= 0.5 * peaks[k]) & ~near[box]
+        own = labels[box] == k
+        level |= own
+        _, parts = cv2.connectedComponents(level.view(np.uint8), connectivity=8, ltype=cv2.CV_32S)
+        region = np.isin(parts, np.unique(parts[own]))
+        at_edge = region[0].any() or region[-1].any() or region[:, 0].any() or region[:, -1].any()
+        if at_edge or region.sum() > max_region_px:
+            keep[k] = False
     return keep[labels]
 
 
@@ -410,6 +473,16 @@ def granule_contrast(od_fine, *, pixel_size_um: float, iron: IronConfig) -> np.n
     signal = 0.5 * (od_fine[..., 1] + od_fine[..., 2])
     # the granule-scale disk stays an exact ellipse: granules are a few pixels across
     return white_tophat_disk(signal, granule_radius_px(pixel_size_um=pixel_size_um, iron=iron), decompose=False)
+
+
+def granule_colour(od_fine, *, pixel_size_um: float, iron: IronConfig) -> np.ndarray:
+    """Granule-scale contrast of each channel: white top-hats of the red, green and blue OD, shape (3, rows, cols).
+
+    Averaged over a candidate granule they give its colour (see
+    :func:`brown_objects`).
+    """
+    radius = granule_radius_px(pixel_size_um=pixel_size_um, iron=iron)
+    return np.stack([white_tophat_disk(np.ascontiguousarray(od_fine[..., k]), radius, decompose=False) for k in range(3)])
 
 
 def granule_radius_px(*, pixel_size_um: float, iron: IronConfig) -> int:
@@ -460,7 +533,7 @@ def stain_concentrations(od, spots, stains: StainSet, *, pixel_size_um: float, c
 # ---------------------------------------------------------------------------------------------
 
 #: Names of the pixel maps, in the order of the channels of the stacked map array.
-MAP_NAMES = ("spots", "proteoglycan", "collagen", "granules")
+MAP_NAMES = ("spots", "proteoglycan", "collagen", "granules", "granule_red", "granule_green", "granule_blue")
 
 #: Histogram bins (OD) for the pellet's thresholds: fine enough that a threshold moves by < 0.002 OD.
 _SPOT_EDGES = np.linspace(0.0, 4.0, 2001)
@@ -514,7 +587,7 @@ def pixel_maps(
     iron: IronConfig | None = None,
     granules: bool = True,
 ) -> np.ndarray:
-    """Darkness, stain concentrations and granule contrast per pixel, stacked as (rows, cols, 4) float32 (:data:`MAP_NAMES`).
+    """Darkness, stain concentrations and granule contrast and colour per pixel, stacked as (rows, cols, 7) float32 (:data:`MAP_NAMES`).
 
     Missing stains are 0; the granule map is 0 for stain sets without iron,
     and when ``granules`` is False (re-quantifying needs only the stains).
@@ -527,6 +600,7 @@ def pixel_maps(
     planar[0] = dark_spots(fine, stains, pixel_size_um=px, nuclei=nuclei)
     if granules and "iron" in stains.roles:
         planar[3] = granule_contrast(fine, pixel_size_um=px, iron=iron or IronConfig())
+        planar[4:7] = granule_colour(fine, pixel_size_um=px, iron=iron or IronConfig())
     del fine  # a window-sized copy of the OD, freed before the concentrations make two more
     conc = stain_concentrations(od, planar[0], stains, pixel_size_um=px, classify=classify)
     for k, role in enumerate(MAP_NAMES[1:3], start=1):
@@ -544,7 +618,7 @@ def map_histograms(maps, inside) -> np.ndarray:
 
 
 def thresholds_from_histograms(
-    hist, *, classify: ClassifyConfig, nuclei: NucleiConfig, deconvolved: bool = False, relative: bool = False
+    hist, *, classify: ClassifyConfig, nuclei: NucleiConfig, deconvolved: bool = False, relative: bool = False, weigert: bool = False
 ) -> Thresholds:
     """The pellet's nucleus darkness threshold (Otsu, never below ``nuclei.dark_min_od``) and proteoglycan threshold.
 
@@ -555,6 +629,10 @@ def thresholds_from_histograms(
     noise): a paler or stronger stain moves it in proportion, where the
     absolute ``dark_min_od`` made for Weigert's black would keep only the
     darkest nuclei of a pale section, or none.
+
+    With ``weigert`` (the darkness of near-neutral Weigert's, ab-vg) the
+    nucleus threshold is ``nuclei.dark_otsu_fraction`` of the larger of
+    Otsu's and ``nuclei.dark_min_od``, so faint nuclei beside dark ones are kept.
 
     With ``deconvolved`` (the nuclear stain separated by colour deconvolution
     and no matrix stain, as in H&E, rather than the darkness of near-neutral
@@ -584,12 +662,16 @@ def thresholds_from_histograms(
             dark = max(nuclei.stain_min_od, nuclei.stain_otsu_fraction * otsu)
         elif relative:
             dark = max(float(nuclei.relative_min_od), otsu)
+        elif weigert:
+            dark = nuclei.dark_otsu_fraction * max(dark, otsu)
         else:
             dark = max(dark, otsu)
     elif deconvolved:
         dark = float(nuclei.stain_min_od)
     elif relative:
         dark = float(nuclei.relative_min_od)
+    elif weigert:
+        dark = nuclei.dark_otsu_fraction * dark
     floor = float(classify.proteoglycan_min_od)
     first = int(np.searchsorted(_PG_EDGES, floor, side="right"))  # bins wholly above the floor
     above = pg_hist[first:]
@@ -664,8 +746,20 @@ def classify_objects(
     min_r_px = nuclei.min_diameter_um / 2 / px
     min_nucleus_px = max(2, int(math.pi * min_r_px**2 * 0.55))
     deconvolved = not MATRIX_ROLES & set(stains.roles)
+    dark = inside & (spots > thresholds.dark)
+    iron_mask = np.zeros(inside.shape, bool)
+    contrast = np.zeros(inside.shape, bool)
+    if has_iron:
+        granule_map = maps[..., 3]
+        contrast = granule_map > iron.granule_min_od
+        # colour is judged on the candidates outside the cores of the dark objects, so a granule
+        # beside a nucleus is not averaged with the nucleus's own chromatin
+        core = ~binary_dilation_disk(~_compact_objects(dark, min_radius_px=min_r_px, min_area_px=min_nucleus_px), max(1, round(1.0 / px)))
+        brown = brown_objects(
+            inside & contrast & ~core, maps[..., 4:7], min_blue_green=iron.min_blue_green_ratio, min_red_blue=iron.min_red_blue_ratio
+        )
     if has_iron or deconvolved:
-        nuclear = _compact_objects(inside & (spots > thresholds.dark), min_radius_px=min_r_px, min_area_px=min_nucleus_px)
+        nuclear = _compact_objects(dark, min_radius_px=min_r_px, min_area_px=min_nucleus_px)
         if deconvolved and nuclei.stain_pale_fraction < nuclei.stain_otsu_fraction:
             pale = _compact_objects(
                 inside & (spots > thresholds.dark * nuclei.stain_pale_fraction / nuclei.stain_otsu_fraction),
@@ -675,30 +769,33 @@ def classify_objects(
     else:  # a nuclear stain beside matrix stains (safranin-o, alcian-nfr): no granules to part from nuclei by
         # form, and an opening would erase the flat nuclei a few pixels thick of a coarse scan; their size is
         # judged once they are grown to their own half maximum (below), as blur shrinks small nuclei's cores
-        nuclear = remove_small_objects(fill_holes(inside & (spots > thresholds.dark)), 2)
-    iron_mask = np.zeros(inside.shape, bool)
-    contrast = np.zeros(inside.shape, bool)
+        nuclear = remove_small_objects(fill_holes(dark), 2)
     if has_iron:
-        granule_map = maps[..., 3]
-        contrast = granule_map > iron.granule_min_od
         iron_mask = _granules(
-            inside & contrast & ~nuclear,
+            brown & ~nuclear,
             nuclear,
+            granule_map,
             gap_px=round(iron.nucleus_gap_um / px),
             max_area_px=3 * math.pi * (iron.max_granule_diameter_um / 2 / px) ** 2,
+            max_region_px=math.pi * (iron.max_granule_diameter_um / 2 / px) ** 2,
+            reach_px=max(2, round(iron.max_granule_diameter_um / px)),
         )
     # nuclei are cut inside their blurred edges by the threshold: grow each to half its own
     # darkness, by up to 1 µm, but not over the granule-sized spots beside it
-    if deconvolved:
+    if deconvolved or has_iron:
+        # Weigert's darkness (ab-vg) splits like a deconvolved stain: seeds and flooding on darkness plus distance
+        otsu_fraction, outline_fraction = (
+            (nuclei.stain_otsu_fraction, nuclei.stain_outline_fraction) if deconvolved else (nuclei.dark_otsu_fraction, nuclei.dark_outline_fraction)
+        )
         split = split_nuclei_by_stain(
             nuclear,
             spots,
-            level_od=thresholds.dark / nuclei.stain_otsu_fraction,  # Otsu's level of the pellet: the same in every tile
+            level_od=thresholds.dark / otsu_fraction,  # Otsu's level of the pellet: the same in every tile
             radius_px=nuclei.typical_diameter_um / 2 / px,
             sigma_px=nuclei.stain_seed_sigma_um / px,
             h=nuclei.stain_seed_h,
         )
-        split = _trim_below_fraction_of_median(split, spots, fraction=nuclei.stain_outline_fraction)
+        split = _trim_below_fraction_of_median(split, spots, fraction=outline_fraction)
         split = merge_convex_pairs(
             split, min_solidity=nuclei.stain_merge_min_solidity, max_area_px=math.pi * (nuclei.stain_merge_max_diameter_um / 2 / px) ** 2
         )
@@ -845,10 +942,11 @@ def classify_maps(
     # H&E and H-DAB: nuclei are the only objects; sets with a matrix stain keep Otsu, so their matrix classes do not change
     deconvolved = not MATRIX_ROLES & set(stains.roles)
     # a nuclear stain separated beside matrix stains (safranin-o, alcian-nfr): relative to the pellet's own stain;
-    # ab-vg's Weigert darkness keeps its absolute floor
+    # sets whose nuclei are the darkness of near-neutral Weigert's (ab-vg) take a fraction of Otsu's level
     relative = not deconvolved and "iron" not in stains.roles
+    weigert = "iron" in stains.roles and not deconvolved
     thresholds = thresholds_from_histograms(
-        map_histograms(maps, inside), classify=classify, nuclei=nuclei, deconvolved=deconvolved, relative=relative
+        map_histograms(maps, inside), classify=classify, nuclei=nuclei, deconvolved=deconvolved, relative=relative, weigert=weigert
     )
     if tile_px is None:
         classes, instances = classify_objects(maps, inside, thresholds, stains, **settings)

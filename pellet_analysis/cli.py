@@ -202,7 +202,7 @@ def cmd_validate(args) -> int:
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console) as bar:
         task = bar.add_task("sections", total=args.n)
         result = validate(args.n, seed=args.seed, hue_jitter_deg=args.hue_jitter_deg, output_dir=args.output,
-                          progress=lambda i, n, image: bar.advance(task))
+                          progress=lambda i, n, image: bar.advance(task), nuclei_model=args.nuclei_model)
     columns = ["pixel_size_um", "day", "labeled", "n_pellets", "pellets_found", "pellet_dice", "nuclei_instance_f1", "iron_pixel_f1", "iron_as_nuclei_fraction"]
     print(result["images"][columns].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     print(json.dumps(result["summary"], indent=2))
@@ -313,6 +313,9 @@ def build_parser() -> argparse.ArgumentParser:
     val.add_argument("--no-pixel-size", action="store_true", dest="no_pixel_size",
                      help="with --real: ignore the XML and file pixel sizes and let the tool estimate them from the nuclei, as `run` does")
     val.add_argument("--size-px", type=int, default=512, dest="size_px", help="with --stains he: tile side in pixels (default 512)")
+    val.add_argument("--nuclei-model", choices=["varied", "simple"], default="varied", dest="nuclei_model",
+                     help="ab-vg nuclei: varied (irregular, touching, textured, faint and dark, small dark nuclei in the rim; default) "
+                     "or simple (the smooth dark ellipses in pale rings of the demo study)")
     val.set_defaults(func=cmd_validate)
 
     synth = sub.add_parser("synth", help="write synthetic AB/VG sections with ground truth", description="Write a synthetic study: every donor x condition x day, one section each, named {donor}_{condition}_d{day}_s1.")

@@ -202,6 +202,23 @@ class NucleiConfig(_Strict):
         "above the surrounding matrix (white top-hat); the threshold used is the larger of this "
         "and Otsu's within the pellets.",
     )
+    dark_otsu_fraction: float = Field(
+        0.8,
+        gt=0,
+        le=1,
+        description="For nuclei found by their darkness with iron in the stain set (ab-vg): the threshold is this "
+        "fraction of the pellet's nuclear level (Otsu's threshold of the darkness, never below dark_min_od), so "
+        "faint nuclei are found beside dark ones (0.65 and below let dense Alcian-blue matrix between pale cytoplasm "
+        "rings join the nuclei on the demo sections).",
+    )
+    dark_outline_fraction: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="For ab-vg: after the watershed (seeded and flooded on darkness plus distance, with the stain_seed_* "
+        "and stain_merge_* settings), each nucleus keeps only its pixels at least this fraction of its own median "
+        "darkness (holes filled), so a dark nucleus is not outlined at the faint nuclei's threshold; 0 keeps them all.",
+    )
 
     relative_min_od: float = Field(
         0.03,
@@ -302,6 +319,21 @@ class IronConfig(_Strict):
         gt=0,
         description="Lowest granule contrast of an iron granule pixel: the mean green and blue OD above "
         "its surroundings (white top-hat of a disk as wide as the largest granule).",
+    )
+    min_blue_green_ratio: float = Field(
+        0.9,
+        ge=0,
+        description="Colour of an iron granule (a connected object of granule contrast, averaged over it): its blue "
+        "granule-scale contrast at least this times its green. Brown iron absorbs blue most (the ab-vg vector: 1.26 "
+        "times green); Weigert's near-neutral black (0.81) and acid fuchsin (0.57) do not pass. JPEG chroma and the "
+        "stains' drift spread granules' ratios (1.0 lost a tenth of the iron of synthetic labeled sections).",
+    )
+    min_red_blue_ratio: float = Field(
+        0.3,
+        ge=0,
+        description="Colour of an iron granule: its red granule-scale contrast at least this times its blue. Iron is "
+        "dark in red too (the ab-vg vector: 0.56); picric yellow (0.04) and red fibres on it (picrosirius on a real "
+        "tile: about 0.2) are not.",
     )
     max_granule_diameter_um: float = Field(
         3.5, gt=0, description="Largest granule (equivalent diameter, µm); clusters up to three times its area are kept."

@@ -12,6 +12,13 @@ to day 28, is lower in iron-labeled pellets and richer in the core than in the
 rim; a collagen-rich fibrous capsule lines the rim; cells are denser early;
 labeled cells carry 0.5-3 µm brown-black iron granules next to their nuclei
 and labeled matrix carries a faint brown haze.
+
+Nuclei (``SectionParams.nuclei_model``): "varied" (the default) draws
+irregular outlines, a fifth of them touching a neighbour (chains of two to
+four), a quarter faint, granular chromatin, a cytoplasm ring around only 40 %
+of the cells, and small dark flat or round nuclei in the fibrous rim;
+"simple" draws the smooth dark ellipses, each in a pale ring, of the
+committed demo study (images/), whose truth :func:`study_sections` keeps.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 from scipy import ndimage as ndi
-from skimage.draw import disk, ellipse
+from skimage.draw import disk, ellipse, polygon
 
 from .measure import CLASS_CODES, measure_pellets
 from .stains import PRESETS, StainSet, od_to_rgb
@@ -59,6 +66,10 @@ class SectionParams:
     illumination_variation: float = 0.08
     background_rgb: tuple[float, float, float] = (242.0, 238.0, 232.0)
     seed: int = 0
+    #: "varied": irregular, touching, textured nuclei of mixed darkness, not all ringed by
+    #: cytoplasm, and small dark flat nuclei in the fibrous rim; "simple": the smooth dark ellipses,
+    #: each in a pale cytoplasm ring, of the committed demo study (images/).
+    nuclei_model: str = "varied"
 
 
 @dataclass
@@ -124,8 +135,21 @@ def _pellet_mask(shape, center, radius_px, rng):
     return np.hypot(dr, dc) <= radius
 
 
-def _place_nuclei(pellet_mask, depth_um, px, density_per_mm2, rng):
-    """Dart-throw nucleus centres (rows, cols, semi-axes in px, angle); ~6 % touching pairs."""
+def _ellipse_radius(a, b, theta):
+    """Distance from an ellipse's centre to its edge at ``theta`` radians from its ``a`` axis."""
+    return a * b / np.sqrt((b * np.cos(theta)) ** 2 + (a * np.sin(theta)) ** 2)
+
+
+def _place_nuclei(pellet_mask, depth_um, px, density_per_mm2, rng, *, touching_p=0.06, contact=False):
+    """Dart-throw nucleus centres (rows, cols, semi-axes in px, angle); ``touching_p`` of them touch the previous one.
+
+    A nucleus touching one that itself touched another makes a chain: with
+    ``touching_p`` above a few percent, clusters of three or four form. With
+    ``contact`` a touching nucleus is placed where the two ellipses meet
+    (their radii towards each other summed, times 0.92-1), whatever their
+    orientations, and clear of every other nucleus; without it, at 0.95 of the
+    sum of the two minor semi-axes, which can overlap them deeply.
+    """
     area_mm2 = pellet_mask.sum() * (px / 1000.0) ** 2
     n_target = int(density_per_mm2 * area_mm2)
     rows, cols = np.nonzero(pellet_mask & (depth_um > 9.0))
@@ -142,11 +166,17 @@ def _place_nuclei(pellet_mask, depth_um, px, density_per_mm2, rng):
         r, c = float(rows[i] + rng.uniform(-0.5, 0.5)), float(cols[i] + rng.uniform(-0.5, 0.5))
         a_um = rng.uniform(3.2, 6.0)
         b_um = a_um * rng.uniform(0.55, 0.95)
-        touching = len(nuclei) > 0 and rng.random() < 0.06
+        touching = len(nuclei) > 0 and rng.random() < touching_p
+        own_angle = None
         if touching:
-            pr, pc, pa, pb, _ = nuclei[-1]
+            pr, pc, pa, pb, p_angle = nuclei[-1]
             angle = rng.uniform(0, 2 * np.pi)
-            dist = (pb + b_um / px) * 0.95
+            if contact:
+                own_angle = rng.uniform(-np.pi, np.pi)
+                reach = _ellipse_radius(pa, pb, angle - p_angle) + _ellipse_radius(a_um / px, b_um / px, angle - own_angle)
+                dist = reach * rng.uniform(0.92, 1.0)
+            else:
+                dist = (pb + b_um / px) * 0.95
             r, c = pr + dist * np.sin(angle), pc + dist * np.cos(angle)
             ri, ci = int(round(r)), int(round(c))
             if not (0 <= ri < depth_um.shape[0] and 0 <= ci < depth_um.shape[1]) or depth_um[ri, ci] <= 9.0:
@@ -157,14 +187,91 @@ def _place_nuclei(pellet_mask, depth_um, px, density_per_mm2, rng):
         for dr in (-1, 0, 1):
             for dc in (-1, 0, 1):
                 for (qr, qc, qa) in occupied.get((key[0] + dr, key[1] + dc), ()):
+                    if contact and touching and (qr, qc) == (pr, pc):
+                        continue
                     need = (qa / px + a_um / px) * (0.8 if touching else 1.0) + (0 if touching else 3.0 / px)
                     if np.hypot(qr - r, qc - c) < min(need, min_gap + qa / px):
                         clash = True
-        if clash and not touching:
+        if clash and (contact or not touching):
             continue
         occupied.setdefault(key, []).append((r, c, a_um))
-        nuclei.append((r, c, a_um / px, b_um / px, rng.uniform(-np.pi, np.pi)))
+        nuclei.append((r, c, a_um / px, b_um / px, own_angle if own_angle is not None else rng.uniform(-np.pi, np.pi)))
     return nuclei
+
+
+def _draw_nucleus(labels, idx, r, c, a, b, angle, amplitudes, phases) -> None:
+    """Draw an irregular nucleus (an ellipse whose radius carries harmonics 2-5) into free pixels of ``labels``.
+
+    Parameters
+    ----------
+    labels : ndarray of uint32, modified in place
+    idx : int
+    r, c : float
+        Centre (px).
+    a, b : float
+        Semi-axes (px), ``a`` along ``angle`` (radians from the column axis towards the row axis).
+    amplitudes, phases : ndarray of float, shape (4,)
+        Relative amplitude and phase of the radius harmonics 2, 3, 4 and 5.
+    """
+    a, b = max(float(a), 0.8), max(float(b), 0.8)
+    theta = np.linspace(0, 2 * np.pi, 64, endpoint=False)
+    radius = a * b / np.sqrt((b * np.cos(theta)) ** 2 + (a * np.sin(theta)) ** 2)
+    for k, (amp, phase) in enumerate(zip(amplitudes, phases), start=2):
+        radius = radius * (1 + amp * np.cos(k * theta + phase))
+    u, v = radius * np.cos(theta), radius * np.sin(theta)
+    rows = r + u * np.sin(angle) + v * np.cos(angle)
+    cols = c + u * np.cos(angle) - v * np.sin(angle)
+    rr, cc = polygon(rows, cols, shape=labels.shape)
+    if rr.size == 0:
+        rr, cc = np.array([int(round(r))]), np.array([int(round(c))])
+        if not (0 <= rr[0] < labels.shape[0] and 0 <= cc[0] < labels.shape[1]):
+            return
+    free = labels[rr, cc] == 0
+    labels[rr[free], cc[free]] = idx
+
+
+def _place_rim_nuclei(labels, pellets, depth_um, px, rng) -> None:
+    """Add small dark nuclei in each pellet's fibrous rim: flat ones along the edge, a third small and round.
+
+    About one per 35 µm of perimeter, 1.5-18 µm deep, in pixels no other
+    nucleus holds; numbered after the existing ones.
+    """
+    next_id = int(labels.max()) + 1
+    grad_r, grad_c = np.gradient(depth_um)
+    for k in range(1, int(pellets.max()) + 1):
+        sel = pellets == k
+        perimeter_um = float(np.count_nonzero(sel & (depth_um <= px))) * px
+        rows, cols = np.nonzero(sel & (depth_um > 1.5) & (depth_um < 18.0) & (labels == 0))
+        if rows.size == 0:
+            continue
+        for _ in range(int(perimeter_um / 35.0)):
+            i = rng.integers(rows.size)
+            r, c = float(rows[i]), float(cols[i])
+            if rng.random() < 0.33:
+                a_um = b_um = rng.uniform(1.2, 2.2)
+            else:
+                a_um, b_um = rng.uniform(2.5, 5.0), rng.uniform(0.9, 1.6)
+            # the long axis along the edge: perpendicular to the depth gradient
+            angle = np.arctan2(-grad_c[rows[i], cols[i]], grad_r[rows[i], cols[i]])
+            before = np.count_nonzero(labels == next_id)
+            _draw_nucleus(labels, next_id, r, c, a_um / px, b_um / px, angle, rng.uniform(0, 0.06, 4), rng.uniform(0, 2 * np.pi, 4))
+            if np.count_nonzero(labels == next_id) > before:
+                next_id += 1
+
+
+def _varied_weigert(nuclei, n_cells, px, rng) -> np.ndarray:
+    """Weigert's hematoxylin (OD) of the varied nuclei: faint and dark cells, granular chromatin, dark rim nuclei.
+
+    A quarter of the cells are faint (0.5-0.8), the rest dark (0.95-1.5);
+    chromatin varies by ±25 % at 0.5 µm with denser clumps; the fibrous rim's
+    nuclei (ids above ``n_cells``) are dark (1.3-1.8).
+    """
+    n_all = int(nuclei.max())
+    level = np.where(rng.random(n_all + 1) < 0.25, rng.uniform(0.5, 0.8, n_all + 1), rng.uniform(0.95, 1.5, n_all + 1))
+    level[n_cells + 1 :] = rng.uniform(1.3, 1.8, max(0, n_all - n_cells))
+    texture = 1 + 0.25 * _smooth_noise(nuclei.shape, 0.5 / px, rng)
+    texture += 0.4 * (_smooth_noise(nuclei.shape, 0.4 / px, rng) > 1.5)
+    return (level[nuclei] * np.clip(texture, 0.3, None)).astype(np.float32)
 
 
 def make_section(params: SectionParams | None = None, **overrides) -> SyntheticSection:
@@ -212,21 +319,47 @@ def make_section(params: SectionParams | None = None, **overrides) -> SyntheticS
 
     # ---- nuclei
     density = {7: 3200.0, 14: 2500.0, 28: 1900.0}.get(int(p.day), 2500.0) * rng.uniform(0.85, 1.15)
-    centres = _place_nuclei(tissue, depth_um, px, density, rng)
+    if p.nuclei_model not in ("varied", "simple"):
+        raise ValueError(f"nuclei_model must be 'varied' or 'simple', not {p.nuclei_model!r}")
+    varied = p.nuclei_model == "varied"
+    # the varied model draws from a stream of its own, so the simple model's sections stay as committed
+    vrng = np.random.default_rng([p.seed, 19])
+    centres = _place_nuclei(tissue, depth_um, px, density, rng, touching_p=0.2 if varied else 0.06, contact=varied)
     nuclei = np.zeros(shape, np.uint32)
-    for idx, (r, c, a, b, ang) in enumerate(centres, start=1):
-        rr, cc = ellipse(r, c, max(a, 0.8), max(b, 0.8), shape=shape, rotation=ang)
-        free = nuclei[rr, cc] == 0
-        nuclei[rr[free], cc[free]] = idx
+    if varied:
+        reach = []  # each nucleus's largest radius: the irregular outline reaches beyond the ellipse
+        for idx, (r, c, a, b, ang) in enumerate(centres, start=1):
+            amplitudes = vrng.uniform(0, 0.12, size=4)
+            _draw_nucleus(nuclei, idx, r, c, a, b, ang, amplitudes, vrng.uniform(0, 2 * np.pi, size=4))
+            reach.append(a * (1 + amplitudes.sum()))
+        n_cells = len(centres)
+        _place_rim_nuclei(nuclei, pellets, depth_um, px, vrng)
+    else:
+        for idx, (r, c, a, b, ang) in enumerate(centres, start=1):
+            rr, cc = ellipse(r, c, max(a, 0.8), max(b, 0.8), shape=shape, rotation=ang)
+            free = nuclei[rr, cc] == 0
+            nuclei[rr[free], cc[free]] = idx
+        n_cells = len(centres)
     nuclei[~tissue] = 0
     nuclei_mask = nuclei > 0
-    cytoplasm = (ndi.distance_transform_edt(~nuclei_mask) * px <= 2.0) & tissue & ~nuclei_mask
+    if varied:
+        # a cytoplasm ring of 0.8-2 µm around 40 % of the cells; the others' nuclei lie in the matrix itself
+        n_all = int(nuclei.max())
+        ring_um = np.where(vrng.random(n_all + 1) < 0.4, vrng.uniform(0.8, 2.0, n_all + 1), 0.0)
+        ring_um[n_cells + 1 :] = 0.0  # the fibrous rim's flat nuclei sit in collagen
+        dist, (ir, ic) = ndi.distance_transform_edt(~nuclei_mask, return_indices=True)
+        cytoplasm = (dist * px <= ring_um[nuclei[ir, ic]]) & tissue & ~nuclei_mask
+        del dist, ir, ic
+    else:
+        cytoplasm = (ndi.distance_transform_edt(~nuclei_mask) * px <= 2.0) & tissue & ~nuclei_mask
 
     # ---- iron granules (labeled pellets)
     iron = np.zeros(shape, bool)
     iron_od = np.zeros(shape, np.float32)
     if p.labeled:
-        for (r, c, a, b, ang) in centres:
+        for k, (r, c, a, b, ang) in enumerate(centres):
+            if varied:
+                a = reach[k]
             if rng.random() > 0.8:
                 continue
             for _ in range(rng.integers(1, 6)):
@@ -281,6 +414,8 @@ def make_section(params: SectionParams | None = None, **overrides) -> SyntheticS
     weigert = np.zeros(shape, np.float32)
     chromatin = 1 + 0.12 * _smooth_noise(shape, 0.8 / px, rng)
     weigert[nuclei_mask] = (rng.uniform(1.1, 1.4) * chromatin[nuclei_mask]).astype(np.float32)
+    if varied:
+        weigert[nuclei_mask] = _varied_weigert(nuclei, n_cells, px, vrng)[nuclei_mask]
 
     haze = (0.05 * tissue).astype(np.float32) if p.labeled else np.zeros(shape, np.float32)
     conc = {
@@ -396,8 +531,12 @@ def study_sections(
     max_pellets=3,
     hue_jitter_deg=3.0,
     seed=0,
+    nuclei_model="simple",
 ):
     """Yield ``(stem, SyntheticSection)`` for every donor x condition x day, one section each.
+
+    ``nuclei_model`` defaults to "simple", the model the committed demo study
+    (images/) was rendered with, so that its truth matches those images.
 
     Stems follow ``{donor}_{condition}_d{day}_s1``. Donors differ by a random
     offset of their proteoglycan fraction; the same arguments give the same study.
@@ -416,6 +555,7 @@ def study_sections(
                     donor_offset=donor_offsets[donor],
                     hue_jitter_deg=hue_jitter_deg,
                     seed=int(rng.integers(2**31)),
+                    nuclei_model=nuclei_model,
                 )
                 yield f"{donor}_{condition}_d{day}_s1", make_section(params)
 

@@ -43,10 +43,10 @@ def validation_params(rng, *, hue_jitter_deg: float = 6.0) -> dict:
     }
 
 
-def validate_section(params: dict, config: RunConfig | None = None) -> tuple[dict, list[dict]]:
-    """Render one section, analyse it, and compare; returns (image metrics, per-pellet rows)."""
+def validate_section(params: dict, config: RunConfig | None = None, *, nuclei_model: str = "varied") -> tuple[dict, list[dict]]:
+    """Render one section (``nuclei_model`` of :class:`~pellet_analysis.synthetic.SectionParams`), analyse it, and compare; returns (image metrics, per-pellet rows)."""
     config = config or RunConfig()
-    section = make_section(**params)
+    section = make_section(**params, nuclei_model=nuclei_model)
     found = analyze_image(section.image, pixel_size_um=section.pixel_size_um, config=config)
     truth = truth_table(section)
     iron_true = section.classes == CLASS_CODES["iron"]
@@ -72,6 +72,9 @@ def validate_section(params: dict, config: RunConfig | None = None) -> tuple[dic
                 "nuclei_true": t["nuclei_count"], "nuclei_found": r["nuclei_count"],
                 "nuclei_count_error": (r["nuclei_count"] - t["nuclei_count"]) / max(t["nuclei_count"], 1),
                 "iron_error_pp": 100 * (r["iron_area_fraction"] - t["iron_area_fraction"]),
+                "iron_positive_cell_fraction_true": t["iron_positive_cell_fraction"],
+                "iron_positive_cell_fraction_found": r["iron_positive_cell_fraction"],
+                "iron_granule_count_found": r["iron_granule_count"],
             })
     return image, pellets
 
@@ -104,16 +107,33 @@ def summarize(images: pd.DataFrame, pellets: pd.DataFrame) -> dict:
         "iron_pixel_f1_mean_labeled": float(labeled.iron_pixel_f1.mean()) if len(labeled) else float("nan"),
         "iron_as_nuclei_fraction_mean_labeled": float(labeled.iron_as_nuclei_fraction.mean()) if len(labeled) else float("nan"),
         "iron_error_pp_mean_abs": float(pellets.iron_error_pp.abs().mean()) if len(pellets) else float("nan"),
+        "unlabeled_iron_positive_cell_fraction_mean": _unlabeled(pellets, "iron_positive_cell_fraction_found", "mean"),
+        "unlabeled_iron_positive_cell_fraction_max": _unlabeled(pellets, "iron_positive_cell_fraction_found", "max"),
+        "unlabeled_iron_granule_count_max": _unlabeled(pellets, "iron_granule_count_found", "max"),
         "labeled_vs_unlabeled_direction_correct_by_day": _direction_check(pellets) if len(pellets) else {},
     }
 
 
-def validate(n_images: int = 24, *, seed: int = 1, hue_jitter_deg: float = 6.0, output_dir=None, progress=None) -> dict:
-    """Run the validation; writes validation_images.csv, validation_pellets.csv and validation.json when ``output_dir`` is given."""
+def _unlabeled(pellets: pd.DataFrame, column: str, how: str) -> float:
+    """Mean or max of a column over the unlabeled pellets (which hold no iron); NaN without any."""
+    if not len(pellets) or column not in pellets:
+        return float("nan")
+    values = pellets.loc[~pellets.labeled.astype(bool), column]
+    return float(getattr(values, how)()) if len(values) else float("nan")
+
+
+def validate(
+    n_images: int = 24, *, seed: int = 1, hue_jitter_deg: float = 6.0, output_dir=None, progress=None, nuclei_model: str = "varied"
+) -> dict:
+    """Run the validation; writes validation_images.csv, validation_pellets.csv and validation.json when ``output_dir`` is given.
+
+    ``nuclei_model`` "varied" (irregular, touching, textured nuclei of mixed darkness, small dark
+    nuclei in the fibrous rim) or "simple" (the smooth dark ellipses in pale rings of the demo study).
+    """
     rng = np.random.default_rng(seed)
     images, pellets = [], []
     for i in range(n_images):
-        image, rows = validate_section(validation_params(rng, hue_jitter_deg=hue_jitter_deg))
+        image, rows = validate_section(validation_params(rng, hue_jitter_deg=hue_jitter_deg), nuclei_model=nuclei_model)
         images.append(image)
         pellets.extend(rows)
         if progress is not None:
@@ -126,7 +146,10 @@ def validate(n_images: int = 24, *, seed: int = 1, hue_jitter_deg: float = 6.0, 
 
         output_dir = Path(output_dir)
         write_tables(output_dir, {"validation_images": images, "validation_pellets": pellets})
-        write_json(output_dir / "validation.json", {"n_images": n_images, "seed": seed, "hue_jitter_deg": hue_jitter_deg, **summary})
+        write_json(
+            output_dir / "validation.json",
+            {"n_images": n_images, "seed": seed, "hue_jitter_deg": hue_jitter_deg, "nuclei_model": nuclei_model, **summary},
+        )
     return {"images": images, "pellets": pellets, "summary": summary}
 
 

@@ -28,11 +28,14 @@ def config():
 
 @pytest.fixture(scope="session")
 def sections():
-    """Synthetic sections with stain hues drifted by up to 5 degrees, JPEG quality 80."""
+    """Synthetic sections with stain hues drifted by up to 5 degrees, JPEG quality 80, the simple nuclei model.
+
+    The varied model (irregular, touching, faint and dark nuclei) is scored in tests/test_iron_controls.py.
+    """
     return [
         make_section(
             day=day, labeled=labeled, n_pellets=n, pixel_size_um=px, seed=seed,
-            hue_jitter_deg=5.0, jpeg_quality=80, pellet_diameter_um=(260.0, 420.0),
+            hue_jitter_deg=5.0, jpeg_quality=80, pellet_diameter_um=(260.0, 420.0), nuclei_model="simple",
         )
         for day, labeled, n, px, seed in CASES
     ]
