@@ -67,7 +67,7 @@ def test_psr_crop_collagen_against_liverquants_mask():
     reference = cv2.imread(str(DATA / "psr_liver_crop_mask_liverquant.png"), cv2.IMREAD_GRAYSCALE) > 127
     ours = found.classes == CLASS_CODES["collagen"]
     f1 = 2 * (ours & reference).sum() / (ours.sum() + reference.sum())
-    assert f1 >= 0.70, f1  # 0.733 on 2026-12-03; issue 19 asks for 0.8
+    assert f1 >= 0.8, f1  # issue 19's target; the whole tile (test_iron_controls.py) reads alike
 
 
 def test_a_screen_resolution_tag_and_the_estimate_are_one_consistent_warning(tmp_path):
