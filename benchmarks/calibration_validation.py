@@ -17,7 +17,8 @@ import numpy as np
 import tifffile
 
 from pellet_analysis.config import RunConfig
-from pellet_analysis.measure import CLASS_CODES, measure_pellets
+from pellet_analysis.labels import CLASS_CODES
+from pellet_analysis.measure import measure_pellets
 from pellet_analysis.metrics import pixel_f1
 from pellet_analysis.pipeline import run_batch
 from pellet_analysis.synthetic import make_section

@@ -17,7 +17,7 @@ import tifffile
 
 from pellet_analysis.config import RunConfig
 from pellet_analysis.io import read_image
-from pellet_analysis.measure import CLASS_CODES
+from pellet_analysis.labels import CLASS_CODES
 from pellet_analysis.pipeline import analyze_image, run_batch
 from pellet_analysis.review import label_path, requantify, save_corrections
 from pellet_analysis.synthetic import make_section, write_section

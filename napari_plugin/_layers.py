@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pellet_analysis.measure import CLASS_CODES
+from pellet_analysis.labels import CLASS_CODES
 from pellet_analysis.overlay import CLASS_COLOURS
 
 

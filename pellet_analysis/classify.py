@@ -25,7 +25,7 @@ from skimage.segmentation import watershed
 
 from .config import ClassifyConfig, IronConfig, NucleiConfig
 from .filters import smooth_channels
-from .measure import CLASS_CODES
+from .labels import CLASS_CODES
 from .morphology import expansion, DISTANCE_STEPS_PER_PX, quantised_distance, remove_small_objects, white_tophat_disk, binary_dilation_disk, binary_opening_disk, fill_holes, h_maxima, median_by_label
 from .stains import MATRIX_ROLES, StainSet, unmix
 

@@ -11,11 +11,10 @@ import numpy as np
 from scipy import ndimage as ndi
 from scipy.spatial import cKDTree
 
+from .labels import CLASS_CODES
 from .morphology import within_distance
 
 __all__ = [
-    "CLASS_CODES",
-    "CLASS_NAMES",
     "MEASUREMENT_COLUMNS",
     "measure_pellets",
     "perimeter_crofton",
@@ -26,16 +25,6 @@ __all__ = [
     "SHAPE_COLUMNS",
 ]
 
-#: Class codes of the ``<image>_classes.tif`` label image.
-CLASS_CODES = {
-    "background": 0,
-    "other_tissue": 1,
-    "proteoglycan": 2,
-    "collagen": 3,
-    "nuclei": 4,
-    "iron": 5,
-}
-CLASS_NAMES = {code: name for name, code in CLASS_CODES.items()}
 
 #: Measurement columns, in output order (metadata columns come first in the table).
 MEASUREMENT_COLUMNS = [

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from skimage.segmentation import find_boundaries
 
-from .measure import CLASS_CODES
+from .labels import CLASS_CODES
 
 __all__ = ["CLASS_COLOURS", "class_colours", "render_overlay"]
 

@@ -36,6 +36,7 @@ from .config import RunConfig
 from .gates import NotASectionError, check_section, section_problem
 from .geojson import pellet_feature_collection
 from .calibrate import is_control, threshold_for_fraction
+from .labels import LABEL_DTYPES
 from .io import ImageReadError, open_lazy, read_image, read_pixel_size_um, read_window, sha256_file, write_json, write_label_tiff, write_tables
 from .measure import MEASUREMENT_COLUMNS
 from .metadata import METADATA_FIELDS, parse_name
@@ -45,7 +46,6 @@ from .stains import StainSet, configured_stains
 from .records import image_summary, pellet_boxes, table_row
 from .scale import NucleusSizes, PixelSizeChoice, nucleus_sizes_px, pool_pixel_sizes_um
 from .wholeslide import (
-    LABEL_DTYPES,
     finish_slide,
     is_whole_slide,
     measure_slide_pellet,
@@ -332,9 +332,9 @@ def _process_file(path: Path, config: RunConfig, output_dir: Path, metadata, pix
         return _failure(path, "no pellet section found (no tissue object above pellets.tissue_min_od and pellets.min_pellet_area_um2)", started)
     labels_dir = output_dir / "labels"
     t0 = time.perf_counter()
-    write_label_tiff(labels_dir / f"{stem}_pellets.tif", analysis.pellets.astype(np.uint16), pixel_size_um=pixel_size)
-    write_label_tiff(labels_dir / f"{stem}_classes.tif", analysis.classes.astype(np.uint8), pixel_size_um=pixel_size)
-    write_label_tiff(labels_dir / f"{stem}_nuclei.tif", analysis.nuclei.astype(np.uint32), pixel_size_um=pixel_size)
+    write_label_tiff(labels_dir / f"{stem}_pellets.tif", analysis.pellets.astype(LABEL_DTYPES["pellets"]), pixel_size_um=pixel_size)
+    write_label_tiff(labels_dir / f"{stem}_classes.tif", analysis.classes.astype(LABEL_DTYPES["classes"]), pixel_size_um=pixel_size)
+    write_label_tiff(labels_dir / f"{stem}_nuclei.tif", analysis.nuclei.astype(LABEL_DTYPES["nuclei"]), pixel_size_um=pixel_size)
     write_s = time.perf_counter() - t0
     rows = [table_row(stem, meta, r, pixel_size, px_source) for r in analysis.rows]
     write_json(output_dir / "geojson" / f"{stem}.geojson", pellet_feature_collection(analysis.pellets, rows))

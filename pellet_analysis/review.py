@@ -28,14 +28,14 @@ import pandas as pd
 from .bern import bern_scores
 from .classify import pixel_maps, pixel_maps_depth_px
 from .config import RunConfig
+from .labels import CLASS_NAMES, LABEL_DTYPES
 from .io import read_image, read_label_window, read_window, write_label_pyramid, write_label_tiff, zarr_levels
-from .measure import CLASS_NAMES, measure_pellets, touches_border
+from .measure import measure_pellets, touches_border
 from .pellets import Illumination, estimate_illumination
 from .records import pellet_boxes
 from .stains import StainSet, configured_stains
 
 __all__ = [
-    "LABEL_KINDS",
     "CORRECTIONS_LOG",
     "label_path",
     "load_labels",
@@ -48,14 +48,13 @@ __all__ = [
     "pellet_crop",
 ]
 
-LABEL_KINDS = {"pellets": np.uint16, "classes": np.uint8, "nuclei": np.uint32}
 CORRECTIONS_LOG = "corrections.jsonl"
 
 
 def label_path(run_dir, image: str, kind: str, *, corrected: bool = False) -> Path:
     """Path of an automatic or corrected label image of a run."""
-    if kind not in LABEL_KINDS:
-        raise ValueError(f"unknown label kind {kind!r}; one of {', '.join(LABEL_KINDS)}")
+    if kind not in LABEL_DTYPES:
+        raise ValueError(f"unknown label kind {kind!r}; one of {', '.join(LABEL_DTYPES)}")
     suffix = ".corrected.tif" if corrected else ".tif"
     return Path(run_dir) / "labels" / f"{image}_{kind}{suffix}"
 
@@ -138,7 +137,7 @@ def save_corrections(run_dir, image: str, pellet_id: int, edits: dict, *, origin
         if diff.any() or not label_path(run_dir, image, kind, corrected=True).is_file():
             full = full.copy()
             full[region] = crop.astype(full.dtype)
-            write_label_tiff(label_path(run_dir, image, kind, corrected=True), full.astype(LABEL_KINDS[kind]))
+            write_label_tiff(label_path(run_dir, image, kind, corrected=True), full.astype(LABEL_DTYPES[kind]))
     record = {
         "action": "correct",
         "who": _who(user),
@@ -182,8 +181,8 @@ def _save_slide_correction(run_dir, image: str, kind: str, crop, region, meta: d
     source = target if target.is_file() else label_path(run_dir, image, kind)
     base = zarr_levels(source)[0]  # read tile by tile while the new pyramid is written beside it
     full = (slice(0, shape[0]), slice(0, shape[1]))
-    pieces = [(full, base, _Everywhere(), 0), (region, crop.astype(LABEL_KINDS[kind]), np.ones(crop.shape, bool), 0)]
-    write_label_pyramid(target, shape, pieces, dtype=LABEL_KINDS[kind], pixel_size_um=float(meta["pixel_size_um"]))
+    pieces = [(full, base, _Everywhere(), 0), (region, crop.astype(LABEL_DTYPES[kind]), np.ones(crop.shape, bool), 0)]
+    write_label_pyramid(target, shape, pieces, dtype=LABEL_DTYPES[kind], pixel_size_um=float(meta["pixel_size_um"]))
     return int(diff.sum())
 
 
@@ -261,7 +260,7 @@ def requantify(run_dir, image: str, pellet_ids=None, *, config: RunConfig | None
     px = float(meta["pixel_size_um"])
     boxes = _pellet_boxes(run_dir, image, meta)
     ids = sorted(int(k) for k in boxes) if pellet_ids is None else [int(p) for p in pellet_ids if str(int(p)) in boxes]
-    corrected = any(label_path(run_dir, image, kind, corrected=True).is_file() for kind in LABEL_KINDS)
+    corrected = any(label_path(run_dir, image, kind, corrected=True).is_file() for kind in LABEL_DTYPES)
     # the white point and vectors the image was analysed with (recorded in run.json)
     stains = StainSet.from_dict(meta["stains"]) if "stains" in meta else configured_stains(config.stains)
     background = meta.get("background", {})
@@ -382,8 +381,8 @@ def pellet_crop(run_dir, image: str, pellet_id: int, *, margin_px: int = 20) -> 
     window = _grown((slice(box[0], box[1]), slice(box[2], box[3])), margin_px, tuple(meta["shape"][:2]))
     return {
         "rgb": _rgb_window(meta, window),
-        **{kind: load_label_window(run_dir, image, kind, window) for kind in LABEL_KINDS},
+        **{kind: load_label_window(run_dir, image, kind, window) for kind in LABEL_DTYPES},
         "origin": (int(window[0].start), int(window[1].start)),
         "pixel_size_um": float(meta["pixel_size_um"]),
-        "corrected": any(label_path(run_dir, image, kind, corrected=True).is_file() for kind in LABEL_KINDS),
+        "corrected": any(label_path(run_dir, image, kind, corrected=True).is_file() for kind in LABEL_DTYPES),
     }

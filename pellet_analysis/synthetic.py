@@ -31,7 +31,8 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage.draw import disk, ellipse, polygon
 
-from .measure import CLASS_CODES, measure_pellets
+from .labels import CLASS_CODES
+from .measure import measure_pellets
 from .stains import PRESETS, StainSet, od_to_rgb
 
 __all__ = [

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from .config import RunConfig
-from .measure import CLASS_CODES
+from .labels import CLASS_CODES
 from .metrics import dice, instance_f1, pixel_f1
 from .pipeline import analyze_image
 from .synthetic import make_section, truth_table

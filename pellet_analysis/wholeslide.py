@@ -25,16 +25,16 @@ import numpy as np
 from .config import RunConfig
 from .geojson import pellet_outline, ring_collection
 from .gates import check_section
+from .labels import LABEL_DTYPES
 from .io import ImageReadError, LazyImage, read_window, write_json, write_label_pyramid
 from .records import image_summary, pellet_boxes, table_row
 from .pellets import block_mean, working_factor
 from .slide import PelletClasses, SlidePlan, classify_pellet_window, measure_pellet_classes, plan_slide
 from .stains import StainSet
 
-__all__ = ["is_whole_slide", "plan_whole_slide", "slide_pellet", "measure_slide_pellet", "number_pellets", "write_slide_labels", "finish_slide", "LABEL_DTYPES"]
+__all__ = ["is_whole_slide", "plan_whole_slide", "slide_pellet", "measure_slide_pellet", "number_pellets", "write_slide_labels", "finish_slide"]
 
 #: dtype of each label image.
-LABEL_DTYPES = {"pellets": np.uint16, "classes": np.uint8, "nuclei": np.uint32}
 
 
 def is_whole_slide(path, config: RunConfig) -> bool:

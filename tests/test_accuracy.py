@@ -6,7 +6,7 @@ uneven illumination and pixel sizes 0.5-1 µm (see conftest.CASES).
 
 import numpy as np
 
-from pellet_analysis.measure import CLASS_CODES
+from pellet_analysis.labels import CLASS_CODES
 from pellet_analysis.synthetic import truth_table
 
 from .conftest import dice

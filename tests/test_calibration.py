@@ -9,7 +9,8 @@ import pytest
 
 from pellet_analysis.calibrate import cell_iron_levels, is_control, threshold_for_fraction
 from pellet_analysis.config import IronConfig, RunConfig
-from pellet_analysis.measure import CLASS_CODES, measure_pellets
+from pellet_analysis.labels import CLASS_CODES
+from pellet_analysis.measure import measure_pellets
 from pellet_analysis.pipeline import CALIBRATION_FILE, run_batch
 from pellet_analysis.report import make_report
 from pellet_analysis.synthetic import make_section, write_section

@@ -12,7 +12,7 @@ import pytest
 
 from pellet_analysis.classify import brown_objects
 from pellet_analysis.config import RunConfig
-from pellet_analysis.measure import CLASS_CODES
+from pellet_analysis.labels import CLASS_CODES
 from pellet_analysis.metrics import instance_f1, pixel_f1
 from pellet_analysis.pipeline import analyze_image
 from pellet_analysis.stains import PRESETS

@@ -34,7 +34,7 @@ if _WHY_NOT and os.environ.get("CI"):
 gui = pytest.mark.skipif(_WHY_NOT is not None, reason=_WHY_NOT or "")
 
 from pellet_analysis.config import RunConfig  # noqa: E402
-from pellet_analysis.measure import CLASS_CODES  # noqa: E402
+from pellet_analysis.labels import CLASS_CODES  # noqa: E402
 from pellet_analysis.pipeline import run_batch  # noqa: E402
 from pellet_analysis.review import label_path, read_log  # noqa: E402
 from pellet_analysis.synthetic import make_section, write_section  # noqa: E402

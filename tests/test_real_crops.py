@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from pellet_analysis.config import RunConfig
-from pellet_analysis.measure import CLASS_CODES
+from pellet_analysis.labels import CLASS_CODES
 from pellet_analysis.pipeline import analyze_image
 
 DATA = Path(__file__).resolve().parent / "data"

@@ -82,7 +82,7 @@ def test_safranin_o_outline_is_smooth_round_and_cut_by_the_border(mbs_runs):
 
 
 def test_safranin_o_capsule_is_collagen_and_its_flat_cells_are_not_all_nuclei(mbs_runs):
-    from pellet_analysis.measure import CLASS_CODES
+    from pellet_analysis.labels import CLASS_CODES
 
     run = mbs_runs["original"]
     row = run.rows[0]
@@ -161,7 +161,7 @@ def qupath_ba_positive(rgb, matrix, *, threshold_od=0.2):
 
 @pytest.fixture(scope="module")
 def valves():
-    from pellet_analysis.measure import CLASS_CODES
+    from pellet_analysis.labels import CLASS_CODES
 
     lab = lab_qupath_stains()
     lab_vectors = {"nuclear_fast_red": lab[0].tolist(), "alcian_blue": lab[1].tolist()}

@@ -9,7 +9,7 @@ import pytest
 import tifffile
 
 from pellet_analysis.config import RunConfig
-from pellet_analysis.measure import CLASS_CODES
+from pellet_analysis.labels import CLASS_CODES
 from pellet_analysis.pipeline import run_batch
 from pellet_analysis.review import (
     apply_review, exclusions, label_path, read_log, requantify, save_corrections, set_exclusion,

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from pellet_analysis.config import StainConfig
-from pellet_analysis.measure import CLASS_CODES
+from pellet_analysis.labels import CLASS_CODES
 from pellet_analysis.stains import PRESETS, angles_deg, choose_stains, od_to_rgb, rgb_to_od
 from pellet_analysis.synthetic import jitter_stains, make_section
 

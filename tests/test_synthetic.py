@@ -1,6 +1,6 @@
 import numpy as np
 
-from pellet_analysis.measure import CLASS_CODES
+from pellet_analysis.labels import CLASS_CODES
 from pellet_analysis.synthetic import make_section, proteoglycan_target, truth_table
 
 
