@@ -747,17 +747,6 @@ def classify_objects(
     min_nucleus_px = max(2, int(math.pi * min_r_px**2 * 0.55))
     deconvolved = not MATRIX_ROLES & set(stains.roles)
     dark = inside & (spots > thresholds.dark)
-    iron_mask = np.zeros(inside.shape, bool)
-    contrast = np.zeros(inside.shape, bool)
-    if has_iron:
-        granule_map = maps[..., 3]
-        contrast = granule_map > iron.granule_min_od
-        # colour is judged on the candidates outside the cores of the dark objects, so a granule
-        # beside a nucleus is not averaged with the nucleus's own chromatin
-        core = ~binary_dilation_disk(~_compact_objects(dark, min_radius_px=min_r_px, min_area_px=min_nucleus_px), max(1, round(1.0 / px)))
-        brown = brown_objects(
-            inside & contrast & ~core, maps[..., 4:7], min_blue_green=iron.min_blue_green_ratio, min_red_blue=iron.min_red_blue_ratio
-        )
     if has_iron or deconvolved:
         nuclear = _compact_objects(dark, min_radius_px=min_r_px, min_area_px=min_nucleus_px)
         if deconvolved and nuclei.stain_pale_fraction < nuclei.stain_otsu_fraction:
@@ -770,7 +759,17 @@ def classify_objects(
         # form, and an opening would erase the flat nuclei a few pixels thick of a coarse scan; their size is
         # judged once they are grown to their own half maximum (below), as blur shrinks small nuclei's cores
         nuclear = remove_small_objects(fill_holes(dark), 2)
+    iron_mask = np.zeros(inside.shape, bool)
+    contrast = np.zeros(inside.shape, bool)
     if has_iron:
+        granule_map = maps[..., 3]
+        contrast = granule_map > iron.granule_min_od
+        # colour is judged on the candidates outside the cores of the dark objects (the nuclei found above,
+        # eroded by 1 µm), so a granule beside a nucleus is not averaged with the nucleus's own chromatin
+        core = ~binary_dilation_disk(~nuclear, max(1, round(1.0 / px)))
+        brown = brown_objects(
+            inside & contrast & ~core, maps[..., 4:7], min_blue_green=iron.min_blue_green_ratio, min_red_blue=iron.min_red_blue_ratio
+        )
         iron_mask = _granules(
             brown & ~nuclear,
             nuclear,

@@ -164,11 +164,6 @@ def _default_pixel_size(why: str, pixel_size: float) -> str:
     return f"no pixel size in the file or the config, and {why}: used the default {pixel_size:.3g} µm; give --pixel-size-um to set it"
 
 
-def _estimate_source(choice: PixelSizeChoice) -> str:
-    """The ``pixel_size_source`` of an estimated pixel size: the image's own nuclei, or the batch's."""
-    return "batch estimate" if "batch" in choice.source else "estimated"
-
-
 def image_pixel_size(rgb, file_px, stem: str, config: RunConfig, choice: PixelSizeChoice | None = None) -> tuple[float, str, str]:
     """The pixel size an image in memory is measured at, its ``pixel_size_source`` and one warning ('' when none).
 
@@ -200,7 +195,7 @@ def image_pixel_size(rgb, file_px, stem: str, config: RunConfig, choice: PixelSi
         if choice is None and config.estimate_pixel_size:
             choice = pixel_size_choices({stem: nucleus_sizes_px(rgb, configured_stains(config.stains), tissue_min_od=config.pellets.tissue_min_od)}, config)[stem]
         if choice is not None and choice.pixel_size_um is not None:
-            pixel_size, source, decision = choice.pixel_size_um, _estimate_source(choice), choice.warning()
+            pixel_size, source, decision = choice.pixel_size_um, choice.column_source, choice.warning()
         else:
             source = "default"
             decision = _default_pixel_size("too few whole nuclei to estimate it" if config.estimate_pixel_size else "estimate_pixel_size is off", pixel_size)

@@ -101,6 +101,11 @@ class PixelSizeChoice:
     spread: float | None = None
     max_spread: float = 2.0
 
+    @property
+    def column_source(self) -> str:
+        """The ``pixel_size_source`` column's value: ``estimated`` (the image's own nuclei) or ``batch estimate``."""
+        return "estimated" if self.source == "estimated from nuclei" else "batch estimate"
+
     def warning(self) -> str:
         """The one-line warning the run records for this image."""
         if self.pixel_size_um is None:
