@@ -118,7 +118,7 @@ def _fmt(value, digits: int = 3) -> str:
             return "" if np.isnan(value) else str(value)
         if float(value).is_integer() and abs(value) < 1e6:
             return str(int(value))
-        return f"{value:.{digits}g}" if abs(value) < 1e4 else f"{value:.0f}"
+        return f"{value:.{digits}g}" if abs(value) < 1e3 else f"{value:.0f}"
     return str(value)
 
 
@@ -324,7 +324,26 @@ def _provenance(run: dict, run_dir: Path) -> dict:
         ("cores", run.get("host_cores")),
         ("seconds", run.get("seconds")),
     ]
-    return _table(pd.DataFrame(rows, columns=["item", "value"]), id="provenance-table", text_columns=("item", "value"))
+    images = pd.DataFrame(
+        [{"image": name, "file": meta.get("file", ""), "sha256": meta.get("sha256", ""), "pixel_size_um": meta.get("pixel_size_um"),
+          "pixel_size_source": meta.get("pixel_size_source", ""), "stains": _stains_source(meta.get("stains_source"))}
+         for name, meta in sorted(run.get("images", {}).items())],
+        columns=["image", "file", "sha256", "pixel_size_um", "pixel_size_source", "stains"],
+    )
+    return {
+        "run": _table(pd.DataFrame(rows, columns=["item", "value"]), id="provenance-table", text_columns=("item", "value")),
+        "images": _table(images, id="provenance-images", text_columns=("image", "file", "sha256", "pixel_size_source", "stains")),
+    }
+
+
+def _stains_source(infos) -> str:
+    """Where an image's stain vectors came from (per pellet when estimated per pellet), in words."""
+    if isinstance(infos, dict):
+        infos = [infos]
+    if not isinstance(infos, list) or not infos:
+        return ""
+    kinds = sorted({f"{i.get('source', '?')}" + (f" ({i['reason']})" if i.get("reason") else "") for i in infos if isinstance(i, dict)})
+    return "; ".join(kinds)
 
 
 def _render(context: dict) -> str:

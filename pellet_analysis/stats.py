@@ -272,20 +272,19 @@ def paired_by_day(donors: pd.DataFrame, metric: str, *, seed: int = 0) -> list[d
         mean, low, high = paired_t_ci(d)
         sd = float(d.std(ddof=1)) if n >= 2 else float("nan")
         needed = donors_for_power(mean, sd)
-        power_note = f"power from the paired t test at the observed effect and paired SD {sd:.3g}" if needed else "no power figure (no effect or no SD)"
         rows.append(_row(
             metric=metric, comparison=PAIRED, day=int(day), test=SIGN_FLIP, n_donors=n, estimate=mean, ci_low=low, ci_high=high,
             df=n - 1 if n >= 2 else np.nan, p_value=sign_flip_p(d, seed=seed) if n else np.nan,
             p_min_attainable=smallest_sign_flip_p(n), holm_family=metric, donors_for_80pct_power=needed if needed else np.nan,
-            note=f"95 % CI: t on {n - 1} df; all 2^{n} = {2**n} sign patterns; {power_note}" if n >= 2 else f"{n} paired donors",
+            note=f"CI: t, {n - 1} df; p: all 2^{n} = {2**n} sign patterns; paired SD {sd:.3g} (power: paired t)" if n >= 2 else f"{n} paired donors",
         ))
         if n >= MIN_DONORS_WILCOXON and np.any(d != 0):
             res = sps.wilcoxon(d, alternative="two-sided")
             rows.append(_row(metric=metric, comparison=PAIRED, day=int(day), test="Wilcoxon signed-rank", n_donors=n,
                              statistic=float(res.statistic), p_value=float(res.pvalue), p_min_attainable=2 / 2**n,
-                             note="secondary: not in the Holm family"))
+                             note="secondary (no Holm)"))
         elif n < MIN_DONORS_WILCOXON:
-            rows[-1]["note"] += f"; Wilcoxon not run: {n} donors (needs at least {MIN_DONORS_WILCOXON})"
+            rows[-1]["note"] += f"; Wilcoxon not run: {n} donors (needs {MIN_DONORS_WILCOXON})"
     return rows
 
 
@@ -313,21 +312,20 @@ def over_days(donors: pd.DataFrame, metric: str) -> list[dict]:
             metric=metric, comparison=comparison, condition=condition, test=RM_ANOVA, n_donors=n, statistic=res["F"],
             df=res["epsilon"] * res["df2"], p_value=res["p_gg"], holm_family=metric,
             note=f"F({res['df1']}, {res['df2']}) = {res['F']:.3g}, uncorrected p = {res['p']:.3g}; "
-                 f"Greenhouse-Geisser epsilon {res['epsilon']:.3g}: df ({res['epsilon'] * res['df1']:.3g}, {res['epsilon'] * res['df2']:.3g})",
+                 f"GG epsilon {res['epsilon']:.3g}: df ({res['epsilon'] * res['df1']:.3g}, {res['epsilon'] * res['df2']:.3g})",
         ))
         if k >= 3:
             fr = sps.friedmanchisquare(*[y[:, j] for j in range(k)])
             smallest = friedman_smallest_p(n, k)
             rows.append(_row(metric=metric, comparison=comparison, condition=condition, test="Friedman", n_donors=n,
                              statistic=float(fr.statistic), df=k - 1, p_value=float(fr.pvalue), p_min_attainable=smallest,
-                             note=f"secondary: not in the Holm family; chi-square on {k - 1} df, "
-                                  f"the smallest p {n} donors can give is {smallest:.3g}"))
+                             note=f"secondary (no Holm); chi-square, {k - 1} df; smallest possible p with {n} donors {smallest:.3g}"))
         if n >= MIN_DONORS_MIXED:
             s = balanced_slope(days, y)
             rows.append(_row(metric=metric, comparison="slope per day", condition=condition,
                              test="mixed model (value ~ day + (1 | donor))", n_donors=n, estimate=s["estimate"],
                              ci_low=s["ci_low"], ci_high=s["ci_high"], df=s["df"], statistic=s["t"], p_value=s["p"],
-                             note=f"secondary: not in the Holm family; complete design: t on Kenward-Roger df n(k-1)-1 = {s['df']}"))
+                             note=f"secondary (no Holm); complete design: t on Kenward-Roger df n(k-1)-1 = {s['df']}"))
         else:
             rows.append(_row(metric=metric, comparison="slope per day", condition=condition, test="none", n_donors=n,
                              note=f"no mixed model: {n} donors with every day (needs at least {MIN_DONORS_MIXED})"))

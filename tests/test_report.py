@@ -233,7 +233,7 @@ def test_conclusions_efficiency_and_review_in_the_browser(study):
     text = " ".join(parsed.text)
     ids = {attrs.get("id") for _, attrs in parsed.elements}
     assert {"conclusions", "labeling-efficiency", "labeling-efficiency-plot", "review", "review-corrections",
-            "review-exclusions", "review-values", "review-effect", "stains", "provenance-table"} <= ids
+            "review-exclusions", "review-values", "review-effect", "stains", "provenance-table", "provenance-images"} <= ids
     assert "Does iron labeling change proteoglycan area fraction?" in text
     assert re.search(r"With [23] donors no sign-flip test can reach p < 0.05 \(smallest possible p = 0.5|0.25\)", text)
     efficiency = parsed.tables["labeling-efficiency-table"]
