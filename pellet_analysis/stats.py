@@ -226,13 +226,11 @@ def donors_for_power(effect: float, sd: float, *, power: float = 0.8, alpha: flo
     Returns
     -------
     int or None
-        None when ``effect`` is zero or not finite, or when more than ``max_n``
-        donors would be needed.
+        None when ``effect`` or ``sd`` is zero or not finite, or when more
+        than ``max_n`` donors would be needed.
     """
-    if not (np.isfinite(effect) and np.isfinite(sd)) or effect == 0:
-        return None
-    if sd <= 0:
-        return 2
+    if not (np.isfinite(effect) and np.isfinite(sd)) or effect == 0 or sd <= 0:
+        return None  # no effect, or no spread to judge it by (identical differences)
     d = abs(effect) / sd
     for n in range(2, max_n + 1):
         df = n - 1
@@ -386,47 +384,60 @@ def conclusions(statistics: pd.DataFrame, labels=None, *, alpha: float = 0.05) -
     if statistics is None or not len(statistics):
         return out
     for metric, rows in statistics.groupby("metric", sort=False):
-        name = labels.get(metric, metric)
-        paired = rows[rows.test == SIGN_FLIP]
+        name = labels.get(metric, metric).lower()
+        paired = rows[(rows.test == SIGN_FLIP) & (rows.n_donors >= 2)]
         if len(paired):
-            parts, needed = [], []
-            for r in paired.itertuples():
-                parts.append(f"day {int(r.day)}: {r.estimate:+.3g} (95 % CI {r.ci_low:.3g} to {r.ci_high:.3g}), "
-                             f"sign-flip p = {_p(r.p_value)}, Holm p = {_p(r.p_holm)}, n = {int(r.n_donors)}")
-                if np.isfinite(r.donors_for_80pct_power):
-                    needed.append(f"day {int(r.day)} about {int(r.donors_for_80pct_power)}")
-            significant = paired[paired.p_holm < alpha]
-            n = int(paired.n_donors.min())
-            verdict = (
-                "labeled differs from unlabeled on day " + ", ".join(str(int(d)) for d in significant.day) + f" (Holm p < {alpha})"
-                if len(significant) else f"no day shows a difference at Holm p < {alpha}"
-            )
-            design = ""
-            smallest = smallest_sign_flip_p(n)
-            if smallest >= alpha:
-                design = (f" With {n} donors no sign-flip test can reach p < {alpha} (smallest possible p = {smallest:.3g}), "
-                          "so this design cannot show a difference whatever its size.")
-            clear = paired[(paired.ci_low > 0) | (paired.ci_high < 0)]
-            if len(clear) and len(significant) < len(paired):
-                design += (" The 95 % t CI excludes 0 on day " + ", ".join(str(int(d)) for d in clear.day)
-                           + f": it assumes normally distributed donor differences, which {n} donors cannot check.")
-            power = (" For 80 % power at the observed effect and paired SD: " + ", ".join(needed)
-                     + f" donors (and at least {MIN_DONORS_WILCOXON} for an exact permutation test to reach p < 0.05).") if needed else ""
-            out.append({"metric": metric, "question": f"Does iron labeling change {name.lower()}?",
-                        "answer": f"Labeled − unlabeled, {'; '.join(parts)}. Conclusion: {verdict}.{design}{power}"})
+            out.append({"metric": metric, "question": f"Does iron labeling change {name}?", "answer": _paired_answer(paired, alpha)})
         anova = rows[rows.test == RM_ANOVA]
         if len(anova):
-            parts = [f"{r.condition}: F = {r.statistic:.3g}, Greenhouse-Geisser p = {_p(r.p_value)}, Holm p = {_p(r.p_holm)}, n = {int(r.n_donors)}"
-                     for r in anova.itertuples()]
-            changed = anova[anova.p_holm < alpha]
-            verdict = ("changes over days in " + " and ".join(changed.condition) + f" pellets (Holm p < {alpha})"
-                       if len(changed) else f"no condition shows a change over days at Holm p < {alpha}")
-            friedman = rows[rows.test == "Friedman"]
-            floor = ""
-            if len(friedman):
-                r = friedman.iloc[0]
-                floor = f" A rank test (Friedman) cannot go below p = {r.p_min_attainable:.3g} with {int(r.n_donors)} donors."
-            out.append({"metric": metric, "question": f"Does {name.lower()} change over days?",
-                        "answer": f"{'; '.join(parts)}. Conclusion: {verdict}.{floor}"})
+            out.append({"metric": metric, "question": f"Does {name} change over days?",
+                        "answer": _over_days_answer(anova, rows[rows.test == "Friedman"], alpha)})
     return out
 
+
+def _same_or_each(values, fmt) -> str:
+    """'x on every day' when all equal, else 'a / b / c'."""
+    texts = [fmt(v) for v in values]
+    return f"{texts[0]} on every day" if len(set(texts)) == 1 and len(texts) > 1 else " / ".join(texts)
+
+
+def _paired_answer(paired: pd.DataFrame, alpha: float) -> str:
+    days = [int(d) for d in paired.day]
+    significant = [int(d) for d in paired[paired.p_holm < alpha].day]
+    verdict = (f"Yes on {_days(significant)} (Holm p < {alpha})." if significant
+               else f"Not shown (no day at Holm p < {alpha}).")
+    effects = "; ".join(f"day {int(r.day)} {r.estimate:+.3g} (95 % CI {r.ci_low:.3g} to {r.ci_high:.3g})" for r in paired.itertuples())
+    n = sorted({int(v) for v in paired.n_donors})
+    text = (f"{verdict} Labeled − unlabeled: {effects}; sign-flip p = {_same_or_each(paired.p_value, _p)}, "
+            f"Holm p = {_same_or_each(paired.p_holm, _p)}; n = {' / '.join(map(str, n))} donors.")
+    smallest = smallest_sign_flip_p(n[0])
+    if smallest >= alpha:
+        text += (f" With {n[0]} donors no sign-flip test can reach p < {alpha} (smallest possible p = {smallest:.3g}): "
+                 "this design cannot show a difference whatever its size.")
+    clear = [int(r.day) for r in paired.itertuples() if (r.ci_low > 0 or r.ci_high < 0) and int(r.day) not in significant]
+    if clear:
+        text += (f" The t CI excludes 0 on {_days(clear)}, but it assumes normally distributed donor "
+                 f"differences, which {n[0]} donors cannot check.")
+    needed = [(int(r.day), int(r.donors_for_80pct_power)) for r in paired.itertuples() if np.isfinite(r.donors_for_80pct_power)]
+    if needed:
+        text += (" 80 % power at the observed effect and paired SD needs about "
+                 + ", ".join(f"{k} donors (day {d})" for d, k in needed)
+                 + f" for a paired t test, and at least {MIN_DONORS_WILCOXON} for an exact sign-flip or Wilcoxon test.")
+    return text
+
+
+def _over_days_answer(anova: pd.DataFrame, friedman: pd.DataFrame, alpha: float) -> str:
+    changed = list(anova[anova.p_holm < alpha].condition)
+    verdict = (f"Yes in {' and '.join(changed)} pellets (Holm p < {alpha})." if changed
+               else f"Not shown (no condition at Holm p < {alpha}).")
+    tests = "; ".join(f"{r.condition} F = {r.statistic:.3g}, Greenhouse-Geisser p = {_p(r.p_value)}, Holm p = {_p(r.p_holm)}, n = {int(r.n_donors)}"
+                      for r in anova.itertuples())
+    text = f"{verdict} Repeated-measures ANOVA on donor means: {tests}."
+    if len(friedman):
+        r = friedman.iloc[0]
+        text += f" A rank test (Friedman) cannot go below p = {r.p_min_attainable:.3g} with {int(r.n_donors)} donors."
+    return text
+
+
+def _days(days) -> str:
+    return ("day " if len(days) == 1 else "days ") + ", ".join(map(str, days))

@@ -177,7 +177,7 @@ def test_mixed_model_slope_against_statsmodels():
 def test_donors_for_power_against_references():
     # Cohen's table: d = 0.5, two-sided alpha 0.05, power 0.8 -> 34 pairs; d = 1 -> 10
     assert donors_for_power(0.5, 1.0) == 34 and donors_for_power(-0.1, 0.1) == 10
-    assert donors_for_power(0.0, 1.0) is None
+    assert donors_for_power(0.0, 1.0) is None and donors_for_power(1.0, 0.0) is None
 
 
 def test_donors_for_power_against_statsmodels():
@@ -210,12 +210,13 @@ def test_conclusions_say_what_three_donors_can_support():
     table = comparison_table(donors, ["m"])
     (paired, over) = conclusions(table, {"m": "Matrix"})
     assert paired["question"] == "Does iron labeling change matrix?"
-    assert "n = 3" in paired["answer"] and "sign-flip p = 0.25" in paired["answer"]
+    assert paired["answer"].startswith("Not shown")
+    assert "n = 3 donors" in paired["answer"] and "sign-flip p = 0.25 on every day" in paired["answer"]
     assert "smallest possible p = 0.25" in paired["answer"]
     d7 = table[(table.test == SIGN_FLIP) & (table.day == 7)].iloc[0]
-    assert f"day 7 about {int(d7.donors_for_80pct_power)}" in paired["answer"]
-    assert f"{d7.estimate:+.3g} (95 % CI {d7.ci_low:.3g} to {d7.ci_high:.3g})" in paired["answer"]
-    assert "change over days" in over["question"]
+    assert f"about {int(d7.donors_for_80pct_power)} donors (day 7)" in paired["answer"]
+    assert f"day 7 {d7.estimate:+.3g} (95 % CI {d7.ci_low:.3g} to {d7.ci_high:.3g})" in paired["answer"]
+    assert "change over days" in over["question"] and "Repeated-measures ANOVA" in over["answer"]
     assert f"Friedman) cannot go below p = {math.exp(-3):.3g} with 3 donors" in over["answer"]
 
 
