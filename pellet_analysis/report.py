@@ -263,9 +263,12 @@ def _review_section(run_dir: Path, table: pd.DataFrame, statistics: pd.DataFrame
         out["exclusions"] = _table(frame, id="review-exclusions", text_columns=("image", "reason", "reviewer", "when", "recorded in"),
                                    links={"image": ["#" + anchors[(r.image, r.pellet)] for r in frame.itertuples()]})
     automatic = _automatic_table(run_dir, table)
-    changed = table["corrected"].fillna(False).astype(bool) if "corrected" in table.columns else pd.Series(False, index=table.index)
+    columns = [c for c in (*metrics, "area_um2", "nuclei_count", "iron_positive_cell_fraction") if c in table.columns]
+    corrected_keys = {(str(r.get("image")), int(r.get("pellet_id", 0))) for r in corrections}
+    # the pellets a reviewer corrected, and any other whose values moved with its image's corrected labels
+    moved = ~np.isclose(table[columns].to_numpy(float), automatic[columns].to_numpy(float), equal_nan=True).all(axis=1)
+    changed = pd.Series(moved, index=table.index) | pd.Series([k in corrected_keys for k in zip(table["image"].astype(str), table["pellet_id"].astype(int))], index=table.index)
     if changed.any():
-        columns = [c for c in (*metrics, "area_um2", "nuclei_count", "iron_positive_cell_fraction") if c in table.columns]
         rows = []
         for i in table.index[changed]:
             row = {"image": str(table.at[i, "image"]), "pellet": int(table.at[i, "pellet_id"])}

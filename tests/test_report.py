@@ -17,6 +17,7 @@ import pytest
 import tifffile
 
 from pellet_analysis.config import RunConfig
+from pellet_analysis.figures import CONDITION_STYLE
 from pellet_analysis.labels import CLASS_CODES
 from pellet_analysis.pipeline import run_batch
 from pellet_analysis.report import make_report, slug
@@ -111,7 +112,10 @@ def test_figures_hold_svg_png_and_exactly_the_plotted_numbers(study):
     names = {p.stem for p in figures.iterdir()}
     assert names == {"measurements_over_days", "labeling_efficiency", "pellet_sizes"}
     for name in names:
-        assert (figures / f"{name}.svg").read_text().lstrip().startswith("<?xml")
+        svg = (figures / f"{name}.svg").read_text()
+        assert svg.lstrip().startswith("<?xml")
+        # labeled and unlabeled in the same colours in every figure
+        assert all(CONDITION_STYLE[c]["color"] in svg for c in ("labeled", "unlabeled")), name
         assert round(_png_dpi(figures / f"{name}.png")) == 300
     summary = pd.read_csv(out / "summary.csv")
     over_days = pd.read_csv(figures / "measurements_over_days.csv")
