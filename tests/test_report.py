@@ -132,7 +132,7 @@ def test_figures_hold_svg_png_and_exactly_the_plotted_numbers(study):
 
 
 def test_review_compares_automatic_and_corrected_values(study):
-    out, _, written, automatic, n_painted = study
+    out, table, written, automatic, n_painted = study
     html = (out / "report.html").read_text()
     image, pid = CORRECTED
     before = automatic[(automatic.image == image) & (automatic.pellet_id == pid)].iloc[0]
@@ -141,6 +141,20 @@ def test_review_compares_automatic_and_corrected_values(study):
     review = html[html.index('id="review"'):html.index("<h2>Pellets</h2>")]
     assert f"{before.proteoglycan_area_fraction:.3g}</td><td class=\"n\">{after:.3g}" in review
     assert f"+{n_painted} / -" in review and "reviewer-a" in review and "fold" in review
+    # the effect on the comparison, day 28 (one pellet per section and donor): automatic, every donor; reviewed,
+    # donor A's labeled pellet excluded (the fixture's first row) and donor B's labeled pellet corrected
+    day28 = automatic[automatic.day == 28].pivot_table(index="donor", columns="condition", values="proteoglycan_area_fraction")
+    assert table.image.iloc[0] == "A_labeled_d28_s1"
+    auto_estimate = (day28.labeled - day28.unlabeled).mean()
+    day28.loc["B", "labeled"] = after
+    reviewed_estimate = (day28.labeled - day28.unlabeled).drop("A").mean()
+    row = re.search(r"<tr><td class=\"t\">Proteoglycan area fraction</td><td class=\"t\">labeled - unlabeled</td><td class=\"n\">28</td>(.*?)</tr>",
+                    review[review.index('id="review-effect"'):]).group(1)
+    cells = re.findall(r">([^<]*)</td>", row)
+    # columns after day: condition, test, n_donors automatic, reviewed, estimate automatic, reviewed, ...
+    assert float(cells[4]) == pytest.approx(auto_estimate, rel=5e-3)
+    assert (cells[2], cells[3]) == ("3", "2")
+    assert float(cells[5]) == pytest.approx(reviewed_estimate, rel=5e-3)
 
 
 def _chromium(*args, html_path):
