@@ -54,6 +54,14 @@ def _condition_handles(conditions, *, guessed: bool = False):
     return handles
 
 
+def _legend_in_headroom(ax, handles, *, fraction: float = 0.22) -> None:
+    """One-row legend at the top of the panel, in headroom added above the data so it covers no point."""
+    low, high = ax.get_ylim()
+    ax.set_ylim(low, high + fraction * (high - low))
+    ax.legend(handles=handles, fontsize=8, loc="upper left", ncol=len(handles), frameon=False,
+              handletextpad=0.3, columnspacing=0.8, borderaxespad=0.2)
+
+
 def plot_over_days(donors: pd.DataFrame, metrics: dict, guessed_keys=frozenset(), size_metrics=()):
     """One panel per metric: one line per donor and condition over days.
 
@@ -96,7 +104,7 @@ def plot_over_days(donors: pd.DataFrame, metrics: dict, guessed_keys=frozenset()
         ax.grid(alpha=0.3)
     for ax in axes.ravel()[n:]:
         ax.set_visible(False)
-    axes.ravel()[0].legend(handles=_condition_handles(donors["condition"], guessed=bool(guessed_keys)), fontsize=8, loc="best")
+    _legend_in_headroom(axes.ravel()[0], _condition_handles(donors["condition"], guessed=bool(guessed_keys)))
     fig.suptitle("One line per donor and condition (donor means of section means)", fontsize=10, x=0.01, ha="left")
     fig.tight_layout()
     return fig, pd.DataFrame(tidy, columns=["donor", "condition", "day", "metric", "value", "pixel_size_guessed"])
@@ -140,7 +148,7 @@ def plot_labeling_efficiency(efficiency: pd.DataFrame, metrics: dict):
         ax.grid(alpha=0.3)
     plt_handles = [plt.Line2D([], [], linestyle="", color=_style(c)["color"], marker=_style(c)["marker"], label=c) for c in ("labeled", "unlabeled")]
     plt_handles.append(plt.Line2D([], [], color="0.6", lw=0.8, label="same donor"))
-    axes.ravel()[0].legend(handles=plt_handles, fontsize=8, loc="best")
+    _legend_in_headroom(axes.ravel()[0], plt_handles)
     fig.suptitle("Labeling efficiency: labeled and unlabeled pellets of each donor, per day", fontsize=10, x=0.01, ha="left")
     fig.tight_layout()
     return fig, pd.DataFrame(tidy, columns=["donor", "day", "metric", "condition", "x", "value"])
@@ -182,9 +190,10 @@ def plot_pellet_sizes(table: pd.DataFrame, guessed, metrics: dict):
                  for r, c, d, g, xi, v, gu in zip(table.itertuples(), conditions, days, groups, x, values, guessed)]
     handles = [plt.Line2D([], [], linestyle="", color=_style(c)["color"], marker=_style(c)["marker"], label=c)
                for c in CONDITION_STYLE if c in set(map(str, conditions))]
-    handles.append(plt.Line2D([], [], linestyle="", marker="X", markerfacecolor="none", markeredgecolor="black", markersize=9,
-                              label="pixel size estimated (or default)"))
-    axes.ravel()[0].legend(handles=handles, fontsize=8, loc="best")
+    if guessed.any():
+        handles.append(plt.Line2D([], [], linestyle="", marker="X", markerfacecolor="none", markeredgecolor="black", markersize=9,
+                                  label="pixel size estimated (or default)"))
+    _legend_in_headroom(axes.ravel()[0], handles, fraction=0.3)
     fig.suptitle("One point per pellet", fontsize=10, x=0.01, ha="left")
     fig.tight_layout()
     return fig, pd.DataFrame(tidy, columns=["image", "pellet_id", "condition", "day", "group", "metric", "x", "value", "pixel_size_guessed"])
