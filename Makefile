@@ -1,11 +1,13 @@
-# Two set-up commands, each on a fresh machine with only Python 3.11 and pip:
+# Set-up commands, each on a fresh machine with only Python 3.11 and pip:
 #   make demo  - own venv, install, run configs/default.yaml on images/, write outputs/demo/
 #   make test  - own venv with the dev and napari extras, run the whole test suite (GUI tests need Xvfb)
+#   make docs  - the demo, then every figure in README.md and docs/ regenerated from it
+#                (report screenshot needs Debian's chromium, the napari one xvfb-run)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test install install-dev clean
+.PHONY: demo docs test install install-dev clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +26,13 @@ install-dev: $(VENV)/.installed-dev
 
 demo: $(VENV)/.installed
 	$(BIN)/pellet-analysis demo configs/default.yaml
+
+# figures drawn from the current demo, so README.md and docs/ cannot show numbers it no longer gives
+docs: $(VENV)/.installed-dev demo
+	$(BIN)/python docs/make_figure.py
+	$(BIN)/python docs/make_calibration_figure.py
+	bash docs/make_report_screenshot.sh
+	xvfb-run -a $(BIN)/python docs/make_napari_screenshot.py
 
 test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest -n 2 -q

@@ -5,5 +5,5 @@ cd "$(dirname "$0")/.."
 profile=$(mktemp -d)
 chromium --headless --no-sandbox --disable-gpu --disable-quic --no-first-run --disable-background-networking \
   --disable-component-update --disable-sync --user-data-dir="$profile" --hide-scrollbars \
-  --window-size=1100,1250 --screenshot=docs/report.png "file://$PWD/outputs/demo/report.html"
+  --window-size=1100,1700 --screenshot=docs/report.png "file://$PWD/outputs/demo/report.html"
 rm -rf "$profile"

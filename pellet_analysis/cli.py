@@ -295,7 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--output", type=Path, help="output folder (overrides output_dir)")
     demo.set_defaults(func=cmd_demo)
 
-    report = sub.add_parser("report", help="summary, statistics and report.html of a run", description="Aggregate a run to donors, compare labeled with unlabeled per day and over days, and write summary.csv, summary.parquet, statistics.csv and a self-contained report.html into the run folder.")
+    report = sub.add_parser("report", help="summary, statistics and report.html of a run", description="Aggregate a run to donors, compare labeled with unlabeled per day and over days, and write summary.csv, summary.parquet, statistics.csv, figures/ (SVG, 300-dpi PNG and CSV of every plot) and a self-contained report.html into the run folder.")
     report.add_argument("run", type=Path, help="run folder written by `pellet-analysis run`")
     report.set_defaults(func=cmd_report)
 

@@ -1,47 +1,52 @@
-"""The study report of a run: summary tables, statistics and a self-contained HTML page.
+"""The study report of a run: summary tables, statistics, figures and a self-contained HTML page.
 
 ``make_report(run_dir)`` reads the run's contract files and writes
-``summary.csv``, ``summary.parquet``, ``statistics.csv`` and ``report.html``
+``summary.csv``, ``summary.parquet``, ``statistics.csv``, ``figures/`` (every
+plot as SVG, 300-dpi PNG and the CSV of its numbers) and ``report.html``
 (plots and thumbnails embedded as data URIs, so the page opens with no network).
+
+The page is rendered by Jinja2 from ``templates/report.html.j2`` with
+autoescaping on: image names, donors, reviewers' reasons and every other value
+are escaped in text and attribute context alike, and element ids are made by
+:func:`slug`. No HTML is assembled from strings here.
 """
 
 from __future__ import annotations
 
 import base64
-import html
-import io
+import hashlib
 import json
+import re
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from . import __version__
+from .figures import plot_labeling_efficiency, plot_over_days, plot_pellet_sizes, save_figure
 from .io import atomic_write, write_tables
 from .measure import SHAPE_COLUMNS
 from .overlay import render_overlay
-from .review import apply_review
-from .stats import comparison_table
+from .review import apply_review, exclusions, read_log, requantify
+from .stats import RM_ANOVA, SIGN_FLIP, comparison_table, conclusions
 from .study import aggregate
 
-__all__ = ["GUESSED_PIXEL_SIZES", "REPORT_METRICS", "SIZE_METRICS", "make_report"]
+__all__ = ["EFFICIENCY_METRICS", "GUESSED_PIXEL_SIZES", "REPORT_METRICS", "SIZE_METRICS", "labeling_efficiency", "make_report", "slug"]
 
-#: Metric column -> (label, unit) shown in plots and tables.
+#: Metric column -> (label, unit) shown in plots and tables, and tested.
 REPORT_METRICS = {
     "proteoglycan_area_fraction": ("Proteoglycan area fraction", "fraction of pellet"),
     "iron_area_fraction": ("Iron area fraction", "fraction of pellet"),
     "nuclei_density_per_mm2": ("Nuclei density", "per mm²"),
     "bern_score": ("Bern-like score", "0-9"),
 }
-
-_CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#222;max-width:1400px}
-h1{margin-bottom:0} .sub{color:#666;margin-top:4px} table{border-collapse:collapse;font-size:13px;margin:8px 0 24px}
-th,td{border:1px solid #ddd;padding:3px 6px;text-align:right} th{background:#f3f3f3} td.t,th.t{text-align:left}
-.thumbs{display:flex;flex-wrap:wrap;gap:10px} figure{margin:0;width:200px;font-size:12px} figure img{max-width:200px;border:1px solid #ccc}
-#plots{max-width:100%} .note{color:#8a5a00} .excluded{color:#999;text-decoration:line-through}
-"""
-
+#: Labeling efficiency: how much of the labeled pellets carries iron, against the unlabeled ones.
+EFFICIENCY_METRICS = {
+    "iron_positive_cell_fraction": ("Iron-positive cell fraction", "fraction of nuclei"),
+    "iron_area_fraction": ("Iron area fraction", "fraction of pellet"),
+}
 
 def _data_uri(data: bytes, mime: str) -> str:
     return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
@@ -53,9 +58,6 @@ GUESSED_PIXEL_SIZES = ("estimated", "batch estimate", "default")
 
 #: Metrics whose values depend on the pixel size (µm², per mm²).
 SIZE_METRICS = {"area_um2": ("Pellet area", "µm²"), "nuclei_density_per_mm2": ("Nuclei density", "per mm²")}
-
-_GUESSED_MARKER = dict(marker="X", s=90, facecolor="none", edgecolor="black", linewidths=1.2)
-
 
 def _pixel_size_sources(table: pd.DataFrame, run: dict) -> pd.Series:
     """Each pellet's ``pixel_size_source``: its column, or for runs from before it, the image's in run.json ('' unknown)."""
@@ -69,114 +71,6 @@ def _guessed_images(table: pd.DataFrame, sources: pd.Series) -> pd.DataFrame:
     """Image, pixel size and its source of the images measured at an estimated or default pixel size."""
     guessed = table.assign(pixel_size_source=sources)[sources.isin(GUESSED_PIXEL_SIZES)]
     return guessed.groupby("image", sort=True).agg(pixel_size_um=("pixel_size_um", "first"), pixel_size_source=("pixel_size_source", "first")).reset_index()
-
-
-def _plot_sizes(table: pd.DataFrame, guessed: pd.Series) -> str:
-    """Pellet area and nuclei density, one point per pellet by condition and day; pellets at a guessed pixel size marked X."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    groups = [
-        f"{c} d{int(d)}" if pd.notna(c) and pd.notna(d) else "no condition/day"
-        for c, d in zip(table.get("condition", pd.Series([None] * len(table))), table.get("day", pd.Series([None] * len(table))))
-    ]
-    order = sorted(set(groups))
-    x = np.array([order.index(g) for g in groups], float) + np.random.default_rng(0).uniform(-0.15, 0.15, len(groups))
-    colours = np.array(["#b35806" if str(c) == "labeled" else "#2166ac" if str(c) == "unlabeled" else "gray" for c in table.get("condition", [None] * len(table))])
-    guessed = np.asarray(guessed, bool)
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), dpi=100)
-    for ax, (metric, (label, unit)) in zip(axes, SIZE_METRICS.items()):
-        values = table[metric].to_numpy(float)
-        ax.scatter(x[~guessed], values[~guessed], c=colours[~guessed], s=30, alpha=0.8)
-        ax.scatter(x[guessed], values[guessed], **_GUESSED_MARKER)
-        ax.scatter(x[guessed], values[guessed], c=colours[guessed], s=12)
-        ax.set_xticks(range(len(order)))
-        ax.set_xticklabels(order, rotation=30, ha="right", fontsize=8)
-        ax.set_title(label, fontsize=11)
-        ax.set_ylabel(unit)
-        ax.grid(alpha=0.3)
-    handles = [
-        plt.Line2D([], [], linestyle="", marker="o", color="gray", label="pixel size from the file or config"),
-        _guessed_handle("pixel size estimated (or default)"),
-    ]
-    return _finished_figure(fig, handles, "One point per pellet", legend_size=8, rect=(0, 0, 1, 0.88))
-
-
-def _guessed_handle(label: str):
-    import matplotlib.pyplot as plt
-
-    return plt.Line2D([], [], linestyle="", marker="X", markerfacecolor="none", markeredgecolor="black", markersize=9, label=label)
-
-
-def _finished_figure(fig, handles, title: str, *, legend_size: int, rect) -> str:
-    """Legend, title and layout of a report figure, closed and returned as a PNG data URI."""
-    import matplotlib.pyplot as plt
-
-    fig.legend(handles=handles, loc="upper right", fontsize=legend_size)
-    fig.suptitle(title, fontsize=10, x=0.01, ha="left")
-    fig.tight_layout(rect=rect)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return _data_uri(buf.getvalue(), "image/png")
-
-
-def _calibration_html(run: dict) -> str:
-    """The batch's iron granule threshold and how it was found (run.json's ``iron_calibration``)."""
-    cal = run.get("iron_calibration")
-    if not cal:
-        return "<p>Not recorded (a run from before iron calibration).</p>"
-    threshold = f"granule threshold (iron.granule_min_od) {cal.get('granule_min_od', float('nan')):.3g}"
-    if cal.get("calibrated"):
-        text = (
-            f"Calibrated on {cal['n_control_cells']} cells of {cal['n_control_pellets']} control pellets "
-            f"(condition {html.escape(', '.join(cal.get('control_conditions', [])))}; images {html.escape(', '.join(cal.get('control_images', [])))}): "
-            f"{threshold}, configured {cal['configured_granule_min_od']:.3g}. Iron-positive control cells: "
-            f"{cal.get('positive_fraction_before', float('nan')):.2%} at the configured threshold, "
-            f"{cal.get('positive_fraction_after', cal.get('positive_fraction_predicted', float('nan'))):.2%} at the calibrated one "
-            f"(target at most {cal.get('max_positive_fraction', 0.01):.0%}). Every pellet of the run was classified with it."
-        )
-    else:
-        after = cal.get("positive_fraction_after")
-        text = f"Not calibrated: {html.escape(str(cal.get('reason', '')))}; {threshold}." + (
-            f" Iron-positive control cells: {after:.2%}." if after is not None else ""
-        )
-    failed = cal.get("failed_control_images") or {}
-    if failed:
-        text += " Control images that could not be read: " + html.escape(", ".join(failed)) + "."
-    return f"<p>{text}</p>"
-
-
-def _plot_metrics(donors: pd.DataFrame, guessed_keys=frozenset()) -> str:
-    """One panel per report metric, one line per donor and condition; ``guessed_keys`` (donor, condition, day) marked X on size metrics."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(2, 2, figsize=(10, 7.2), dpi=100)
-    colours = {"labeled": "#b35806", "unlabeled": "#2166ac"}
-    for ax, (metric, (label, unit)) in zip(np.ravel(axes), REPORT_METRICS.items()):
-        for (donor, condition), sub in donors.groupby(["donor", "condition"]):
-            sub = sub.sort_values("day")
-            ax.plot(sub["day"], sub[metric], marker="o", color=colours.get(condition, "gray"),
-                    linestyle="-" if condition == "labeled" else "--", alpha=0.8, label=f"{donor} {condition}")
-            marked = [(donor, condition, int(d)) in guessed_keys for d in sub["day"]]
-            if metric in SIZE_METRICS and any(marked):
-                ax.scatter(sub["day"][marked], sub[metric][marked], zorder=3, **_GUESSED_MARKER)
-        ax.set_title(label, fontsize=11)
-        ax.set_xlabel("day")
-        ax.set_ylabel(unit)
-        days = sorted(donors["day"].unique())
-        if days:
-            ax.set_xticks(days)
-        ax.grid(alpha=0.3)
-    handles = [plt.Line2D([], [], color=c, linestyle="-" if k == "labeled" else "--", marker="o", label=k) for k, c in colours.items()]
-    if guessed_keys:
-        handles.append(_guessed_handle("pixel size estimated"))
-    return _finished_figure(fig, handles, "One line per donor and condition (donor means of section means)", legend_size=9, rect=(0, 0, 0.86, 0.95))
 
 
 def _thumbnail(run_dir: Path, stem: str, pellet_id: int, size_px: int = 200) -> str | None:
@@ -197,132 +91,397 @@ def _thumbnail(run_dir: Path, stem: str, pellet_id: int, size_px: int = 200) -> 
     return _data_uri(buf.tobytes(), "image/jpeg") if ok else None
 
 
-def _fmt(value, digits=3):
-    if value is None or (isinstance(value, float) and not np.isfinite(value)) or value is pd.NA:
+
+
+def slug(text, prefix: str = "id") -> str:
+    """An HTML id from any text: lowercase letters, digits and hyphens, unique per text.
+
+    The readable part keeps at most 40 characters; a hash of the whole text
+    keeps ids of different texts apart (``a b`` and ``a-b`` differ).
+    """
+    text = str(text)
+    readable = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:40].strip("-")
+    digest = hashlib.sha1(text.encode("utf-8")).hexdigest()[:8]
+    return f"{prefix}-{readable}-{digest}" if readable else f"{prefix}-{digest}"
+
+
+def _fmt(value, digits: int = 3) -> str:
+    """A cell's text: numbers to ``digits`` significant digits, NaN and None empty."""
+    if value is None or value is pd.NA:
         return ""
+    if isinstance(value, (bool, np.bool_)):
+        return "yes" if value else "no"
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
     if isinstance(value, (float, np.floating)):
-        return f"{value:.{digits}g}" if abs(value) < 1e4 else f"{value:.0f}"
-    return html.escape(str(value))
+        if not np.isfinite(value):
+            return "" if np.isnan(value) else str(value)
+        if float(value).is_integer() and abs(value) < 1e6:
+            return str(int(value))
+        return f"{value:.{digits}g}" if abs(value) < 1e3 else f"{value:.0f}"
+    return str(value)
 
 
-def _html_table(frame: pd.DataFrame, *, text_columns=(), row_ids=None, row_classes=None) -> str:
-    head = "".join(f"<th class='{'t' if c in text_columns else ''}'>{html.escape(str(c))}</th>" for c in frame.columns)
-    body = []
+def _table(frame: pd.DataFrame, *, id=None, text_columns=(), row_ids=None, row_classes=None, links=None) -> dict:
+    """A table for the template: column names and rows of cells (text, optional link), nothing rendered here."""
+    links = links or {}
+    rows = []
     for i, (_, row) in enumerate(frame.iterrows()):
-        rid = f" id='{row_ids[i]}'" if row_ids is not None else ""
-        rcls = f" class='{row_classes[i]}'" if row_classes is not None and row_classes[i] else ""
-        cells = "".join(
-            f"<td class='{'t' if c in text_columns else ''}'>{v if isinstance(v, str) and v.startswith('<a ') else _fmt(v)}</td>"
-            for c, v in row.items()
+        cells = [{"text": _fmt(v), "href": links[c][i] if c in links else None} for c, v in row.items()]
+        rows.append({"id": row_ids[i] if row_ids is not None else None,
+                     "css": row_classes[i] if row_classes is not None else "", "cells": cells})
+    return {"id": id, "columns": [str(c) for c in frame.columns], "text_columns": [str(c) for c in text_columns], "rows": rows}
+
+
+def _calibration_text(run: dict) -> str:
+    """The batch's iron granule threshold and how it was found (run.json's ``iron_calibration``), as plain text."""
+    cal = run.get("iron_calibration")
+    if not cal:
+        return "Not recorded (a run from before iron calibration)."
+    threshold = f"granule threshold (iron.granule_min_od) {cal.get('granule_min_od', float('nan')):.3g}"
+    if cal.get("calibrated"):
+        text = (
+            f"Calibrated on {cal['n_control_cells']} cells of {cal['n_control_pellets']} control pellets "
+            f"(condition {', '.join(cal.get('control_conditions', []))}; images {', '.join(cal.get('control_images', []))}): "
+            f"{threshold}, configured {cal['configured_granule_min_od']:.3g}. Iron-positive control cells: "
+            f"{cal.get('positive_fraction_before', float('nan')):.2%} at the configured threshold, "
+            f"{cal.get('positive_fraction_after', cal.get('positive_fraction_predicted', float('nan'))):.2%} at the calibrated one "
+            f"(target at most {cal.get('max_positive_fraction', 0.01):.0%}). Every pellet of the run was classified with it."
         )
-        body.append(f"<tr{rid}{rcls}>{cells}</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    else:
+        after = cal.get("positive_fraction_after")
+        text = f"Not calibrated: {cal.get('reason', '')}; {threshold}." + (f" Iron-positive control cells: {after:.2%}." if after is not None else "")
+    failed = cal.get("failed_control_images") or {}
+    if failed:
+        text += " Control images that could not be read: " + ", ".join(failed) + "."
+    return text
+
+
+def labeling_efficiency(donors: pd.DataFrame, metrics=tuple(EFFICIENCY_METRICS)) -> pd.DataFrame:
+    """Labeled and unlabeled donor means side by side, one row per donor and day with both conditions.
+
+    Returns
+    -------
+    DataFrame
+        ``donor``, ``day`` and for each metric ``<metric>_labeled``,
+        ``<metric>_unlabeled`` and ``<metric>_difference`` (labeled - unlabeled).
+    """
+    metrics = [m for m in metrics if m in donors.columns]
+    wide = donors.pivot_table(index=["donor", "day"], columns="condition", values=metrics, aggfunc="mean")
+    out = pd.DataFrame(index=wide.index)
+    for m in metrics:
+        for c in ("labeled", "unlabeled"):
+            out[f"{m}_{c}"] = wide[(m, c)] if (m, c) in wide.columns else np.nan
+        out[f"{m}_difference"] = out[f"{m}_labeled"] - out[f"{m}_unlabeled"]
+    out = out.dropna(subset=[f"{m}_{c}" for m in metrics for c in ("labeled", "unlabeled")], how="any")
+    return out.reset_index().sort_values(["day", "donor"], kind="stable").reset_index(drop=True)
+
+
+def _efficiency_section(efficiency: pd.DataFrame) -> dict:
+    """The labeling-efficiency table: per day every donor's pair and their mean."""
+    rows = []
+    for day, sub in efficiency.groupby("day", sort=True):
+        for r in sub.to_dict("records"):
+            rows.append({"day": int(day), "donor": r["donor"], **{k: v for k, v in r.items() if k not in ("donor", "day")}})
+        rows.append({"day": int(day), "donor": f"mean of {len(sub)} donors", **sub.drop(columns=["donor", "day"]).mean().to_dict()})
+    frame = pd.DataFrame(rows)
+    names = {f"{m}_{c}": f"{label} {c}" for m, (label, _) in EFFICIENCY_METRICS.items() for c in ("labeled", "unlabeled", "difference")}
+    frame = frame.rename(columns={**names, "difference": "labeled - unlabeled"})
+    return {
+        "text": "Iron-positive cells (nuclei with an iron pixel within iron.cell_distance_um) and iron area in the labeled "
+                "and unlabeled pellets of each donor, per day (donor means of section means); 'difference' is labeled - unlabeled.",
+        "table": _table(frame, id="labeling-efficiency-table", text_columns=("donor",)),
+    }
+
+
+def _automatic_table(run_dir: Path, table: pd.DataFrame) -> pd.DataFrame:
+    """The pellet table as the pipeline measured it: no corrected labels, no exclusions.
+
+    Images with corrected labels are measured again from a view of the run
+    folder holding only the automatic label files (links, nothing copied).
+    """
+    automatic = table.copy()
+    automatic["excluded"] = False
+    automatic["exclusion_reason"] = ""
+    labels = run_dir / "labels"
+    corrected = sorted({p.name.rsplit("_", 1)[0] for p in labels.glob("*.corrected.tif")}) if labels.is_dir() else []
+    corrected = [im for im in corrected if im in set(table["image"].astype(str))]
+    if not corrected:
+        return automatic
+    with tempfile.TemporaryDirectory() as tmp:
+        view = Path(tmp)
+        (view / "run.json").symlink_to((run_dir / "run.json").resolve())
+        (view / "labels").mkdir()
+        for path in labels.iterdir():
+            if ".corrected." not in path.name:
+                (view / "labels" / path.name).symlink_to(path.resolve())
+        for image in corrected:
+            try:
+                rows = requantify(view, image)
+            except Exception:  # a moved input leaves the automatic values as the table has them
+                continue
+            for row in rows:
+                mask = (automatic["image"] == image) & (automatic["pellet_id"] == row["pellet_id"])
+                for key, value in row.items():
+                    if key in automatic.columns and key not in ("pellet_id", "corrected"):
+                        automatic.loc[mask, key] = value
+                automatic.loc[mask, "corrected"] = False
+    return automatic
+
+
+def _review_section(run_dir: Path, table: pd.DataFrame, statistics: pd.DataFrame, metrics: list, shapes: list, anchors: dict) -> dict:
+    """Reviewed pellets, pixels changed per class, exclusions, automatic against corrected values and their effect."""
+    log = read_log(run_dir)
+    corrections = [r for r in log if r.get("action") == "correct"]
+    excluded = table[table["excluded"].fillna(False).astype(bool)]
+    out = {"corrections": None, "exclusions": None, "measured": None, "effect": None, "effect_text": ""}
+    reviewed = {(str(r.get("image")), int(r.get("pellet_id", 0))) for r in log}
+    out["text"] = (f"{len(reviewed)} pellet{'s' if len(reviewed) != 1 else ''} reviewed ({len(corrections)} label correction"
+                   f"{'s' if len(corrections) != 1 else ''} saved, {len(excluded)} pellet{'s' if len(excluded) != 1 else ''} excluded) "
+                   "according to corrections.jsonl and the pellet table." if log or len(excluded) else
+                   "No pellet was reviewed: no corrections.jsonl, no exclusions.")
+    if corrections:
+        classes = sorted({c for r in corrections for c in (r.get("classes_changed") or {})})
+        rows = []
+        for r in corrections:
+            row = {"image": r.get("image"), "pellet": r.get("pellet_id"), "reviewer": r.get("who"), "when": r.get("when")}
+            for kind in ("pellets", "classes", "nuclei"):
+                row[f"{kind} pixels changed"] = (r.get("pixels_changed") or {}).get(kind, 0)
+            for c in classes:
+                change = (r.get("classes_changed") or {}).get(c, {})
+                row[f"{c} +gained / -lost"] = f"+{change.get('gained', 0)} / -{change.get('lost', 0)}" if change else ""
+            rows.append(row)
+        out["corrections"] = _table(pd.DataFrame(rows), id="review-corrections", text_columns=("image", "reviewer", "when", *[f"{c} +gained / -lost" for c in classes]))
+    if len(excluded):
+        logged = exclusions(run_dir)
+        who = {(str(r.get("image")), int(r.get("pellet_id", 0))): (r.get("who"), r.get("when")) for r in log if r.get("action") == "exclude"}
+        frame = pd.DataFrame([{"image": str(r.image), "pellet": int(r.pellet_id), "reason": r.exclusion_reason,
+                               "reviewer": who.get((str(r.image), int(r.pellet_id)), ("", ""))[0],
+                               "when": who.get((str(r.image), int(r.pellet_id)), ("", ""))[1],
+                               "recorded in": "corrections.jsonl" if (str(r.image), int(r.pellet_id)) in logged else "pellet table"}
+                              for r in excluded.itertuples()])
+        out["exclusions"] = _table(frame, id="review-exclusions", text_columns=("image", "reason", "reviewer", "when", "recorded in"),
+                                   links={"image": ["#" + anchors[(r.image, r.pellet)] for r in frame.itertuples()]})
+    automatic = _automatic_table(run_dir, table)
+    columns = [c for c in (*metrics, "area_um2", "nuclei_count", "iron_positive_cell_fraction") if c in table.columns]
+    corrected_keys = {(str(r.get("image")), int(r.get("pellet_id", 0))) for r in corrections}
+    # the pellets a reviewer corrected, and any other whose values moved with its image's corrected labels
+    moved = ~np.isclose(table[columns].to_numpy(float), automatic[columns].to_numpy(float), equal_nan=True).all(axis=1)
+    changed = pd.Series(moved, index=table.index) | pd.Series([k in corrected_keys for k in zip(table["image"].astype(str), table["pellet_id"].astype(int))], index=table.index)
+    if changed.any():
+        rows = []
+        for i in table.index[changed]:
+            row = {"image": str(table.at[i, "image"]), "pellet": int(table.at[i, "pellet_id"])}
+            for c in columns:
+                row[f"{c} automatic"] = automatic.at[i, c]
+                row[f"{c} corrected"] = table.at[i, c]
+            rows.append(row)
+        out["measured"] = _table(pd.DataFrame(rows), id="review-values", text_columns=("image",))
+    if (changed.any() or len(excluded)) and len(statistics):
+        agg = aggregate(automatic, metrics + shapes)
+        before = comparison_table(agg["donors"].drop(columns=shapes), metrics) if len(agg["donors"]) else pd.DataFrame(columns=statistics.columns)
+        keys = ["metric", "comparison", "day", "condition", "test"]
+        primary = statistics[statistics.test.isin([SIGN_FLIP, RM_ANOVA])][keys + ["n_donors", "estimate", "p_value", "p_holm"]]
+        merged = primary.merge(before[keys + ["n_donors", "estimate", "p_value", "p_holm"]], on=keys, how="left", suffixes=(" reviewed", " automatic"))
+        merged["metric"] = merged["metric"].map(lambda m: REPORT_METRICS.get(m, (m,))[0])
+        order = keys + [f"{c} {w}" for c in ("n_donors", "estimate", "p_value", "p_holm") for w in ("automatic", "reviewed")]
+        out["effect"] = _table(merged[order], id="review-effect", text_columns=("metric", "comparison", "condition", "test"))
+        out["effect_text"] = ("The primary comparisons computed from the automatic measurements with every pellet included, "
+                              "and from the reviewed ones (corrected labels, exclusions left out).")
+    return out
+
+
+def _stain_tables(run: dict) -> list[dict]:
+    """One table per distinct stain set of the run's images: stain, role and optical density vector."""
+    sets = {}
+    for meta in run.get("images", {}).values():
+        stains = meta.get("stains")
+        if stains:
+            sets.setdefault(json.dumps(stains, sort_keys=True), []).append(meta)
+    out = []
+    for key, metas in sorted(sets.items()):
+        stains = json.loads(key)
+        roles = {v: k for k, v in (stains.get("roles") or {}).items()}
+        frame = pd.DataFrame([{"stain": name, "role": roles.get(name, ""), "OD red": v[0], "OD green": v[1], "OD blue": v[2]}
+                              for name, v in (stains.get("stains") or {}).items()])
+        out.append({"name": stains.get("name", "stains"), "n_images": len(metas),
+                    "table": _table(frame, id=slug(key, "stains"), text_columns=("stain", "role"))})
+    return out
+
+
+def _provenance(run: dict, run_dir: Path) -> dict:
+    config = run.get("config", {})
+    rows = [
+        ("software", f"{run.get('software', 'pellet-analysis')} {run.get('version', '?')}"),
+        ("report written by", f"pellet-analysis {__version__}"),
+        ("Python", run.get("python")),
+        ("run created (UTC)", run.get("created")),
+        ("config hash", run.get("config_hash")),
+        ("input folder", config.get("input_dir")),
+        ("sample sheet", config.get("sample_sheet") or "none (metadata from file names)"),
+        ("stain preset", (config.get("stains") or {}).get("preset")),
+        ("run folder", str(run_dir)),
+        ("images", run.get("n_images")),
+        ("pellets", run.get("n_pellets")),
+        ("failed inputs", run.get("n_failures")),
+        ("cores", run.get("host_cores")),
+        ("seconds", run.get("seconds")),
+    ]
+    images = pd.DataFrame(
+        [{"image": name, "file": meta.get("file", ""), "sha256": meta.get("sha256", ""), "pixel_size_um": meta.get("pixel_size_um"),
+          "pixel_size_source": meta.get("pixel_size_source", ""), "stains": _stains_source(meta.get("stains_source"))}
+         for name, meta in sorted(run.get("images", {}).items())],
+        columns=["image", "file", "sha256", "pixel_size_um", "pixel_size_source", "stains"],
+    )
+    return {
+        "run": _table(pd.DataFrame(rows, columns=["item", "value"]), id="provenance-table", text_columns=("item", "value")),
+        "images": _table(images, id="provenance-images", text_columns=("image", "file", "sha256", "pixel_size_source", "stains")),
+    }
+
+
+def _stains_source(infos) -> str:
+    """Where an image's stain vectors came from (per pellet when estimated per pellet), in words."""
+    if isinstance(infos, dict):
+        infos = [infos]
+    if not isinstance(infos, list) or not infos:
+        return ""
+    kinds = sorted({f"{i.get('source', '?')}" + (f" ({i['reason']})" if i.get("reason") else "") for i in infos if isinstance(i, dict)})
+    return "; ".join(kinds)
+
+
+def _render(context: dict) -> str:
+    import jinja2
+
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
+        autoescape=True,  # every {{ }} is escaped, in text and attribute values alike
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=False,
+    )
+    env.globals["zip"] = zip
+    return env.get_template("report.html.j2").render(**context)
 
 
 def make_report(run_dir, *, seed: int = 0, thumbnails: bool = True) -> dict:
-    """Write summary.csv/.parquet, statistics.csv and report.html for a run folder.
+    """Write summary.csv/.parquet, statistics.csv, figures/ and report.html for a run folder.
 
     Parameters
     ----------
     run_dir : str or Path
         A folder written by ``pellet-analysis run``.
     seed : int, keyword-only
-        Seed of the bootstrap.
+        Seed of the Monte Carlo sign flips (used only with more than 20 donors).
     thumbnails : bool, keyword-only
         Embed an overlay thumbnail per pellet.
 
     Returns
     -------
     dict
-        Paths written and the ``summary`` and ``statistics`` DataFrames.
+        Paths written and the ``summary``, ``statistics`` and ``efficiency`` DataFrames.
     """
     run_dir = Path(run_dir)
     table_path = run_dir / "pellets.parquet"
     if not table_path.is_file():
         raise FileNotFoundError(f"{run_dir}: no pellets.parquet (not a pellet-analysis run folder)")
-    table = apply_review(pd.read_parquet(table_path), run_dir)
+    table = apply_review(pd.read_parquet(table_path), run_dir).reset_index(drop=True)
     run = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
     failures = pd.read_csv(run_dir / "failures.csv") if (run_dir / "failures.csv").is_file() else pd.DataFrame(columns=["image", "reason"])
     metrics = list(REPORT_METRICS)
+    extra = [m for m in EFFICIENCY_METRICS if m not in metrics and m in table.columns]
     # the shape measures are summarised too (without the pellets cut by the image border), not tested
     shapes = [c for c in SHAPE_COLUMNS if c in table.columns]
-    agg = aggregate(table, metrics + shapes)
+    agg = aggregate(table, metrics + extra + shapes)
     donors = agg["donors"]
     summary = donors.sort_values(["condition", "day", "donor"]).reset_index(drop=True)
-    statistics = comparison_table(donors.drop(columns=shapes), metrics, seed=seed) if len(donors) else pd.DataFrame()
+    statistics = comparison_table(donors.drop(columns=shapes + extra), metrics, seed=seed) if len(donors) else pd.DataFrame()
+    efficiency = labeling_efficiency(donors) if len(donors) else pd.DataFrame()
 
     write_tables(run_dir, {"summary": summary, "statistics": statistics}, parquet=("summary",))
+    figures_dir = run_dir / "figures"
+    if figures_dir.is_dir():
+        shutil.rmtree(figures_dir)  # figures of an earlier report must not outlive their data
 
-    parts = []
-    n_images = run.get("n_images", table["image"].nunique())
-    parts.append(f"<h1>Pellet study report</h1><p class='sub'>pellet-analysis {html.escape(str(run.get('version', '?')))} "
-                 f"(report {__version__}) &middot; run {html.escape(str(run.get('created', '')))} &middot; {html.escape(str(run_dir))}</p>")
-    parts.append(
-        f"<p id='counts'>{n_images} images, {len(table)} pellets, {agg['n_excluded']} excluded by review and left out, "
-        f"{agg['n_unassigned']} without donor/condition/day left out, {len(failures)} failed inputs; "
-        f"{agg['n_shape_excluded']} cut by the image border: their area and circularity are left out of the means, their other measures kept; "
-        f"{summary['donor'].nunique() if len(summary) else 0} donors.</p>"
-    )
     sources = _pixel_size_sources(table, run)
     guessed = _guessed_images(table, sources)
-    if len(guessed):
-        listed = "".join(
-            f"<li>{html.escape(str(r.image))}: {r.pixel_size_um:.3g} µm ({html.escape(str(r.pixel_size_source))})</li>" for r in guessed.itertuples()
-        )
-        parts.append(
-            f"<div id='pixel-size' class='note'><p><b>Pixel size not given for {len(guessed)} image{'s' if len(guessed) != 1 else ''}:</b> "
-            "estimated from the nuclei (or the default); their areas, densities and distances rest on that guess and are "
-            "marked &times; in the plots. Give --pixel-size-um (or pixel_size_um) to set it.</p><ul>" + listed + "</ul></div>"
-        )
-    kept = table[~table["excluded"].fillna(False).astype(bool)]
+    is_excluded = table["excluded"].fillna(False).astype(bool)
+    kept = table[~is_excluded]
     is_guessed = sources.isin(GUESSED_PIXEL_SIZES)
     guessed_keys = {
         (r.donor, r.condition, int(r.day))
-        for r in table[is_guessed & ~table["excluded"].fillna(False).astype(bool)].itertuples()
+        for r in table[is_guessed & ~is_excluded].itertuples()
         if pd.notna(r.donor) and pd.notna(r.condition) and pd.notna(r.day)
     }
+    plots = []
+
+    def add_plot(fig_data, name, title, alt, id_):
+        uri = save_figure(*fig_data, name, figures_dir)
+        plots.append({"id": id_, "title": title, "alt": alt, "uri": uri, "files": [f"{name}.{e}" for e in ("svg", "png", "csv")]})
+
     if len(donors):
-        parts.append(f"<h2>Measurements over time</h2><img id='plots' alt='measurements against day' src='{_plot_metrics(donors, guessed_keys)}'>")
+        add_plot(plot_over_days(donors, REPORT_METRICS, guessed_keys, SIZE_METRICS), "measurements_over_days",
+                 "Measurements over time", "measurements against day", "plots")
+    if len(efficiency):
+        add_plot(plot_labeling_efficiency(efficiency, {m: v for m, v in EFFICIENCY_METRICS.items() if f"{m}_labeled" in efficiency}),
+                 "labeling_efficiency", "Labeling efficiency", "iron-positive cells and iron area, labeled against unlabeled", "labeling-efficiency-plot")
     if len(kept):
-        parts.append(f"<h2>Pellet sizes</h2><img id='size-plots' alt='pellet area and nuclei density' src='{_plot_sizes(kept, is_guessed[kept.index])}'>")
-    parts.append(f"<h2>Iron threshold</h2><div id='iron-calibration'>{_calibration_html(run)}</div>")
+        add_plot(plot_pellet_sizes(kept, is_guessed[kept.index], SIZE_METRICS), "pellet_sizes", "Pellet sizes",
+                 "pellet area and nuclei density", "size-plots")
+
+    n_images = run.get("n_images", table["image"].nunique())
+    counts = (
+        f"{n_images} images, {len(table)} pellets, {agg['n_excluded']} excluded by review and left out, "
+        f"{agg['n_unassigned']} without donor/condition/day left out, {len(failures)} failed inputs; "
+        f"{agg['n_shape_excluded']} cut by the image border: their area and circularity are left out of the means, their other measures kept; "
+        f"{summary['donor'].nunique() if len(summary) else 0} donors."
+    )
+    pellet_cols = ["image", "pellet_id", "donor", "condition", "day", *metrics, *shapes, "shape_exclusion_reason", "excluded", "exclusion_reason", "corrected"]
+    pellets = table[[c for c in pellet_cols if c in table.columns]].copy()
+    keys = [(str(r.image), int(r.pellet_id)) for r in pellets.itertuples()]
+    anchors = {k: slug(f"{k[0]}#{k[1]}", "pellet") for k in keys}
+    pellets.insert(0, "thumbnail", "view")
+    statistics_section = None
     if len(statistics):
         shown = statistics.copy()
         shown["metric"] = shown["metric"].map(lambda m: REPORT_METRICS.get(m, (m,))[0])
-        parts.append("<h2>Statistics</h2><p>Donor-level values (pellets averaged per section, sections per donor). "
-                     "Estimates for labeled &minus; unlabeled are mean paired differences with bootstrap 95% CIs; "
-                     "p values are Holm-adjusted over the whole table (p_holm). n_donors is the n of each row.</p>")
-        parts.append("<div id='statistics'>" + _html_table(shown, text_columns=("metric", "comparison", "condition", "test", "note")) + "</div>")
-    if len(summary):
-        parts.append("<h2>Donor summary</h2><div id='summary'>" + _html_table(summary, text_columns=("donor", "condition")) + "</div>")
-
-    pellet_cols = ["image", "pellet_id", "donor", "condition", "day", *metrics, *shapes, "shape_exclusion_reason", "excluded", "exclusion_reason"]
-    pellets = table[[c for c in pellet_cols if c in table.columns]].copy()
-    anchors = [f"pellet-{r.image}-{r.pellet_id}" for r in pellets.itertuples()]
-    pellets.insert(0, "thumbnail", [f"<a href='#thumb-{a}'>view</a>" for a in anchors])
-    parts.append("<h2>Pellets</h2><div id='pellets'>" + _html_table(
-        pellets, text_columns=("thumbnail", "image", "donor", "condition", "shape_exclusion_reason", "exclusion_reason"), row_ids=anchors,
-        row_classes=["excluded" if bool(x) else "" for x in table["excluded"]]) + "</div>")
-
+        shown["holm_family"] = shown["holm_family"].map(lambda m: REPORT_METRICS.get(m, (m,))[0] if m else "")
+        n_family = int((statistics.holm_family != "").sum() / max(1, statistics.holm_family[statistics.holm_family != ""].nunique()))
+        statistics_section = {
+            "text": "Donor-level values (pellets averaged per section, sections per donor); n_donors is the n of each row. "
+                    "Labeled - unlabeled: mean paired difference with a t-based 95% CI on n - 1 df and an exact sign-flip "
+                    "permutation p (all 2^n sign patterns); Wilcoxon beside it from 6 donors. Over days: repeated-measures ANOVA "
+                    "with the Greenhouse-Geisser correction (df: its corrected error df); Friedman beside it with the smallest p its "
+                    "donors can give (p_min_attainable); a random-intercept mixed model only from 5 donors, on small-sample df. "
+                    f"Holm family: within each metric, its {n_family} primary tests (each day's sign-flip test and each condition's ANOVA; "
+                    "column holm_family); the other rows are not adjusted and not counted.",
+            "table": _table(shown, id="statistics-table", text_columns=("metric", "comparison", "condition", "test", "holm_family", "note")),
+        }
+    thumbs = []
     if thumbnails:
-        figures = []
-        for row, anchor in zip(table.itertuples(), anchors):
-            uri = _thumbnail(run_dir, row.image, int(row.pellet_id))
-            img = f"<img src='{uri}' alt='{html.escape(anchor)}'>" if uri else "<p class='note'>image not found</p>"
-            figures.append(f"<figure id='thumb-{anchor}'><a href='#{anchor}'>{img}</a>"
-                           f"<figcaption>{html.escape(row.image)} #{row.pellet_id}</figcaption></figure>")
-        parts.append("<h2>Segmentation thumbnails</h2><p>Blue proteoglycan, red collagen, yellow other tissue, black nuclei, brown iron; green outline: the pellet. Click a thumbnail for its row.</p>"
-                     "<div class='thumbs' id='thumbnails'>" + "".join(figures) + "</div>")
-
-    if len(failures):
-        parts.append("<h2>Failed inputs</h2>" + _html_table(failures, text_columns=("image", "reason")))
-    stain_sets = {json.dumps(m.get("stains"), sort_keys=True) for m in run.get("images", {}).values() if m.get("stains")}
-    stain_rows = "".join(f"<pre>{html.escape(json.dumps(json.loads(s), indent=1))}</pre>" for s in sorted(stain_sets))
-    parts.append(f"<h2>Stains and software</h2><div id='stains'>{stain_rows}</div>"
-                 f"<p>pellet-analysis {html.escape(str(run.get('version')))}, Python {html.escape(str(run.get('python')))}.</p>")
-
-    page = ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>Pellet study report</title>"
-            f"<style>{_CSS}</style></head><body>{''.join(parts)}</body></html>")
+        for (image, pid) in keys:
+            thumbs.append({"id": "thumb-" + anchors[(image, pid)], "row_id": anchors[(image, pid)],
+                           "uri": _thumbnail(run_dir, image, pid), "caption": f"{image} #{pid}"})
+    context = {
+        "version": __version__,
+        "run_version": str(run.get("version", "?")),
+        "created": str(run.get("created", "")),
+        "run_dir": str(run_dir),
+        "counts": counts,
+        "guessed": [{"image": str(r.image), "pixel_size": f"{r.pixel_size_um:.3g}", "source": str(r.pixel_size_source)} for r in guessed.itertuples()],
+        "conclusions": conclusions(statistics, {m: v[0] for m, v in REPORT_METRICS.items()}) if len(statistics) else [],
+        "plots": plots,
+        "efficiency": _efficiency_section(efficiency) if len(efficiency) else None,
+        "calibration": _calibration_text(run),
+        "statistics": statistics_section,
+        "summary": _table(summary, id="summary-table", text_columns=("donor", "condition")) if len(summary) else None,
+        "review": _review_section(run_dir, table, statistics, metrics, shapes, anchors),
+        "pellets": _table(pellets, id="pellets-table", text_columns=("thumbnail", "image", "donor", "condition", "shape_exclusion_reason", "exclusion_reason"),
+                          row_ids=[anchors[k] for k in keys], row_classes=["excluded" if x else "" for x in is_excluded],
+                          links={"thumbnail": ["#thumb-" + anchors[k] for k in keys]} if thumbnails else None),
+        "thumbnails": thumbs,
+        "failures": _table(failures, id="failures-table", text_columns=("image", "reason")) if len(failures) else None,
+        "stains": _stain_tables(run),
+        "provenance": _provenance(run, run_dir),
+    }
     with atomic_write(run_dir / "report.html", "w") as handle:
-        handle.write(page)
-    return {"report": run_dir / "report.html", "summary": summary, "statistics": statistics}
+        handle.write(_render(context))
+    return {"report": run_dir / "report.html", "summary": summary, "statistics": statistics, "efficiency": efficiency, "figures": figures_dir}

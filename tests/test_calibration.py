@@ -151,11 +151,11 @@ def test_report_names_estimated_pixel_sizes_at_the_top_and_shows_the_calibration
     assert runs["controls"]["table"].set_index("image").loc["D1_labeled_d14_s1", "pixel_size_source"] in ("estimated", "batch estimate")
     assert set(runs["controls"]["table"]["pixel_size_source"]) - {"estimated", "batch estimate"} == {"file"}
     page = make_report(root / "controls", thumbnails=False)["report"].read_text()
-    top = page.index("id='pixel-size'")
+    top = page.index('id="pixel-size"')
     assert top < page.index("<h2>") and "D1_labeled_d14_s1" in page[top : page.index("</div>", top)]
     assert "D1_labeled_d28_s1" not in page[top : page.index("</div>", top)]
-    assert "id='size-plots'" in page
-    calibration = page[page.index("id='iron-calibration'") :]
+    assert 'id="size-plots"' in page
+    calibration = page[page.index('id="iron-calibration"') :]
     threshold = runs["controls"]["iron_calibration"]["granule_min_od"]
     assert f"{threshold:.3g}" in calibration[:1000] and "control pellets" in calibration[:1000]
 
