@@ -3,7 +3,7 @@
     .venv/bin/python docs/make_calibration_figure.py [IMAGES_DIR] [OUTPUT_PNG]
 
 Every image of ``images/`` is classified at the configured granule threshold
-(:func:`pellet_analysis.iron_calibration.control_iron_levels`, what a run does for its
+(:func:`pellet_analysis.tasks.control_iron_levels`, what a run does for its
 controls); each cell's level is the highest threshold at which it would still
 be iron-positive. Left: the levels of unlabeled and labeled cells, with the
 configured and the calibrated threshold (calibrated on the unlabeled ones, as
@@ -22,7 +22,7 @@ from pellet_analysis.calibrate import is_control, threshold_for_fraction
 from pellet_analysis.config import load_config
 from pellet_analysis.metadata import parse_name
 from pellet_analysis.batch import list_images, run_batch
-from pellet_analysis.iron_calibration import control_iron_levels
+from pellet_analysis.tasks import control_iron_levels
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -24,7 +24,7 @@ from .metadata import parse_name
 from .records import ClassifiedPellet, ImageSummary, PelletError, PelletResult
 from .stains import configured_stains
 
-__all__ = ["CALIBRATION_FILE", "ControlLevels", "fixed_threshold", "known_calibration", "control_levels", "calibrate_iron", "calibration_outcome", "control_iron_levels"]
+__all__ = ["CALIBRATION_FILE", "ControlLevels", "fixed_threshold", "known_calibration", "control_levels", "calibrate_iron", "calibration_outcome"]
 
 #: The batch's iron calibration, kept beside its results so that a run again skips finished images
 #: without classifying the controls again (only while the config and the control files are the same).
@@ -150,19 +150,3 @@ def calibration_outcome(record: dict, results, control_images) -> dict:
     positive = sum(row["iron_positive_cell_fraction"] * row["nuclei_count"] for row in rows)
     return {**record, "positive_fraction_after": positive / cells if cells else 0.0, "n_control_pellets_measured": len(rows)}
 
-
-def control_iron_levels(path, config: RunConfig) -> ControlLevels:
-    """One image's :class:`ControlLevels` at the configured threshold, as a run's calibration finds them (its scratch in a temporary folder)."""
-    import tempfile
-
-    from .bookkeeping import config_hash
-    from .records import ImageJob
-    from .tasks import calibration_pass, plan_task
-    from .wholeslide import is_whole_slide
-
-    path = Path(path)
-    with tempfile.TemporaryDirectory() as scratch:
-        planned = plan_task(ImageJob(path, whole_slide=is_whole_slide(path, config)), config, scratch, config_hash(config))
-        if not hasattr(planned, "plan"):
-            return ControlLevels(path.stem, np.zeros(0, np.float64), error=planned.reason)
-        return control_levels(path.stem, calibration_pass(planned, config))

@@ -32,12 +32,13 @@ from .config import RunConfig
 from .gates import NotASectionError, section_problem
 from .geojson import pellet_outline, ring_collection
 from .io import ImageReadError, open_lazy, read_image, read_pixel_size_um, read_window, sha256_file, write_json, write_label_pyramid, write_label_tiff
+from .iron_calibration import ControlLevels, control_levels
 from .labels import LABEL_DTYPES
 from .records import ClassifiedPellet, ImageFailure, ImageJob, ImageSummary, PelletError, PelletResult, pellet_boxes, table_row
 from .scale import NucleusSizes, nucleus_sizes_px
 from .slide import PelletClasses, SlidePlan, classify_pellet_window, measure_pellet_classes, plan_image
 from .stains import StainSet, configured_stains
-from .wholeslide import plan_whole_slide
+from .wholeslide import is_whole_slide, plan_whole_slide
 
 __all__ = [
     "PlannedImage",
@@ -52,6 +53,7 @@ __all__ = [
     "image_graph",
     "nucleus_sizes_task",
     "run_image",
+    "control_iron_levels",
 ]
 
 #: The failure reason of an image in which no pellet was found.
@@ -454,3 +456,15 @@ def run_image(job: ImageJob, config: RunConfig, output_dir) -> ImageSummary | Im
     summary, _ = image_graph(planned, config, sha256_file(job.path))
     (result,) = dask.compute(summary, scheduler=get_sync)
     return result
+
+
+def control_iron_levels(path, config: RunConfig) -> ControlLevels:
+    """One image's :class:`~pellet_analysis.iron_calibration.ControlLevels` at the configured threshold, as a run's calibration finds them (its scratch in a temporary folder)."""
+    import tempfile
+
+    path = Path(path)
+    with tempfile.TemporaryDirectory() as scratch:
+        planned = plan_task(ImageJob(path, whole_slide=is_whole_slide(path, config)), config, scratch, config_hash(config))
+        if not isinstance(planned, PlannedImage):
+            return ControlLevels(path.stem, np.zeros(0, np.float64), error=planned.reason)
+        return control_levels(path.stem, calibration_pass(planned, config))
