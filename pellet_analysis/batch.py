@@ -105,12 +105,12 @@ def run_batch(config: RunConfig, *, progress=None, pool=None) -> dict:
         def run(tasks, costs=None, on_image=None):
             return compute(tasks, config, on_image, workers, costs)
 
-        jobs = _with_pixel_size_choices(jobs, config, run)
+        jobs, refused = _with_pixel_size_choices(jobs, config, run)
         planned, not_planned, hashes = _plan(jobs, config, output_dir, chash, run)
-        failures += not_planned
+        failures += refused + not_planned
         done = {}
         if "granule_min_od" not in calibration:
-            calibration, done = _calibrate(planned, not_planned, controls, calibration, config, run)
+            calibration, done = _calibrate(planned, refused + not_planned, controls, calibration, config, run)
             write_json(output_dir / CALIBRATION_FILE, {"key": calibration.pop("key"), "record": calibration})
         batch_config = with_granule_min_od(config, calibration["granule_min_od"])
         graphs = [image_graph(p, batch_config, hashes[p.job.stem], done.get(p.job.stem)) for p in planned]
@@ -176,16 +176,25 @@ def _workers(config: RunConfig, pool, *, needed: bool):
             own.shutdown()
 
 
-def _with_pixel_size_choices(jobs, config: RunConfig, run) -> list[ImageJob]:
-    """``jobs`` with the batch's pixel size for the images held in memory that have none: one estimate from all their nuclei (small tiles hold few)."""
+def _with_pixel_size_choices(jobs, config: RunConfig, run) -> tuple[list[ImageJob], list[ImageFailure]]:
+    """``jobs`` with the batch's pixel size for the images held in memory that have none: one estimate from all their nuclei (small tiles hold few).
+
+    Those images are gated as their nuclei are read: the ones refused are failures, never planned.
+    """
     in_memory = [job for job in jobs if not job.whole_slide]
     if not (config.estimate_pixel_size and "pixel_size_um" not in config.model_fields_set and len(in_memory) >= 2):
-        return jobs
+        return jobs, []
     import dask
 
-    sizes = run([dask.delayed(nucleus_sizes_task, pure=False)(job.path, config) for job in in_memory])
-    choices = pixel_size_choices({job.stem: s for job, s in zip(in_memory, sizes)}, config)
-    return [dataclasses.replace(job, pixel_size_choice=choices.get(job.stem)) if not job.whole_slide else job for job in jobs]
+    surveys = dict(zip((job.stem for job in in_memory), run([dask.delayed(nucleus_sizes_task, pure=False)(job.path, config) for job in in_memory])))
+    choices = pixel_size_choices({stem: survey.sizes for stem, survey in surveys.items()}, config)
+    refused = [ImageFailure(job.stem, job.path.name, surveys[job.stem].problem) for job in in_memory if surveys[job.stem].problem is not None]
+    jobs = [
+        job if job.whole_slide else dataclasses.replace(job, pixel_size_choice=choices.get(job.stem), gated=surveys[job.stem].gated)
+        for job in jobs
+        if job.whole_slide or surveys[job.stem].problem is None
+    ]
+    return jobs, refused
 
 
 def _plan(jobs, config: RunConfig, output_dir: Path, chash: str, run) -> tuple[list[PlannedImage], list[ImageFailure], dict]:

@@ -56,12 +56,16 @@ class ImageJob:
     whole_slide : bool
         Read window by window from the file's tiles, never whole
         (:func:`~pellet_analysis.wholeslide.is_whole_slide`).
+    gated : bool
+        The input gate passed it already (when the batch read its nuclei
+        for the pixel size): its plan does not gate it again.
     """
 
     path: Path
     metadata: dict | None = None
     pixel_size_choice: PixelSizeChoice | None = None
     whole_slide: bool = False
+    gated: bool = False
 
     @property
     def stem(self) -> str:

@@ -51,6 +51,7 @@ __all__ = [
     "write_labels_task",
     "finish_task",
     "image_graph",
+    "NucleiSurvey",
     "nucleus_sizes_task",
     "run_image",
     "control_iron_levels",
@@ -144,7 +145,7 @@ def plan_task(job: ImageJob, config: RunConfig, output_dir, config_hash: str) ->
             t0 = time.perf_counter()
             rgb, file_px = read_image(path)
             timings["read"] = time.perf_counter() - t0
-            problem = section_problem(rgb)
+            problem = None if job.gated else section_problem(rgb)
             if problem is not None:
                 return failure(path, problem, started)
             pixel_size, source, warning = image_pixel_size(rgb, file_px, path.stem, config, job.pixel_size_choice)
@@ -427,22 +428,38 @@ def without_iron_levels(classified):
     return dataclasses.replace(classified, iron_levels=None) if isinstance(classified, ClassifiedPellet) else classified
 
 
-def nucleus_sizes_task(path, config: RunConfig) -> NucleusSizes | None:
-    """The nuclei of an image whose pixel size neither its file nor the config gives, for the batch's estimate; else None.
+@dataclass(frozen=True)
+class NucleiSurvey:
+    """What reading an image for the batch's pixel size found.
 
-    A TIFF's pixel size is read from its tags alone; an unreadable file gives
-    None (its plan reports it).
+    ``gated``: the image was read and gated, and ``problem`` says why it is
+    not a section (None: it is, with its nuclei in ``sizes``); not gated: it
+    has a pixel size of its own, or could not be read (its plan reports it).
+    """
+
+    gated: bool = False
+    problem: str | None = None
+    sizes: NucleusSizes | None = None
+
+
+def nucleus_sizes_task(path, config: RunConfig) -> NucleiSurvey:
+    """The nuclei of an image whose pixel size neither its file nor the config gives, for the batch's estimate.
+
+    A TIFF's pixel size is read from its tags alone. The image is gated here,
+    so that its plan need not gate it again (:attr:`ImageJob.gated`).
     """
     if not pixel_size_unknown(read_pixel_size_um(path), config):
-        return None
+        return NucleiSurvey()
     try:
         rgb, file_px = read_image(path)
-        if not pixel_size_unknown(file_px, config) or section_problem(rgb) is not None:
-            return None
-        return nucleus_sizes_px(rgb, configured_stains(config.stains), tissue_min_od=config.pellets.tissue_min_od)
+        if not pixel_size_unknown(file_px, config):
+            return NucleiSurvey()
+        problem = section_problem(rgb)
+        if problem is not None:
+            return NucleiSurvey(True, problem)
+        return NucleiSurvey(True, None, nucleus_sizes_px(rgb, configured_stains(config.stains), tissue_min_od=config.pellets.tissue_min_od))
     except Exception:  # whatever it is, the image's plan meets it again and reports it as the image's failure
-        return None
-
+        return NucleiSurvey()
 
 
 def run_image(job: ImageJob, config: RunConfig, output_dir) -> ImageSummary | ImageFailure:
