@@ -268,12 +268,11 @@ STAGES = {
     ],
     "iron": ["pellet_analysis.classify:granule_contrast", "pellet_analysis.classify:_granules"],
     "measurements": ["pellet_analysis.slide:measure_pellet_classes"],
-    "label assembly": ["pellet_analysis.slide:analyze_pellet", "pellet_analysis.slide:number_pieces", "pellet_analysis.slide:paste_pieces"],
+    "label assembly": ["pellet_analysis.tasks:number_task", "pellet_analysis.tasks:paste_labels"],
     "writing": [
         "pellet_analysis.io:write_label_tiff",
         "pellet_analysis.io:write_json",
-        "pellet_analysis.geojson:pellet_feature_collection",
-        "pellet_analysis.records:image_summary",
+        "pellet_analysis.geojson:pellet_outline",
         "pellet_analysis.records:pellet_boxes",
     ],
 }
@@ -283,7 +282,7 @@ STAGE_NOTES = (
     "pixel classes holds what pixel_maps, classify_maps and classify_objects do themselves: the fine blur "
     "that darkness and granule contrast share, the stacking of the maps, the thresholds and the class codes; "
     "nuclei holds _grow_to_half_maximum for granules too (classify_objects calls it for both); "
-    "label assembly is each pellet's arrays laid out in its window and pasted into the image"
+    "label assembly is numbering the pellets and pasting their arrays into the image's label images"
 )
 
 
@@ -342,26 +341,27 @@ class StageClock:
 
 
 def stage_profile(image: Path, work: Path) -> dict:
-    """Where the time of one image goes in ``process_file``, one OpenCV thread, after a warm-up pass (run in a fresh process)."""
+    """Where the time of one image goes in its tasks (``run_image``), one OpenCV thread, after a warm-up pass (run in a fresh process)."""
     from pellet_analysis.config import RunConfig
-    from pellet_analysis.pipeline import process_file
+    from pellet_analysis.records import ImageJob
+    from pellet_analysis.tasks import run_image
     from pellet_analysis.workers import opencv_threads
 
     config = RunConfig(input_dir=image.parent, output_dir=work, pixel_size_um=PIXEL_SIZE_UM, scheduler="synchronous", n_workers=1)
     out = work / "stages"
     with opencv_threads(1):
         shutil.rmtree(out, ignore_errors=True)
-        process_file(image, config, out)  # warm-up: first-use imports, code and allocator paths
+        run_image(ImageJob(image), config, out)  # warm-up: first-use imports, code and allocator paths
         shutil.rmtree(out, ignore_errors=True)
         clock = StageClock([t for targets in STAGES.values() for t in targets])
         try:
             t0 = time.perf_counter()
-            summary = process_file(image, config, out)
+            summary = run_image(ImageJob(image), config, out)
             total = time.perf_counter() - t0
         finally:
             clock.restore()
-    if not summary.get("ok"):
-        raise RuntimeError(f"{image}: {summary.get('reason')}")
+    if not summary.ok:
+        raise RuntimeError(f"{image}: {summary.reason}")
     stages = {stage: sum(clock.seconds.get(t, 0.0) for t in targets) for stage, targets in STAGES.items()}
     stages["other"] = total - sum(stages.values())
     return {"image": str(image), "seconds": total, "stages_s": stages, "functions_s": clock.seconds, "calls": clock.calls}

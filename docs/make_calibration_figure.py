@@ -3,7 +3,7 @@
     .venv/bin/python docs/make_calibration_figure.py [IMAGES_DIR] [OUTPUT_PNG]
 
 Every image of ``images/`` is classified at the configured granule threshold
-(:func:`pellet_analysis.pipeline.control_iron_levels`, what a run does for its
+(:func:`pellet_analysis.tasks.control_iron_levels`, what a run does for its
 controls); each cell's level is the highest threshold at which it would still
 be iron-positive. Left: the levels of unlabeled and labeled cells, with the
 configured and the calibrated threshold (calibrated on the unlabeled ones, as
@@ -21,7 +21,8 @@ import numpy as np
 from pellet_analysis.calibrate import is_control, threshold_for_fraction
 from pellet_analysis.config import load_config
 from pellet_analysis.metadata import parse_name
-from pellet_analysis.pipeline import control_iron_levels, list_images, run_batch
+from pellet_analysis.batch import list_images, run_batch
+from pellet_analysis.tasks import control_iron_levels
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,7 +38,7 @@ def main(images=ROOT / "images", output=ROOT / "docs" / "calibration.png") -> Pa
     for path in list_images(images, config.extensions):
         control = is_control((parse_name(path.stem, config.filename_pattern) or {}).get("condition"), config.iron.control_conditions)
         result = control_iron_levels(path, config)
-        levels[control].append(result["levels"])
+        levels[control].append(result.levels)
     fixed = config.iron.granule_min_od
     controls = np.concatenate(levels[True])
     calibrated = threshold_for_fraction(controls, max_fraction=config.iron.calibrate_max_positive_fraction, floor=fixed)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import atexit
 import os
 
-from .cli import flush_standard_streams
+from .io import flush_standard_streams
 
 
 def _exit_at_once() -> None:

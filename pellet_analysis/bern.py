@@ -17,9 +17,12 @@ labeling does not darken the stain score:
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
-from .config import BernConfig
+if TYPE_CHECKING:  # the array functions take config sections as parameter objects only (issue 20, part 5)
+    from .config import BernConfig
 
 __all__ = ["BERN_COLUMNS", "bern_scores"]
 

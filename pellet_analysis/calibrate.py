@@ -13,13 +13,16 @@ again for every candidate.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 from scipy import ndimage as ndi
 
-from .config import IronConfig
 from .morphology import binary_dilation_disk, disk_sequence
+
+if TYPE_CHECKING:  # the array functions take config sections as parameter objects only (issue 20, part 5)
+    from .config import IronConfig
 
 __all__ = ["GRANULE_GROWTH_UM", "cell_iron_levels", "threshold_for_fraction", "is_control"]
 

@@ -34,7 +34,7 @@ def _run(config, console) -> int:
 def _run_with(config, console, pool) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from .pipeline import RunFolderConflict, list_images, run_batch
+    from .batch import RunFolderConflict, list_images, run_batch
     from .study import SampleSheetError
 
     try:
@@ -58,15 +58,15 @@ def _run_with(config, console, pool) -> int:
     ) as progress:
         task = progress.add_task("images", total=n_images)
 
-        def report(summary):
+        def report(image):
             progress.advance(task)
-            if summary.get("skipped"):
-                progress.console.print(f"skipped {summary['file']}: finished earlier with the same input and config")
-            elif not summary.get("ok"):
-                progress.console.print(f"[red]failed[/red] {summary['file']}: {summary['reason']}")
+            if image.skipped:
+                progress.console.print(f"skipped {image.file}: finished earlier with the same input and config")
+            elif not image.ok:
+                progress.console.print(f"[red]failed[/red] {image.file}: {image.reason}")
             else:
-                for warning in summary.get("warnings", []):
-                    progress.console.print(f"[yellow]warning[/yellow] {summary['file']}: {warning}")
+                for warning in image.warnings:
+                    progress.console.print(f"[yellow]warning[/yellow] {image.file}: {warning}")
 
         try:
             record = run_batch(config, progress=report, pool=pool)
@@ -154,10 +154,11 @@ def cmd_demo(args) -> int:
         from .synthetic import make_study
 
         make_study(config.input_dir)
-    from .pipeline import RunFolderConflict, _check_same_config, config_hash
+    from .batch import RunFolderConflict, check_same_config
+    from .bookkeeping import config_hash
 
     try:
-        _check_same_config(Path(config.output_dir), config_hash(config))
+        check_same_config(Path(config.output_dir), config_hash(config))
     except RunFolderConflict:
         # never touch the earlier demo (it may hold a reviewer's corrections): write beside it
         new_dir = Path(f"{config.output_dir}-{config_hash(config)[:8]}")
@@ -342,15 +343,6 @@ def main(argv=None) -> int:
         return 130
 
 
-def flush_standard_streams() -> None:
-    """Flush stdout and stderr before an exit that skips the interpreter's teardown; a closed or gone reader is ignored."""
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):  # a reader that went away (`| head`) or a closed stream
-            pass
-
-
 def command() -> None:
     """The ``pellet-analysis`` command: :func:`main`, then an exit that skips the interpreter's teardown.
 
@@ -359,6 +351,8 @@ def command() -> None:
     1,500 modules the pipeline imports, which took 0.4 s after a whole-slide
     run (mypy exits the same way). Output streams are flushed first.
     """
+    from .io import flush_standard_streams
+
     code = main()
     flush_standard_streams()
     os._exit(code)

@@ -5,11 +5,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy import ndimage as ndi
 
 from .measure import outline_polygon
 
-__all__ = ["pellet_outline", "pellet_feature_collection", "feature_collection", "ring_collection"]
+__all__ = ["pellet_outline", "ring_collection"]
 
 
 def pellet_outline(mask, *, offset=(0, 0), tolerance_px: float = 0.75) -> list[list[float]]:
@@ -25,28 +24,6 @@ def _json_value(value):
     if isinstance(value, np.bool_):
         return bool(value)
     return value
-
-
-def pellet_feature_collection(pellets, rows) -> dict:
-    """GeoJSON FeatureCollection: one annotation polygon per pellet, measurements as properties.
-
-    Coordinates are pixels of the full-resolution image (x = column, y = row),
-    as QuPath imports them.
-    """
-    pellets = np.asarray(pellets)
-    objects = ndi.find_objects(pellets.astype(np.int64, copy=False))
-    outlined = []
-    for row in rows:
-        pid = int(row["pellet_id"])
-        sl = objects[pid - 1] if pid - 1 < len(objects) else None
-        if sl is not None:
-            outlined.append((row, pellets[sl] == pid, (sl[0].start, sl[1].start)))
-    return feature_collection(outlined)
-
-
-def feature_collection(outlined) -> dict:
-    """GeoJSON FeatureCollection from ``(row, mask, (row_offset, col_offset))`` triples, one per pellet."""
-    return ring_collection([(row, pellet_outline(mask, offset=offset)) for row, mask, offset in outlined])
 
 
 def ring_collection(outlines) -> dict:

@@ -31,6 +31,7 @@ __all__ = [
     "write_json",
     "write_tables",
     "sha256_file",
+    "flush_standard_streams",
 ]
 
 
@@ -476,6 +477,17 @@ def write_tables(directory, tables: dict, *, parquet=()) -> None:
         if name in parquet:
             with atomic_write(directory / f"{name}.parquet") as handle:
                 frame.to_parquet(handle, index=False)
+
+
+def flush_standard_streams() -> None:
+    """Flush stdout and stderr before an exit that skips the interpreter's teardown; a closed or gone reader is ignored."""
+    import sys
+
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a reader that went away (`| head`) or a closed stream
+            pass
 
 
 def write_json(path, data) -> Path:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -14,7 +15,6 @@ from skimage.measure import regionprops
 from skimage.morphology import disk, remove_small_holes, remove_small_objects
 from skimage.segmentation import expand_labels
 
-from .config import PelletConfig, StainConfig
 from .filters import gaussian
 from .stains import (
     estimate_background,
@@ -25,6 +25,9 @@ from .stains import (
     rgb_to_od,
     rgb_to_od_field,
 )
+
+if TYPE_CHECKING:  # the array functions take config sections as parameter objects only (issue 20, part 5)
+    from .config import PelletConfig, StainConfig
 
 __all__ = [
     "Illumination",

@@ -32,7 +32,7 @@ from .labels import CLASS_NAMES, LABEL_DTYPES
 from .io import read_image, read_label_window, read_window, write_label_pyramid, write_label_tiff, zarr_levels
 from .measure import measure_pellets, touches_border
 from .pellets import Illumination, estimate_illumination
-from .records import pellet_boxes
+from .records import ImageSummary, decode_image, pellet_boxes
 from .stains import StainSet, configured_stains
 
 __all__ = [
@@ -117,13 +117,13 @@ def save_corrections(run_dir, image: str, pellet_id: int, edits: dict, *, origin
         kind and, for classes, per class (pixels gained minus lost).
     """
     r0, c0 = (int(v) for v in origin)
-    meta = _run_record(run_dir)["images"].get(image, {})
+    meta = _image(run_dir, image)
     changed = {}
     per_class = {}
     for kind, crop in edits.items():
         crop = np.asarray(crop)
         region = (slice(r0, r0 + crop.shape[0]), slice(c0, c0 + crop.shape[1]))
-        if meta.get("whole_slide"):
+        if meta is not None and meta.whole_slide:
             changed[kind] = _save_slide_correction(run_dir, image, kind, crop, region, meta, per_class)
             continue
         full, _ = load_labels(run_dir, image, kind)
@@ -166,9 +166,9 @@ class _Everywhere:
         return np.ones(tuple(len(range(*s.indices(1 << 62))) for s in index), bool)
 
 
-def _save_slide_correction(run_dir, image: str, kind: str, crop, region, meta: dict, per_class: dict) -> int:
+def _save_slide_correction(run_dir, image: str, kind: str, crop, region, meta: ImageSummary, per_class: dict) -> int:
     """Write a whole-slide scan's corrected label pyramid: its current labels with ``crop`` pasted, tile by tile."""
-    shape = tuple(meta["shape"][:2])
+    shape = tuple(meta.shape[:2])
     if region[0].stop > shape[0] or region[1].stop > shape[1] or crop.shape != (region[0].stop - region[0].start, region[1].stop - region[1].start):
         raise ValueError(f"{image}: {kind} edit of shape {crop.shape} at {(region[0].start, region[1].start)} does not fit the image {shape}")
     before = load_label_window(run_dir, image, kind, region)
@@ -182,7 +182,7 @@ def _save_slide_correction(run_dir, image: str, kind: str, crop, region, meta: d
     base = zarr_levels(source)[0]  # read tile by tile while the new pyramid is written beside it
     full = (slice(0, shape[0]), slice(0, shape[1]))
     pieces = [(full, base, _Everywhere(), 0), (region, crop.astype(LABEL_DTYPES[kind]), np.ones(crop.shape, bool), 0)]
-    write_label_pyramid(target, shape, pieces, dtype=LABEL_DTYPES[kind], pixel_size_um=float(meta["pixel_size_um"]))
+    write_label_pyramid(target, shape, pieces, dtype=LABEL_DTYPES[kind], pixel_size_um=float(meta.pixel_size_um))
     return int(diff.sum())
 
 
@@ -231,6 +231,20 @@ def _run_record(run_dir) -> dict:
     return json.loads((Path(run_dir) / "run.json").read_text(encoding="utf-8"))
 
 
+def _image(run_dir, image: str, run: dict | None = None) -> ImageSummary | None:
+    """The run's record of a finished ``image``; None for an image it does not hold or that failed."""
+    data = (run or _run_record(run_dir))["images"].get(image)
+    record = decode_image(data, image) if data is not None else None
+    return record if isinstance(record, ImageSummary) else None
+
+
+def _finished_image(run_dir, image: str, run: dict | None = None) -> ImageSummary:
+    meta = _image(run_dir, image, run)
+    if meta is None:
+        raise KeyError(f"{image}: not a finished image of the run in {run_dir}")
+    return meta
+
+
 def requantify(run_dir, image: str, pellet_ids=None, *, config: RunConfig | None = None, rgb=None) -> list[dict]:
     """Measure pellets again from the current (corrected where they exist) labels.
 
@@ -255,25 +269,25 @@ def requantify(run_dir, image: str, pellet_ids=None, *, config: RunConfig | None
     """
     run = _run_record(run_dir)
     config = config or RunConfig.model_validate(run["config"])
-    meta = run["images"][image]
-    shape = tuple(meta["shape"][:2])
-    px = float(meta["pixel_size_um"])
+    meta = _finished_image(run_dir, image, run)
+    shape = tuple(meta.shape[:2])
+    px = float(meta.pixel_size_um)
     boxes = _pellet_boxes(run_dir, image, meta)
     ids = sorted(int(k) for k in boxes) if pellet_ids is None else [int(p) for p in pellet_ids if str(int(p)) in boxes]
     corrected = any(label_path(run_dir, image, kind, corrected=True).is_file() for kind in LABEL_DTYPES)
     # the white point and vectors the image was analysed with (recorded in run.json)
-    stains = StainSet.from_dict(meta["stains"]) if "stains" in meta else configured_stains(config.stains)
-    background = meta.get("background", {})
+    stains = StainSet.from_dict(meta.stains) if meta.stains else configured_stains(config.stains)
+    background = meta.background
     if "coefficients" in background or (background and background.get("source") != "flat-field"):
         illumination = Illumination.from_dict(background)
     else:  # a run from before the surface was recorded
-        rgb = read_image(meta["path"])[0] if rgb is None else rgb
+        rgb = read_image(meta.path)[0] if rgb is None else rgb
         illumination = estimate_illumination(rgb, pixel_size_um=px, stains=config.stains, pellets=config.pellets)
     # the stain concentration is computed on the box grown by the filters' reach, so its values
     # inside the box are those of the pipeline
     margin = pixel_maps_depth_px(pixel_size_um=px, classify=config.classify, nuclei=config.nuclei, iron=config.iron)
-    if rgb is None and not meta.get("whole_slide") and len(ids) > 1:
-        rgb = read_image(meta["path"])[0]  # read once for all its pellets; a whole slide is read window by window
+    if rgb is None and not meta.whole_slide and len(ids) > 1:
+        rgb = read_image(meta.path)[0]  # read once for all its pellets; a whole slide is read window by window
     out = []
     for pid in ids:
         r0, r1, c0, c1 = boxes[str(pid)]
@@ -306,26 +320,26 @@ def _grown(box, margin: int, shape) -> tuple:
     return tuple(slice(max(0, s.start - margin), min(n, s.stop + margin)) for s, n in zip(box, shape))
 
 
-def _pellet_stains(stains: StainSet, meta: dict, pellet_id: int) -> StainSet:
+def _pellet_stains(stains: StainSet, meta: ImageSummary, pellet_id: int) -> StainSet:
     """The vectors pellet ``pellet_id`` was classified with (estimated per pellet when recorded so)."""
-    infos = meta.get("stains_source")
-    if isinstance(infos, list) and 0 < pellet_id <= len(infos) and "vectors" in infos[pellet_id - 1]:
+    infos = meta.stains_source
+    if 0 < pellet_id <= len(infos) and "vectors" in infos[pellet_id - 1]:
         return stains.with_overrides(infos[pellet_id - 1]["vectors"])
     return stains
 
 
-def _pellet_boxes(run_dir, image: str, meta: dict) -> dict:
+def _pellet_boxes(run_dir, image: str, meta: ImageSummary) -> dict:
     """Pellet id (str) -> [r0, r1, c0, c1]: from run.json, or from the reviewer's corrected pellet labels."""
-    if "pellet_boxes" in meta and not label_path(run_dir, image, "pellets", corrected=True).is_file():
-        return meta["pellet_boxes"]
+    if meta.pellet_boxes and not label_path(run_dir, image, "pellets", corrected=True).is_file():
+        return meta.pellet_boxes
     return pellet_boxes(load_labels(run_dir, image, "pellets")[0])
 
 
-def _rgb_window(meta: dict, window) -> np.ndarray:
+def _rgb_window(meta: ImageSummary, window) -> np.ndarray:
     """The input image's pixels under ``window``: decoded tile by tile for whole-slide scans."""
-    if meta.get("whole_slide"):
-        return read_window(meta["path"], window)
-    return read_image(meta["path"])[0][window]
+    if meta.whole_slide:
+        return read_window(meta.path, window)
+    return read_image(meta.path)[0][window]
 
 
 def load_label_window(run_dir, image: str, kind: str, window) -> np.ndarray:
@@ -373,16 +387,15 @@ def pellet_crop(run_dir, image: str, pellet_id: int, *, margin_px: int = 20) -> 
         where they exist), ``origin`` (row, col of the crop in the image),
         ``pixel_size_um``, ``corrected`` (any corrected label file exists).
     """
-    run = _run_record(run_dir)
-    meta = run["images"][image]
+    meta = _finished_image(run_dir, image)
     box = _pellet_boxes(run_dir, image, meta).get(str(int(pellet_id)))
     if box is None:
         raise ValueError(f"{image}: no pellet {pellet_id} in its labels")
-    window = _grown((slice(box[0], box[1]), slice(box[2], box[3])), margin_px, tuple(meta["shape"][:2]))
+    window = _grown((slice(box[0], box[1]), slice(box[2], box[3])), margin_px, tuple(meta.shape[:2]))
     return {
         "rgb": _rgb_window(meta, window),
         **{kind: load_label_window(run_dir, image, kind, window) for kind in LABEL_DTYPES},
         "origin": (int(window[0].start), int(window[1].start)),
-        "pixel_size_um": float(meta["pixel_size_um"]),
+        "pixel_size_um": float(meta.pixel_size_um),
         "corrected": any(label_path(run_dir, image, kind, corrected=True).is_file() for kind in LABEL_DTYPES),
     }

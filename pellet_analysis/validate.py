@@ -159,7 +159,7 @@ def validate_he(n_images: int = 8, *, seed: int = 1, size_px: int = 512, config:
     Each tile (:func:`~pellet_analysis.synthetic_he.make_he_tile`, random
     parameters from :func:`~pellet_analysis.synthetic_he.he_tile_params`) is
     written as a PNG, which carries no pixel size, into ``work_dir/tiles``;
-    :func:`~pellet_analysis.pipeline.run_batch` analyses the folder exactly as
+    :func:`~pellet_analysis.batch.run_batch` analyses the folder exactly as
     the command line does, and each ``labels/<tile>_nuclei.tif`` is compared
     with the tile's truth.
 
@@ -187,7 +187,7 @@ def validate_he(n_images: int = 8, *, seed: int = 1, size_px: int = 512, config:
     import cv2
     import tifffile
 
-    from .pipeline import run_batch
+    from .batch import run_batch
     from .synthetic_he import he_tile_params, make_he_tile
 
     rng = np.random.default_rng(seed)
@@ -270,7 +270,7 @@ def validate_real(folder, *, stains: str = "he", use_pixel_size: bool = True, co
     (``MicronsPerPixel``, as in MoNuSeg), else from the image file; with
     ``use_pixel_size`` False, or where neither gives one, it is estimated from
     the nuclei of all such images together, as ``run`` does for a folder
-    without pixel sizes (:func:`~pellet_analysis.pipeline.pixel_size_choices`).
+    without pixel sizes (:func:`~pellet_analysis.bookkeeping.pixel_size_choices`).
 
     Parameters
     ----------
@@ -298,7 +298,7 @@ def validate_real(folder, *, stains: str = "he", use_pixel_size: bool = True, co
     import tifffile
 
     from .io import read_image
-    from .pipeline import pixel_size_choices
+    from .bookkeeping import pixel_size_choices
     from .scale import nucleus_sizes_px
     from .stains import configured_stains
 

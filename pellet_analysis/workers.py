@@ -19,12 +19,12 @@ __all__ = ["process_pool", "start_server", "opencv_threads", "one_opencv_thread"
 #: field's matrix products) spin on the core the other worker needs.
 _ONE_THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
-#: What a worker's first tasks import: the pipeline (the tasks' own module), and what a slide's
+#: What a worker's first tasks import: the tasks' own module, and what a slide's
 #: plan imports on first use (Dask's array; the zarr store of tifffile and its codecs). Imported
 #: once in the fork server, not in every worker's first task, which on the 40k benchmark slide
 #: made the plan take 0.6 s instead of 0.3 s. (Tasks pass Dask a scheduler function, so that
 #: Dask's scheduler lookup does not import distributed in the workers.)
-_WORKER_MODULES = (f"{__package__}.pipeline", "dask.array", "tifffile", "zarr", "imagecodecs")
+_WORKER_MODULES = (f"{__package__}.tasks", "dask.array", "tifffile", "zarr", "imagecodecs")
 
 #: What the fork server imports: the workers' modules, and the exit handler that spares the server
 #: the interpreter's teardown (:mod:`pellet_analysis._server_exit`; never imported by workers

@@ -11,7 +11,7 @@ from pellet_analysis.calibrate import cell_iron_levels, is_control, threshold_fo
 from pellet_analysis.config import IronConfig, RunConfig
 from pellet_analysis.labels import CLASS_CODES
 from pellet_analysis.measure import measure_pellets
-from pellet_analysis.pipeline import CALIBRATION_FILE, run_batch
+from pellet_analysis.batch import CALIBRATION_FILE, run_batch
 from pellet_analysis.report import make_report
 from pellet_analysis.synthetic import make_section, write_section
 
@@ -137,6 +137,36 @@ def test_a_run_again_reuses_the_calibration_and_skips_finished_images(batch):
     redone = run_batch(RunConfig(input_dir=root / "in", output_dir=root / "controls", scheduler="synchronous", iron=WITHOUT_COLOUR))
     assert redone["n_skipped"] == 0 and "reused" not in redone["iron_calibration"]
     assert redone["iron_calibration"]["granule_min_od"] == pytest.approx(runs["controls"]["iron_calibration"]["granule_min_od"])
+
+
+def test_controls_are_planned_and_classified_once_when_the_threshold_stays(batch, tmp_path, monkeypatch):
+    """Controls allowed a quarter of their cells iron-positive keep the configured threshold: the calibration's pellets are the final ones."""
+    import pandas as pd
+
+    import pellet_analysis.tasks as tasks
+
+    root, _, _ = batch
+    planned, classified = [], []
+    plan_image, classify_pellet_window = tasks.plan_image, tasks.classify_pellet_window
+
+    def counted_plan(rgb, **kwargs):
+        planned.append(1)
+        return plan_image(rgb, **kwargs)
+
+    def counted_classify(window, plan, index, **kwargs):
+        classified.append(index)
+        return classify_pellet_window(window, plan, index, **kwargs)
+
+    monkeypatch.setattr(tasks, "plan_image", counted_plan)
+    monkeypatch.setattr(tasks, "classify_pellet_window", counted_classify)
+    lenient = {"calibrate_max_positive_fraction": 0.25}
+    record = run_batch(RunConfig(input_dir=root / "in", output_dir=tmp_path / "controls", scheduler="synchronous", iron=lenient))
+    cal = record["iron_calibration"]
+    assert cal["calibrated"] and cal["granule_min_od"] == cal["configured_granule_min_od"] and cal["n_control_pellets"] == 2
+    assert len(planned) == 4 and len(classified) == 4  # four images of one pellet each, the two controls included
+    monkeypatch.undo()
+    off = run_batch(RunConfig(input_dir=root / "in", output_dir=tmp_path / "off", scheduler="synchronous", iron={**lenient, "calibrate": "off"}))
+    pd.testing.assert_frame_equal(record["table"], off["table"])
 
 
 def test_without_controls_the_fixed_threshold_is_used_and_said(batch, tmp_path):

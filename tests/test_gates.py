@@ -63,32 +63,63 @@ def test_the_garbage_corpus_fails_with_its_own_causes_and_the_good_section_is_me
     pd.testing.assert_frame_equal(record["table"].reset_index(drop=True), clean["table"].reset_index(drop=True))
 
 
+def test_images_without_a_pixel_size_are_gated_once_while_the_batch_reads_their_nuclei(tmp_path, monkeypatch):
+    """The batch's pixel size estimate reads and gates those images; their plans do not gate them again."""
+    import pellet_analysis.tasks as tasks
+
+    src = tmp_path / "in"
+    src.mkdir()
+    good = make_section(day=7, labeled=True, n_pellets=1, pixel_size_um=2.0, seed=5)
+    for k in (1, 11):  # PNG: no pixel size in the file
+        write_section(good, src / f"P1_labeled_d7_s{k}.png")
+    expected = _garbage(src, good)
+    gated = []
+
+    def counted(rgb, *args, **kwargs):
+        gated.append(1)
+        return section_problem(rgb, *args, **kwargs)
+
+    monkeypatch.setattr(tasks, "section_problem", counted)
+    out = tmp_path / "out"
+    record = run_batch(RunConfig(input_dir=src, output_dir=out, scheduler="synchronous"))
+    failures = pd.read_csv(out / "failures.csv").set_index("image")["reason"]
+    for name, cause in expected.items():
+        assert cause in failures[Path(name).stem], (name, failures.get(Path(name).stem))
+    assert sorted(record["table"].image) == ["P1_labeled_d7_s1", "P1_labeled_d7_s11"]
+    assert set(record["table"].pixel_size_source) <= {"batch estimate", "estimated"}
+    # as often as a batch given the pixel size gates them, in its plans alone: once per image its reader decodes
+    pooled, gated[:] = len(gated), []
+    run_batch(RunConfig(input_dir=src, output_dir=tmp_path / "given", pixel_size_um=2.0, scheduler="synchronous"))
+    assert pooled == len(gated) and len(expected) - 3 <= pooled <= len(expected) + 2
+
+
 def test_an_exception_inside_one_image_is_its_failure_row_and_the_batch_goes_on(tmp_path, monkeypatch):
-    import pellet_analysis.pipeline as pipeline
+    import pellet_analysis.tasks as tasks
 
     src = tmp_path / "in"
     src.mkdir()
     for k, seed in enumerate((21, 22, 23), start=1):
         write_section(make_section(day=7, n_pellets=1, pixel_size_um=2.0, seed=seed), src / f"P{k}_labeled_d7_s1.tif")
-    real = pipeline.analyze_image
+    real = tasks.classify_pellet_window
     calls = []
 
-    def flaky(rgb, **kwargs):
+    def flaky(rgb_window, *args, **kwargs):  # the second pellet of the batch (one pellet per image) raises
         calls.append(1)
         if len(calls) == 2:
             raise IndexError("index 7 is out of bounds for axis 0 with size 7")
-        return real(rgb, **kwargs)
+        return real(rgb_window, *args, **kwargs)
 
-    monkeypatch.setattr(pipeline, "analyze_image", flaky)
+    monkeypatch.setattr(tasks, "classify_pellet_window", flaky)
     out = tmp_path / "out"
     record = run_batch(RunConfig(input_dir=src, output_dir=out, pixel_size_um=2.0, scheduler="synchronous"))
     failures = pd.read_csv(out / "failures.csv")
     assert len(failures) == 1
     stem, reason = failures.iloc[0]["image"], failures.iloc[0]["reason"]
-    assert reason.startswith("IndexError: index 7 is out of bounds") and "\n" not in reason
+    assert reason.startswith("pellet 1: IndexError: index 7 is out of bounds") and "\n" not in reason
     assert "raise IndexError" in (out / "logs" / f"{stem}.traceback.txt").read_text()
     assert sorted(pd.read_csv(out / "pellets.csv").image.unique()) == sorted({"P1_labeled_d7_s1", "P2_labeled_d7_s1", "P3_labeled_d7_s1"} - {stem})
     assert (out / "run.json").is_file() and record["n_failures"] == 1
+    assert not (out / "parts" / f"{stem}.pellets").exists()  # the failed image's scratch is removed too
 
 
 @pytest.mark.skipif(not REAL_IMAGES.is_dir(), reason="../shared/real-images is not here")

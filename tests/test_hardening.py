@@ -14,7 +14,7 @@ import pytest
 import tifffile
 
 from pellet_analysis.config import RunConfig
-from pellet_analysis.pipeline import RunFolderConflict, run_batch
+from pellet_analysis.batch import RunFolderConflict, run_batch
 from pellet_analysis.synthetic import make_section, write_section
 
 

@@ -118,7 +118,29 @@ def test_run_json_records_config_stains_background_hashes_timings(batch):
     assert image["sha256"] == sha256_file(src / "P01_labeled_d14_s1.tif")
     assert set(image["stains"]["stains"]) == {"alcian_blue", "acid_fuchsin", "picric_acid", "weigert_hematoxylin", "iron"}
     assert len(image["background"]["background_rgb"]) == 3 and 200 < image["background"]["background_rgb"][0] <= 255
-    assert image["timings_s"]["plan"] > 0 and image["timings_s"]["pellets"] > 0
+    assert image["timings_s"]["plan"] > 0 and sum(image["timings_s"]["pellets"]) > 0  # one per pellet
+
+
+def test_each_image_record_reads_back_from_its_part_and_from_run_json(batch):
+    """The records own their JSON: a part decodes to the record run.json holds for the image, failures included."""
+    from pellet_analysis.records import ImageFailure, ImageSummary, decode_image
+
+    _, _, record, _, out = batch
+    run = json.loads((out / "run.json").read_text())
+    kinds = {}
+    for image, entry in run["images"].items():
+        decoded = decode_image(entry, image)
+        kinds[image] = type(decoded)
+        assert json.dumps(decoded.to_json(rows=False), sort_keys=True) == json.dumps({"image": image, **entry}, sort_keys=True)
+        if isinstance(decoded, ImageSummary):
+            part = decode_image(json.loads((out / "parts" / f"{image}.json").read_text()))
+            assert part.to_json(rows=False) == decoded.to_json(rows=False)
+            assert [r["pellet_id"] for r in part.rows] == list(range(1, len(part.rows) + 1))
+            assert not (out / "parts" / f"{image}.pellets").exists()  # its scratch (pixels, pellet arrays) is removed
+    assert kinds == {
+        "P01_labeled_d14_s1": ImageSummary, "P02_unlabeled_d28_s2": ImageSummary, "P03_unlabeled_d7_s1": ImageSummary,
+        "scan_0001": ImageSummary, "P04_labeled_d7_s1": ImageFailure,
+    }
 
 
 def test_processes_scheduler_gives_the_same_table(batch, tmp_path):
@@ -153,7 +175,7 @@ def test_costliest_ready_tasks_run_first(scheduler):
 
     import dask
 
-    from pellet_analysis.pipeline import _compute
+    from pellet_analysis.scheduling import compute as _compute
 
     ran, lock = [], threading.Lock()
 

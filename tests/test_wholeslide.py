@@ -168,7 +168,7 @@ def test_whole_slide_on_worker_processes_equals_threads_and_keeps_the_workers_li
     try:
         again = run_batch(config, pool=pool)
         # what the workers hold after planning and analysing the slide (eval: a builtin, so it pickles)
-        probe = "sorted(m for m in ('pandas', 'distributed', 'pellet_analysis.pipeline', 'pellet_analysis._server_exit') if m in __import__('sys').modules)"
+        probe = "sorted(m for m in ('pandas', 'distributed', 'pellet_analysis.tasks', 'pellet_analysis._server_exit') if m in __import__('sys').modules)"
         loaded = [pool.submit(eval, probe).result() for _ in range(2)]
     finally:
         pool.shutdown()
@@ -176,7 +176,7 @@ def test_whole_slide_on_worker_processes_equals_threads_and_keeps_the_workers_li
     # the pipeline comes from the fork server, and so does its exit handler (the server imported it); pandas
     # (tables are made in the main process) and distributed (imported by Dask's scheduler lookup by name)
     # would be 0.3 s of imports in a worker
-    assert loaded == [["pellet_analysis._server_exit", "pellet_analysis.pipeline"]] * 2
+    assert loaded == [["pellet_analysis._server_exit", "pellet_analysis.tasks"]] * 2
 
 
 def test_a_slides_pellets_are_all_classified_before_the_small_tasks_run(slide_run, tmp_path):
