@@ -329,6 +329,65 @@ def _lone_convex_objects(candidates, taken, *, min_solidity: float, max_extent_p
     return out
 
 
+def _flat_objects(candidates, taken, *, min_length_px: float, max_length_px: float, min_width_px: float, min_solidity: float) -> np.ndarray:
+    """The objects of ``candidates`` that hold no pixel of ``taken`` and are flat nuclei: long, thin, straight.
+
+    An opening sized for round nuclei erases the flat nuclei of a fibrous
+    capsule (a few micrometres thick, as long as a round nucleus is wide).
+    Length (the major axis of the object's moment ellipse) at least
+    ``min_length_px`` sets them apart from granules, which are shorter;
+    ``min_solidity`` from chains of granules and fibre networks, which bend
+    or branch; the width (area over length) from noise lines a pixel wide.
+    """
+    candidates = np.asarray(candidates, dtype=bool)
+    out = np.zeros(candidates.shape, bool)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(candidates.view(np.uint8), connectivity=8, ltype=cv2.CV_32S)
+    extent = np.maximum(stats[:, cv2.CC_STAT_WIDTH], stats[:, cv2.CC_STAT_HEIGHT])
+    keep = (extent <= max_length_px) & (extent >= 0.5 * min_length_px)
+    keep[labels[np.asarray(taken, bool) & candidates]] = False
+    keep[0] = False
+    for k in np.nonzero(keep)[0]:
+        c, r, w, h = (int(stats[k, i]) for i in (cv2.CC_STAT_LEFT, cv2.CC_STAT_TOP, cv2.CC_STAT_WIDTH, cv2.CC_STAT_HEIGHT))
+        obj = labels[r : r + h, c : c + w] == k
+        m = cv2.moments(obj.view(np.uint8), binaryImage=True)
+        area = m["m00"]
+        mu20, mu02, mu11 = m["mu20"] / area, m["mu02"] / area, m["mu11"] / area
+        major = 4.0 * math.sqrt(max(0.0, 0.5 * (mu20 + mu02) + math.sqrt(0.25 * (mu20 - mu02) ** 2 + mu11**2)))
+        if major < min_length_px or major > max_length_px or area / max(major, 1.0) < min_width_px:
+            continue
+        if _solidity(obj) >= min_solidity:
+            out[r : r + h, c : c + w] |= obj
+    return out
+
+
+def _faint_weigert_nuclei(spots, granule_map, inside, nuclear, thresholds, *, nuclei: NucleiConfig, pixel_size_um: float, min_radius_px: float, min_area_px: int):
+    """Faint nuclei of Weigert's darkness (ab-vg): lone, convex, nucleus-sized objects between a lower level and the nucleus threshold.
+
+    Faint nuclei hold a third to a half of the darkness of dark ones, and
+    granular chromatin breaks them up at the nucleus threshold. Here the
+    darkness is smoothed by ``nuclei.dark_pale_sigma_um`` and cut at
+    ``nuclei.dark_pale_fraction`` of the pellet's nuclear level; the objects
+    that lie clear of the nuclei found already (by ``dark_pale_gap_um``, their
+    halo), are compact, at least ``dark_pale_min_solidity`` convex and no
+    wider than ``max_diameter_um`` are nuclei. Pixels whose granule-scale
+    contrast exceeds ``dark_pale_max_granule_fraction`` of the nuclear level
+    are left out first: the halo of a cluster of iron granules is as faint and
+    as wide as a faint nucleus, but its granules are far darker than any
+    chromatin of one.
+    """
+    px = float(pixel_size_um)
+    level = thresholds.dark / nuclei.dark_otsu_fraction  # the pellet's nuclear level: the same in every tile
+    smooth = cv2.GaussianBlur(np.asarray(spots, np.float32), (0, 0), nuclei.dark_pale_sigma_um / px) if nuclei.dark_pale_sigma_um / px > 0.3 else spots
+    candidates = (
+        inside
+        & (smooth > nuclei.dark_pale_fraction * level)
+        & ~(granule_map > nuclei.dark_pale_max_granule_fraction * level)
+        & ~binary_dilation_disk(nuclear, max(1, round(nuclei.dark_pale_gap_um / px)))
+    )
+    pale = _compact_objects(candidates, min_radius_px=min_radius_px, min_area_px=min_area_px)
+    return _lone_convex_objects(pale, nuclear, min_solidity=nuclei.dark_pale_min_solidity, max_extent_px=nuclei.max_diameter_um / px)
+
+
 def _grow_to_half_maximum(instances, signal, inside, *, distance_px: int):
     """Grow each object by up to ``distance_px`` over pixels at least half its median signal.
 
@@ -755,6 +814,20 @@ def classify_objects(
                 min_radius_px=min_r_px, min_area_px=min_nucleus_px,
             )
             nuclear |= _lone_convex_objects(pale, nuclear, min_solidity=nuclei.stain_pale_min_solidity, max_extent_px=nuclei.max_diameter_um / px)
+        elif has_iron and nuclei.dark_pale_fraction < nuclei.dark_otsu_fraction:
+            nuclear |= _faint_weigert_nuclei(
+                spots, maps[..., 3], inside, nuclear, thresholds, nuclei=nuclei, pixel_size_um=px, min_radius_px=min_r_px, min_area_px=min_nucleus_px
+            )
+        if has_iron and not deconvolved and nuclei.flat_min_solidity <= 1:
+            # the flat nuclei of a fibrous capsule are thinner than the opening above: found by their length instead
+            nuclear |= _flat_objects(
+                dark & ~binary_dilation_disk(nuclear, 1),
+                nuclear,
+                min_length_px=nuclei.min_diameter_um / px,
+                max_length_px=nuclei.max_diameter_um / px,
+                min_width_px=max(1.0, nuclei.flat_min_width_um / px),
+                min_solidity=nuclei.flat_min_solidity,
+            )
     else:  # a nuclear stain beside matrix stains (safranin-o, alcian-nfr): no granules to part from nuclei by
         # form, and an opening would erase the flat nuclei a few pixels thick of a coarse scan; their size is
         # judged once they are grown to their own half maximum (below), as blur shrinks small nuclei's cores
@@ -808,7 +881,13 @@ def classify_objects(
     nuclear = instances > 0
     if has_iron:
         # granules likewise: grow each to half its own contrast, by up to 0.5 µm, without entering a nucleus
-        _, granules = cv2.connectedComponents((iron_mask & ~nuclear).view(np.uint8), connectivity=8, ltype=cv2.CV_32S)
+        # the gap is kept from the nuclei as grown to their own edges too: a candidate there is the nucleus's
+        # blurred edge or a chromatin clump of it, which the threshold-cut core left outside
+        n_granules, granules = cv2.connectedComponents((iron_mask & ~nuclear).view(np.uint8), connectivity=8, ltype=cv2.CV_32S)
+        on_rim = np.zeros(n_granules, bool)
+        on_rim[granules[binary_dilation_disk(nuclear, max(1, round(iron.nucleus_gap_um / px)))]] = True
+        on_rim[0] = True
+        granules[on_rim[granules]] = 0
         grown = _grow_to_half_maximum(granules, granule_map, inside & ~nuclear, distance_px=max(1, round(0.5 / px)))
         iron_mask = grown > 0
     classes = np.zeros(inside.shape, np.uint8)
