@@ -360,7 +360,9 @@ def _flat_objects(candidates, taken, *, min_length_px: float, max_length_px: flo
     return out
 
 
-def _faint_weigert_nuclei(spots, granule_map, inside, nuclear, thresholds, *, nuclei: NucleiConfig, pixel_size_um: float, min_radius_px: float, min_area_px: int):
+def _faint_weigert_nuclei(
+    spots, granule_map, inside, nuclear, thresholds, *, nuclei: NucleiConfig, pixel_size_um: float, min_radius_px: float, min_area_px: int, matrix=None
+):
     """Faint nuclei of Weigert's darkness (ab-vg): lone, convex, nucleus-sized objects between a lower level and the nucleus threshold.
 
     Faint nuclei hold a third to a half of the darkness of dark ones, and
@@ -373,7 +375,10 @@ def _faint_weigert_nuclei(spots, granule_map, inside, nuclear, thresholds, *, nu
     contrast exceeds ``dark_pale_max_granule_fraction`` of the nuclear level
     are left out first: the halo of a cluster of iron granules is as faint and
     as wide as a faint nucleus, but its granules are far darker than any
-    chromatin of one.
+    chromatin of one. Objects holding more of the matrix stain (``matrix``,
+    Alcian blue) than the ring around them, by ``dark_pale_matrix_tolerance``
+    of the pellet's proteoglycan threshold, are matrix between pale cytoplasm
+    rings, not nuclei (:func:`_without_matrix_islands`).
     """
     px = float(pixel_size_um)
     level = thresholds.dark / nuclei.dark_otsu_fraction  # the pellet's nuclear level: the same in every tile
@@ -385,7 +390,32 @@ def _faint_weigert_nuclei(spots, granule_map, inside, nuclear, thresholds, *, nu
         & ~binary_dilation_disk(nuclear, max(1, round(nuclei.dark_pale_gap_um / px)))
     )
     pale = _compact_objects(candidates, min_radius_px=min_radius_px, min_area_px=min_area_px)
-    return _lone_convex_objects(pale, nuclear, min_solidity=nuclei.dark_pale_min_solidity, max_extent_px=nuclei.max_diameter_um / px)
+    pale = _lone_convex_objects(pale, nuclear, min_solidity=nuclei.dark_pale_min_solidity, max_extent_px=nuclei.max_diameter_um / px)
+    if matrix is None or not pale.any():
+        return pale
+    return _without_matrix_islands(pale, matrix, inside, ring_px=max(1, round(1.5 / px)), tolerance=nuclei.dark_pale_matrix_tolerance * thresholds.proteoglycan)
+
+
+def _without_matrix_islands(objects, matrix, inside, *, ring_px: int, tolerance: float) -> np.ndarray:
+    """The objects of ``objects`` that hold no more of the matrix stain than the ring of ``ring_px`` around them.
+
+    A nucleus displaces the matrix: it holds less Alcian blue than the tissue
+    around it, or as little where a cytoplasm ring surrounds it. Dense matrix
+    between pale cytoplasm rings is a dark spot of the least-absorbed channel
+    too (darker than the rings), but it holds more Alcian blue than they do.
+    ``tolerance`` (OD) allows for the blur and noise of the two means.
+    """
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(objects.view(np.uint8), connectivity=4, ltype=cv2.CV_32S)
+    out = np.zeros(objects.shape, bool)
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * ring_px + 1, 2 * ring_px + 1))
+    for k in range(1, n):
+        c, r, w, h = (int(stats[k, i]) for i in (cv2.CC_STAT_LEFT, cv2.CC_STAT_TOP, cv2.CC_STAT_WIDTH, cv2.CC_STAT_HEIGHT))
+        box = _grown_box((slice(r, r + h), slice(c, c + w)), objects.shape, by=ring_px)
+        obj = labels[box] == k
+        ring = cv2.dilate(obj.view(np.uint8), kernel).astype(bool) & ~objects[box] & inside[box]
+        if not ring.any() or float(matrix[box][obj].mean()) <= float(matrix[box][ring].mean()) + tolerance:
+            out[box] |= obj
+    return out
 
 
 def _grow_to_half_maximum(instances, signal, inside, *, distance_px: int):
@@ -816,7 +846,8 @@ def classify_objects(
             nuclear |= _lone_convex_objects(pale, nuclear, min_solidity=nuclei.stain_pale_min_solidity, max_extent_px=nuclei.max_diameter_um / px)
         elif has_iron and nuclei.dark_pale_fraction < nuclei.dark_otsu_fraction:
             nuclear |= _faint_weigert_nuclei(
-                spots, maps[..., 3], inside, nuclear, thresholds, nuclei=nuclei, pixel_size_um=px, min_radius_px=min_r_px, min_area_px=min_nucleus_px
+                spots, maps[..., 3], inside, nuclear, thresholds, nuclei=nuclei, pixel_size_um=px, min_radius_px=min_r_px, min_area_px=min_nucleus_px,
+                matrix=maps[..., 1] if "proteoglycan" in stains.roles else None,
             )
         if has_iron and not deconvolved and nuclei.flat_min_solidity <= 1:
             # the flat nuclei of a fibrous capsule are thinner than the opening above: found by their length instead

@@ -241,6 +241,13 @@ class NucleiConfig(_Strict):
         "pellet's nuclear level are left out of faint nuclei: iron granules, far darker than the chromatin of a faint "
         "nucleus, whose blurred halo would otherwise read as one.",
     )
+    dark_pale_matrix_tolerance: float = Field(
+        0.25,
+        ge=0,
+        description="For ab-vg: a faint nucleus holds no more Alcian blue than the tissue 1.5 µm around it, give or take "
+        "this fraction of the pellet's proteoglycan threshold: a nucleus displaces the matrix, while dense matrix between "
+        "pale cytoplasm rings (a dark spot of the least-absorbed channel too) holds more than the rings.",
+    )
     flat_min_solidity: float = Field(
         0.8,
         gt=0,
