@@ -371,10 +371,10 @@ def _faint_weigert_nuclei(
     ``nuclei.dark_pale_fraction`` of the pellet's nuclear level; the objects
     that lie clear of the nuclei found already (by ``dark_pale_gap_um``, their
     halo), are compact, at least ``dark_pale_min_solidity`` convex and no
-    wider than ``max_diameter_um`` are nuclei. Pixels whose granule-scale
-    contrast exceeds ``dark_pale_max_granule_fraction`` of the nuclear level
-    are left out first: the halo of a cluster of iron granules is as faint and
-    as wide as a faint nucleus, but its granules are far darker than any
+    wider than ``max_diameter_um`` are nuclei, unless they hold a pixel whose
+    granule-scale contrast exceeds ``dark_pale_max_granule_fraction`` of the
+    nuclear level: the halo of a cluster of iron granules is as faint and as
+    wide as a faint nucleus, but its granules are far darker than any
     chromatin of one. Objects holding more of the matrix stain (``matrix``,
     Alcian blue) than the ring around them, by ``dark_pale_matrix_tolerance``
     of the pellet's proteoglycan threshold, are matrix between pale cytoplasm
@@ -383,14 +383,10 @@ def _faint_weigert_nuclei(
     px = float(pixel_size_um)
     level = thresholds.dark / nuclei.dark_otsu_fraction  # the pellet's nuclear level: the same in every tile
     smooth = cv2.GaussianBlur(np.asarray(spots, np.float32), (0, 0), nuclei.dark_pale_sigma_um / px) if nuclei.dark_pale_sigma_um / px > 0.3 else spots
-    candidates = (
-        inside
-        & (smooth > nuclei.dark_pale_fraction * level)
-        & ~(granule_map > nuclei.dark_pale_max_granule_fraction * level)
-        & ~binary_dilation_disk(nuclear, max(1, round(nuclei.dark_pale_gap_um / px)))
-    )
+    candidates = inside & (smooth > nuclei.dark_pale_fraction * level) & ~binary_dilation_disk(nuclear, max(1, round(nuclei.dark_pale_gap_um / px)))
     pale = _compact_objects(candidates, min_radius_px=min_radius_px, min_area_px=min_area_px)
-    pale = _lone_convex_objects(pale, nuclear, min_solidity=nuclei.dark_pale_min_solidity, max_extent_px=nuclei.max_diameter_um / px)
+    granular = granule_map > nuclei.dark_pale_max_granule_fraction * level
+    pale = _lone_convex_objects(pale, nuclear | granular, min_solidity=nuclei.dark_pale_min_solidity, max_extent_px=nuclei.max_diameter_um / px)
     if matrix is None or not pale.any():
         return pale
     return _without_matrix_islands(pale, matrix, inside, ring_px=max(1, round(1.5 / px)), tolerance=nuclei.dark_pale_matrix_tolerance * thresholds.proteoglycan)
@@ -852,7 +848,7 @@ def classify_objects(
         if has_iron and not deconvolved and nuclei.flat_min_solidity <= 1:
             # the flat nuclei of a fibrous capsule are thinner than the opening above: found by their length instead
             nuclear |= _flat_objects(
-                dark & ~binary_dilation_disk(nuclear, 1),
+                dark,
                 nuclear,
                 min_length_px=nuclei.min_diameter_um / px,
                 max_length_px=nuclei.max_diameter_um / px,

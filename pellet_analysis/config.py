@@ -237,9 +237,9 @@ class NucleiConfig(_Strict):
     dark_pale_max_granule_fraction: float = Field(
         1.33,
         gt=0,
-        description="For ab-vg: pixels whose granule contrast (iron.granule_min_od's map) exceeds this fraction of the "
-        "pellet's nuclear level are left out of faint nuclei: iron granules, far darker than the chromatin of a faint "
-        "nucleus, whose blurred halo would otherwise read as one.",
+        description="For ab-vg: an object holding a pixel whose granule contrast (the map iron.granule_min_od cuts) "
+        "exceeds this fraction of the pellet's nuclear level is not a faint nucleus: iron granules are far darker than "
+        "the chromatin of a faint nucleus, and their blurred halo would otherwise read as one.",
     )
     dark_pale_matrix_tolerance: float = Field(
         0.25,
