@@ -329,6 +329,60 @@ def _lone_convex_objects(candidates, taken, *, min_solidity: float, max_extent_p
     return out
 
 
+def _faint_weigert_nuclei(
+    spots, granule_map, inside, nuclear, thresholds, *, nuclei: NucleiConfig, pixel_size_um: float, min_radius_px: float, min_area_px: int, matrix=None
+):
+    """Faint nuclei of Weigert's darkness (ab-vg): lone, convex, nucleus-sized objects between a lower level and the nucleus threshold.
+
+    Faint nuclei hold a third to a half of the darkness of dark ones, and
+    granular chromatin breaks them up at the nucleus threshold. Here the
+    darkness is smoothed by ``nuclei.dark_pale_sigma_um`` and cut at
+    ``nuclei.dark_pale_fraction`` of the pellet's nuclear level; the objects
+    that lie clear of the nuclei found already (by ``dark_pale_gap_um``, their
+    halo), are compact, at least ``dark_pale_min_solidity`` convex and no
+    wider than ``max_diameter_um`` are nuclei, unless they hold a pixel whose
+    granule-scale contrast exceeds ``dark_pale_max_granule_fraction`` of the
+    nuclear level: the halo of a cluster of iron granules is as faint and as
+    wide as a faint nucleus, but its granules are far darker than any
+    chromatin of one. Objects holding more of the matrix stain (``matrix``,
+    Alcian blue) than the ring around them, by ``dark_pale_matrix_tolerance``
+    of the pellet's proteoglycan threshold, are matrix between pale cytoplasm
+    rings, not nuclei (:func:`_without_matrix_islands`).
+    """
+    px = float(pixel_size_um)
+    level = thresholds.dark / nuclei.dark_otsu_fraction  # the pellet's nuclear level: the same in every tile
+    smooth = cv2.GaussianBlur(np.asarray(spots, np.float32), (0, 0), nuclei.dark_pale_sigma_um / px) if nuclei.dark_pale_sigma_um / px > 0.3 else spots
+    candidates = inside & (smooth > nuclei.dark_pale_fraction * level) & ~binary_dilation_disk(nuclear, max(1, round(nuclei.dark_pale_gap_um / px)))
+    pale = _compact_objects(candidates, min_radius_px=min_radius_px, min_area_px=min_area_px)
+    granular = granule_map > nuclei.dark_pale_max_granule_fraction * level
+    pale = _lone_convex_objects(pale, nuclear | granular, min_solidity=nuclei.dark_pale_min_solidity, max_extent_px=nuclei.max_diameter_um / px)
+    if matrix is None or not pale.any():
+        return pale
+    return _without_matrix_islands(pale, matrix, inside, ring_px=max(1, round(1.5 / px)), tolerance=nuclei.dark_pale_matrix_tolerance * thresholds.proteoglycan)
+
+
+def _without_matrix_islands(objects, matrix, inside, *, ring_px: int, tolerance: float) -> np.ndarray:
+    """The objects of ``objects`` that hold no more of the matrix stain than the ring of ``ring_px`` around them.
+
+    A nucleus displaces the matrix: it holds less Alcian blue than the tissue
+    around it, or as little where a cytoplasm ring surrounds it. Dense matrix
+    between pale cytoplasm rings is a dark spot of the least-absorbed channel
+    too (darker than the rings), but it holds more Alcian blue than they do.
+    ``tolerance`` (OD) allows for the blur and noise of the two means.
+    """
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(objects.view(np.uint8), connectivity=4, ltype=cv2.CV_32S)
+    out = np.zeros(objects.shape, bool)
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * ring_px + 1, 2 * ring_px + 1))
+    for k in range(1, n):
+        c, r, w, h = (int(stats[k, i]) for i in (cv2.CC_STAT_LEFT, cv2.CC_STAT_TOP, cv2.CC_STAT_WIDTH, cv2.CC_STAT_HEIGHT))
+        box = _grown_box((slice(r, r + h), slice(c, c + w)), objects.shape, by=ring_px)
+        obj = labels[box] == k
+        ring = cv2.dilate(obj.view(np.uint8), kernel).astype(bool) & ~objects[box] & inside[box]
+        if not ring.any() or float(matrix[box][obj].mean()) <= float(matrix[box][ring].mean()) + tolerance:
+            out[box] |= obj
+    return out
+
+
 def _grow_to_half_maximum(instances, signal, inside, *, distance_px: int):
     """Grow each object by up to ``distance_px`` over pixels at least half its median signal.
 
@@ -755,6 +809,11 @@ def classify_objects(
                 min_radius_px=min_r_px, min_area_px=min_nucleus_px,
             )
             nuclear |= _lone_convex_objects(pale, nuclear, min_solidity=nuclei.stain_pale_min_solidity, max_extent_px=nuclei.max_diameter_um / px)
+        elif has_iron and nuclei.dark_pale_fraction < nuclei.dark_otsu_fraction:
+            nuclear |= _faint_weigert_nuclei(
+                spots, maps[..., 3], inside, nuclear, thresholds, nuclei=nuclei, pixel_size_um=px, min_radius_px=min_r_px, min_area_px=min_nucleus_px,
+                matrix=maps[..., 1] if "proteoglycan" in stains.roles else None,
+            )
     else:  # a nuclear stain beside matrix stains (safranin-o, alcian-nfr): no granules to part from nuclei by
         # form, and an opening would erase the flat nuclei a few pixels thick of a coarse scan; their size is
         # judged once they are grown to their own half maximum (below), as blur shrinks small nuclei's cores
@@ -808,7 +867,13 @@ def classify_objects(
     nuclear = instances > 0
     if has_iron:
         # granules likewise: grow each to half its own contrast, by up to 0.5 µm, without entering a nucleus
-        _, granules = cv2.connectedComponents((iron_mask & ~nuclear).view(np.uint8), connectivity=8, ltype=cv2.CV_32S)
+        # the gap is kept from the nuclei as grown to their own edges too: a candidate there is the nucleus's
+        # blurred edge or a chromatin clump of it, which the threshold-cut core left outside
+        n_granules, granules = cv2.connectedComponents((iron_mask & ~nuclear).view(np.uint8), connectivity=8, ltype=cv2.CV_32S)
+        on_rim = np.zeros(n_granules, bool)
+        on_rim[granules[binary_dilation_disk(nuclear, max(1, round(iron.nucleus_gap_um / px)))]] = True
+        on_rim[0] = True
+        granules[on_rim[granules]] = 0
         grown = _grow_to_half_maximum(granules, granule_map, inside & ~nuclear, distance_px=max(1, round(0.5 / px)))
         iron_mask = grown > 0
     classes = np.zeros(inside.shape, np.uint8)

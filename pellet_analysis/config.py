@@ -211,6 +211,43 @@ class NucleiConfig(_Strict):
         "faint nuclei are found beside dark ones (0.65 and below let dense Alcian-blue matrix between pale cytoplasm "
         "rings join the nuclei on the demo sections).",
     )
+    dark_pale_fraction: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="For ab-vg: faint nuclei are the objects above this fraction of the pellet's nuclear level (Otsu's "
+        "threshold of the darkness, never below dark_min_od), on the darkness smoothed by dark_pale_sigma_um, that lie "
+        "clear of the nuclei found at the nucleus threshold (by dark_pale_gap_um), are at least dark_pale_min_solidity "
+        "convex and fit within max_diameter_um; equal to dark_otsu_fraction turns this off.",
+    )
+    dark_pale_sigma_um: float = Field(
+        1.0,
+        ge=0,
+        description="For ab-vg: Gaussian sigma (µm) of the darkness in which faint nuclei are sought, so that their "
+        "granular chromatin does not break them into granule-sized pieces.",
+    )
+    dark_pale_gap_um: float = Field(
+        1.0,
+        gt=0,
+        description="For ab-vg: faint nuclei are sought this far (µm) from the nuclei found already, outside their blurred halo.",
+    )
+    dark_pale_min_solidity: float = Field(
+        0.8, gt=0, le=1, description="For ab-vg: smallest solidity (pixels over their convex hull's) of a faint nucleus."
+    )
+    dark_pale_max_granule_fraction: float = Field(
+        1.0,
+        gt=0,
+        description="For ab-vg: an object holding a pixel whose granule contrast (the map iron.granule_min_od cuts) "
+        "exceeds this fraction of the pellet's nuclear level is not a faint nucleus: iron granules are far darker than "
+        "the chromatin of a faint nucleus, and their blurred halo would otherwise read as one.",
+    )
+    dark_pale_matrix_tolerance: float = Field(
+        0.1,
+        ge=0,
+        description="For ab-vg: a faint nucleus holds no more Alcian blue than the tissue 1.5 µm around it, give or take "
+        "this fraction of the pellet's proteoglycan threshold: a nucleus displaces the matrix, while dense matrix between "
+        "pale cytoplasm rings (a dark spot of the least-absorbed channel too) holds more than the rings.",
+    )
     dark_outline_fraction: float = Field(
         0.5,
         ge=0,

@@ -59,11 +59,12 @@ def varied():
 
 def test_varied_nuclei(varied):
     # issue target: count error <= 10 % and F1 >= 0.85 over validate --n 24 --seed 1. Measured on these small
-    # pellets (a larger share of rim, whose small flat nuclei are missed): -31 %, -18 %, -20 %; F1 0.72, 0.81, 0.84
+    # pellets (a larger share of rim, whose small flat and round nuclei are missed): -17 %, -15 %, -14 %; F1 0.78,
+    # 0.82, 0.85 (before faint nuclei were sought: -31 %, -18 %, -20 %; F1 0.72, 0.81, 0.83)
     for s, found in varied:
         truth = truth_table(s)[0]
-        assert abs(found.rows[0]["nuclei_count"] - truth["nuclei_count"]) / truth["nuclei_count"] <= 0.35
-        assert instance_f1(found.nuclei, s.nuclei)["f1"] >= 0.7
+        assert abs(found.rows[0]["nuclei_count"] - truth["nuclei_count"]) / truth["nuclei_count"] <= 0.2
+        assert instance_f1(found.nuclei, s.nuclei)["f1"] >= 0.76
 
 
 def test_varied_unlabeled_pellets_hold_almost_no_iron_positive_cells(varied):
@@ -74,9 +75,10 @@ def test_varied_unlabeled_pellets_hold_almost_no_iron_positive_cells(varied):
             # issue target: labeled iron pixel F1 >= 0.8 (not reached on the varied model, see docs)
             assert pixel_f1(found.classes == CLASS_CODES["iron"], s.classes == CLASS_CODES["iron"]) >= 0.6
         else:
-            # issue target <= 0.02; measured 0.043 and 0.099 (10 and 15 granules, on rim nuclei)
-            assert row["iron_positive_cell_fraction"] <= 0.12, row
-            assert row["iron_granule_count"] <= 20, row
+            # issue target <= 0.02; measured 0.018 and 0.071 (5 and 11 granules: small rim nuclei and chromatin
+            # of faint nuclei touching a dark one); before 0.043 and 0.107 (10 and 16 granules)
+            assert row["iron_positive_cell_fraction"] <= 0.09, row
+            assert row["iron_granule_count"] <= 14, row
 
 
 @pytest.mark.skipif(not glob.glob(str(IMAGES / "*unlabeled*.tif")), reason="the demo images are not here")
@@ -89,9 +91,10 @@ def test_demo_unlabeled_pellets_read_few_iron_positive_cells():
         found = analyze_image(rgb, pixel_size_um=px or 1.0, config=RunConfig())
         fractions += [row["iron_positive_cell_fraction"] for row in found.rows]
     fractions = np.array(fractions)
-    # before: day-28 pellets 0.16-0.32. Issue target: each <= 0.02 (the rim's dense nuclei still give a few granules)
-    assert fractions.max() <= 0.08, fractions
-    assert np.mean(fractions) <= 0.02, fractions
+    # before: day-28 pellets 0.16-0.32, then max 0.071, mean 0.019. Issue target: each <= 0.02; measured max 0.056
+    # (P03_unlabeled_d28: dense Alcian blue pinched between two pale cytoplasm rings reads as a granule), mean 0.016
+    assert fractions.max() <= 0.06, fractions
+    assert np.mean(fractions) <= 0.018, fractions
 
 
 @pytest.mark.skipif(not (REAL_IMAGES / "psr_liver_tile02.jpg").is_file(), reason="../shared/real-images is not here")
