@@ -65,7 +65,10 @@ def cell_iron_levels(granule_contrast, inside, nuclei, *, pixel_size_um: float, 
     ----------
     granule_contrast : ndarray of float, shape (rows, cols)
         The granule contrast map (``maps[..., 3]`` of
-        :func:`~pellet_analysis.classify.pixel_maps`).
+        :func:`~pellet_analysis.classify.pixel_maps`); the pipeline passes it
+        on the pixels classified as iron only (0 elsewhere), so that dark
+        spots the detector's colour and form tests reject (a control's small
+        dark nuclei) do not raise the threshold.
     inside : ndarray of bool, shape (rows, cols)
         The pellet.
     nuclei : ndarray of int, shape (rows, cols)
