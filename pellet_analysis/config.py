@@ -321,28 +321,30 @@ class IronConfig(_Strict):
         "its surroundings (white top-hat of a disk as wide as the largest granule).",
     )
     min_blue_green_ratio: float = Field(
-        0.0,
+        0.9,
         ge=0,
-        description="Absolute colour test of an iron granule (a connected object of granule contrast, averaged over "
-        "it): its blue granule-scale contrast at least this times its green (the ab-vg iron vector: 1.26; Weigert's "
-        "0.81; acid fuchsin 0.57). Off (0) by default: JPEG chroma smears a red surround into a granule on collagen "
-        "(0.9 removed a tenth of the iron of synthetic labeled sections, most of it in the fibrous rim); the "
-        "section-relative test (colour_margin_deg) is used instead.",
+        description="Colour of an iron granule (a connected object of granule contrast, averaged over it): its blue "
+        "granule-scale contrast at least this times its green. Brown iron absorbs blue most (the ab-vg vector: 1.26 "
+        "times green); Weigert's near-neutral black (0.81) and acid fuchsin (0.57) do not pass. JPEG chroma and the "
+        "stains' drift spread granules' ratios (1.0 lost a tenth of the iron of synthetic labeled sections).",
     )
     min_red_blue_ratio: float = Field(
-        0.0,
+        0.3,
         ge=0,
-        description="Absolute colour test of an iron granule: its red granule-scale contrast at least this times its "
-        "blue (the ab-vg iron vector: 0.56; picric yellow 0.04). Off (0) by default, as min_blue_green_ratio.",
+        description="Colour of an iron granule: its red granule-scale contrast at least this times its blue. Iron is "
+        "dark in red too (the ab-vg vector: 0.56); picric yellow (0.04) and red fibres on it (picrosirius on a real "
+        "tile: about 0.2) are not.",
     )
     colour_margin_deg: float | None = Field(
-        0.0,
-        description="Colour of an iron granule relative to the section's own nuclei: the angle (degrees) between "
+        None,
+        description="Optional colour test relative to the section's own nuclei (off: null): the angle (degrees) between "
         "its granule-scale colour (red, green, blue contrast averaged over the object) and the pellet's nuclear "
         "colour (the same contrast summed over its pixels darker than the nucleus threshold) must exceed its angle "
         "to the iron stain's vector by more than this. 0: nearer to iron than to the nuclei; negative values keep "
-        "more (and more false) granules, positive fewer; null turns the test off. Where the nuclei are the colour "
-        "of iron (Weigert's under picric yellow on a real picrosirius tile) nothing passes.",
+        "more (and more false) granules, positive fewer. Where the nuclei are the colour of iron (Weigert's under "
+        "picric yellow on a real picrosirius tile) nothing passes; but the nuclei's granule-scale colour also lies "
+        "within 3-5 degrees of iron on some synthetic sections at 1 µm per pixel, which then lose most of their iron "
+        "(docs/iron.md).",
     )
     max_granule_diameter_um: float = Field(
         3.5, gt=0, description="Largest granule (equivalent diameter, µm); clusters up to three times its area are kept."
