@@ -60,15 +60,21 @@ def cell_iron_levels(granule_contrast, inside, nuclei, *, pixel_size_um: float, 
     :data:`GRANULE_GROWTH_UM`. The level of a nucleus is the largest contrast
     of such a pixel within the distance plus that growth: with any threshold
     below its level the cell can be positive, at or above it never.
-    The granule size limit is ignored, so a level is an upper bound: a
-    threshold chosen from the levels leaves at most as many positive cells
-    as they predict.
+    The granule size limit is ignored, so from the contrast of every
+    candidate a level is an upper bound: a threshold chosen from the levels
+    leaves at most as many positive cells as they predict. From the
+    classified granules only (as the pipeline passes them) it is nearly
+    one: the colour and isolation tests judge whole objects, and a granule
+    that shrinks at a higher threshold can pass a test it failed before.
 
     Parameters
     ----------
     granule_contrast : ndarray of float, shape (rows, cols)
         The granule contrast map (``maps[..., 3]`` of
-        :func:`~pellet_analysis.classify.pixel_maps`).
+        :func:`~pellet_analysis.classify.pixel_maps`); the pipeline passes it
+        on the pixels classified as iron only (0 elsewhere), so that dark
+        spots the detector's colour and form tests reject (a control's small
+        dark nuclei) do not raise the threshold.
     inside : ndarray of bool, shape (rows, cols)
         The pellet.
     nuclei : ndarray of int, shape (rows, cols)

@@ -412,7 +412,9 @@ def _drop_small_instances(instances, min_area_px: int) -> np.ndarray:
     return out
 
 
-def brown_objects(candidates, colour, *, min_blue_green: float, min_red_blue: float) -> np.ndarray:
+def brown_objects(
+    candidates, colour, *, min_blue_green: float, min_red_blue: float, iron_colour=None, nucleus_colour=None, margin_deg: float = 0.0
+) -> np.ndarray:
     """The 8-connected objects of ``candidates`` whose mean granule-scale colour is brown.
 
     Brown iron absorbs blue more than green and red about half as much as
@@ -444,8 +446,23 @@ def brown_objects(candidates, colour, *, min_blue_green: float, min_red_blue: fl
     ids = labels[candidates]
     sums = [np.bincount(ids, weights=colour[..., k][candidates], minlength=n) for k in range(3)]
     keep = (sums[2] >= min_blue_green * sums[1]) & (sums[0] >= min_red_blue * sums[2]) & (sums[2] > 0)
+    if iron_colour is not None and nucleus_colour is not None and np.any(nucleus_colour):
+        keep &= _nearer_to_iron(np.stack(sums, 1), iron_colour, nucleus_colour, margin_deg=margin_deg)
     keep[0] = False
     return keep[labels]
+
+
+def _unit(v) -> np.ndarray:
+    v = np.asarray(v, np.float64)
+    return v / np.maximum(np.linalg.norm(v, axis=-1, keepdims=True), 1e-12)
+
+
+def _nearer_to_iron(colours, iron_colour, nucleus_colour, *, margin_deg: float) -> np.ndarray:
+    """Whether each colour (rows of red, green, blue) is nearer in angle to the iron stain's than to the nuclei's, by ``margin_deg``."""
+    u = _unit(colours)
+    to_iron = np.degrees(np.arccos(np.clip(u @ _unit(iron_colour), -1, 1)))
+    to_nuclei = np.degrees(np.arccos(np.clip(u @ _unit(nucleus_colour), -1, 1)))
+    return to_nuclei - to_iron > margin_deg
 
 
 def _granules(candidates, nuclear, contrast_map, *, gap_px: int, max_area_px: float, max_region_px: float, reach_px: int):
@@ -604,6 +621,8 @@ class Thresholds:
 
     dark: float
     proteoglycan: float
+    #: the pellet's nuclei's granule-scale colour (red, green, blue contrast summed over its dark pixels; 0 when none)
+    nucleus_colour: tuple = (0.0, 0.0, 0.0)
 
 
 def _gaussian_radius_px(sigma_px: float) -> int:
@@ -827,7 +846,9 @@ def classify_objects(
         # eroded by 1 µm), so a granule beside a nucleus is not averaged with the nucleus's own chromatin
         core = ~binary_dilation_disk(~nuclear, max(1, round(1.0 / px)))
         brown = brown_objects(
-            inside & contrast & ~core, maps[..., 4:7], min_blue_green=iron.min_blue_green_ratio, min_red_blue=iron.min_red_blue_ratio
+            inside & contrast & ~core, maps[..., 4:7], min_blue_green=iron.min_blue_green_ratio, min_red_blue=iron.min_red_blue_ratio,
+            iron_colour=stains.vector("iron") if iron.colour_margin_deg is not None else None, nucleus_colour=thresholds.nucleus_colour,
+            margin_deg=iron.colour_margin_deg or 0.0,
         )
         iron_mask = _granules(
             brown & ~nuclear,
@@ -1012,6 +1033,10 @@ def classify_maps(
     thresholds = thresholds_from_histograms(
         map_histograms(maps, inside), classify=classify, nuclei=nuclei, deconvolved=deconvolved, relative=relative, weigert=weigert
     )
+    if "iron" in stains.roles:
+        dark = inside & (maps[..., 0] > thresholds.dark)
+        colour = tuple(float(maps[..., k][dark].sum(dtype=np.float64)) for k in (4, 5, 6))
+        thresholds = Thresholds(dark=thresholds.dark, proteoglycan=thresholds.proteoglycan, nucleus_colour=colour)
     if tile_px is None:
         classes, instances = classify_objects(maps, inside, thresholds, stains, **settings)
         instances = _raster_numbered(instances)

@@ -372,6 +372,17 @@ class IronConfig(_Strict):
         "dark in red too (the ab-vg vector: 0.56); picric yellow (0.04) and red fibres on it (picrosirius on a real "
         "tile: about 0.2) are not.",
     )
+    colour_margin_deg: float | None = Field(
+        None,
+        description="Optional colour test relative to the section's own nuclei (off: null): the angle (degrees) between "
+        "its granule-scale colour (red, green, blue contrast averaged over the object) and the pellet's nuclear "
+        "colour (the same contrast summed over its pixels darker than the nucleus threshold) must exceed its angle "
+        "to the iron stain's vector by more than this. 0: nearer to iron than to the nuclei; negative values keep "
+        "more (and more false) granules, positive fewer. Where the nuclei are the colour of iron (Weigert's under "
+        "picric yellow on a real picrosirius tile) nothing passes; but the nuclei's granule-scale colour also lies "
+        "within 3-5 degrees of iron on some synthetic sections at 1 µm per pixel, which then lose most of their iron "
+        "(docs/iron.md).",
+    )
     max_granule_diameter_um: float = Field(
         3.5, gt=0, description="Largest granule (equivalent diameter, µm); clusters up to three times its area are kept."
     )

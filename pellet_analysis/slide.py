@@ -18,6 +18,7 @@ from .bern import bern_scores
 from .calibrate import cell_iron_levels
 from .classify import classify_maps, deconvolution_stains, pellet_maps, pixel_maps_depth_px
 from .config import RunConfig
+from .labels import CLASS_CODES
 from .measure import measure_pellets, touches_border
 from .pellets import (
     Illumination,
@@ -195,7 +196,10 @@ def classify_pellet_window(
     if iron_levels:
         levels = np.zeros(0, np.float64)
         if "iron" in stains.roles:
-            levels = cell_iron_levels(maps[box][..., 3], inside_box, result.nuclei * inside_box, pixel_size_um=px, iron=config.iron)
+            # the contrast of the granules the detector kept (colour and form tests passed), not of every dark spot:
+            # a control's rim nucleus that those tests reject must not raise the batch's threshold
+            granules = np.where(result.classes == CLASS_CODES["iron"], maps[box][..., 3], np.float32(0))
+            levels = cell_iron_levels(granules, inside_box, result.nuclei * inside_box, pixel_size_um=px, iron=config.iron)
     del maps
     in_image = tuple(slice(w.start + b.start, w.start + b.stop) for w, b in zip(window, box))
     border = touches_border(_grown_box(inside, by=0, offset=(window[0].start, window[1].start)), plan.shape)

@@ -18,7 +18,7 @@ from pellet_analysis.synthetic import make_section, write_section
 # (condition, day, seed, suffix): PNG carries no pixel size, so that image's is estimated
 #: The detector's colour test off, so that the fixed threshold leaves false granules in the controls for the
 #: calibration to remove (with it on, these simple-model controls read 0.8 % before any calibration).
-WITHOUT_COLOUR = {"min_blue_green_ratio": 0.0, "min_red_blue_ratio": 0.0}
+WITHOUT_COLOUR = {"min_blue_green_ratio": 0.0, "min_red_blue_ratio": 0.0, "colour_margin_deg": None}
 
 BATCH = [("unlabeled", 28, 40, ".tif"), ("unlabeled", 14, 41, ".tif"), ("labeled", 28, 42, ".tif"), ("labeled", 14, 43, ".png")]
 
@@ -221,7 +221,7 @@ def test_the_sample_sheet_names_the_controls(batch, tmp_path):
         shutil.copy(root / "in" / f"D1_{condition}_d{day}_s1{suffix}", tmp_path / "in" / f"scan{k}{suffix}")
         lines.append(f"scan{k}{suffix},D1,{condition},{day}")
     (tmp_path / "sheet.csv").write_text("\n".join(lines) + "\n")
-    record = run_batch(RunConfig(input_dir=tmp_path / "in", output_dir=tmp_path / "out", scheduler="synchronous", sample_sheet=tmp_path / "sheet.csv"))
+    record = run_batch(RunConfig(input_dir=tmp_path / "in", output_dir=tmp_path / "out", scheduler="synchronous", sample_sheet=tmp_path / "sheet.csv", iron=WITHOUT_COLOUR))
     cal = record["iron_calibration"]
     assert cal["control_images"] == ["scan0", "scan1"]
     assert cal["granule_min_od"] == pytest.approx(runs["controls"]["iron_calibration"]["granule_min_od"])

@@ -35,6 +35,27 @@ def test_brown_objects_keep_iron_and_leave_weigert_fuchsin_and_picric_alone():
     assert [bool(kept[10, 20 * k + 10]) for k in range(4)] == [True, False, False, False]
 
 
+def test_brown_objects_reject_the_colour_of_the_sections_own_nuclei():
+    """The relative test: a granule must be nearer in colour to iron than to the pellet's nuclei."""
+    stains = PRESETS["ab-vg"]
+    iron = stains.vector("iron")
+    colour = np.zeros((10, 40, 3), np.float32)
+    candidates = np.zeros((10, 40), bool)
+    colour[4:7, 4:7] = 0.5 * iron  # iron itself
+    colour[4:7, 24:27] = 0.5 * (0.8 * iron + 0.2 * stains.vector("acid_fuchsin"))  # a granule on red collagen, JPEG-smeared
+    candidates[4:7, 4:7] = candidates[4:7, 24:27] = True
+    weigert = stains.vector("weigert_hematoxylin")
+    kept = brown_objects(candidates, colour, min_blue_green=0, min_red_blue=0, iron_colour=iron, nucleus_colour=weigert)
+    assert kept[5, 5] and kept[5, 25]
+    # nuclei that look like iron (Weigert's under picric yellow, as on the real picrosirius tile): nothing passes
+    kept = brown_objects(candidates, colour, min_blue_green=0, min_red_blue=0, iron_colour=iron, nucleus_colour=iron)
+    assert not kept.any()
+    # a granule of the nuclei's own colour is not iron, even where it is brown by the absolute ratios
+    colour[4:7, 4:7] = 0.5 * weigert
+    kept = brown_objects(candidates, colour, min_blue_green=0, min_red_blue=0, iron_colour=iron, nucleus_colour=weigert)
+    assert not kept[5, 5] and kept[5, 25]
+
+
 def test_granule_threshold_is_monotone():
     """The one knob a batch calibration tunes: a higher iron.granule_min_od never finds more iron."""
     section = make_section(day=14, labeled=True, n_pellets=1, pixel_size_um=1.0, seed=12, pellet_diameter_um=(260.0, 280.0))
@@ -112,3 +133,12 @@ def test_picrosirius_liver_tile_has_little_iron_and_its_collagen_agrees():
     assert iron.sum() / tissue.sum() <= 0.02
     reference = cv2.imread(str(REAL_IMAGES / "psr_liver_tile02_mask_liverquant.jpg"), cv2.IMREAD_GRAYSCALE) >= 128
     assert pixel_f1((found.classes == CLASS_CODES["collagen"]) & tissue, reference & tissue) >= 0.8
+    # the optional colour test relative to the section's own nuclei (iron.colour_margin_deg: 0, the absolute ratios
+    # off): this tile's small dark nuclei are the colour of iron under picric yellow and are dropped. Measured 0.58 %
+    # (issue target 0.5 %); off by default, as it also drops iron on synthetic sections whose nuclei read near iron
+    relative = analyze_image(
+        rgb, pixel_size_um=1.0124, config=RunConfig(iron={"colour_margin_deg": 0.0, "min_blue_green_ratio": 0.0, "min_red_blue_ratio": 0.0})
+    )
+    relative_iron = (relative.classes == CLASS_CODES["iron"]) & tissue
+    assert relative_iron.sum() / tissue.sum() <= 0.007 and relative_iron.sum() < 0.5 * iron.sum()
+    assert pixel_f1((relative.classes == CLASS_CODES["collagen"]) & tissue, reference & tissue) >= 0.8
