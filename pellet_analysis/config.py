@@ -339,8 +339,8 @@ class IronConfig(_Section):
     min_od: float = Field(
         0.3,
         gt=0,
-        description="Ignored; kept so that configs of earlier runs still load. Granules are now found on "
-        "their own contrast (granule_min_od), on which faint nuclei do not show.",
+        description="Ignored, so that configs that set it still load: granules are found on their own "
+        "contrast (granule_min_od), on which faint nuclei do not show, not on their OD.",
     )
     granule_min_od: float = Field(
         0.2,
@@ -354,7 +354,7 @@ class IronConfig(_Section):
         description="Colour of an iron granule (a connected object of granule contrast, averaged over it): its blue "
         "granule-scale contrast at least this times its green. Brown iron absorbs blue most (the ab-vg vector: 1.26 "
         "times green); Weigert's near-neutral black (0.81) and acid fuchsin (0.57) do not pass. JPEG chroma and the "
-        "stains' drift spread granules' ratios (1.0 lost a tenth of the iron of synthetic labeled sections).",
+        "stains' drift spread granules' ratios (at 1.0 a tenth of the iron of synthetic labeled sections is missed).",
     )
     min_red_blue_ratio: float = Field(
         0.3,

@@ -248,13 +248,13 @@ def nucleus_sizes_px(
     Nuclei are the pixels above Otsu's threshold of the nuclear stain (the
     least-absorbed channel's OD for stain sets with iron, whose nuclear stain
     is near-neutral), taken within the tissue for a section on glass
-    (without it, on two Alcian-blue valve sections mostly glass, the
-    threshold fell between glass and tissue and left 9 and 20 nuclei); their
+    (on a section that is mostly glass, a threshold over the whole image
+    falls between glass and tissue and leaves only a few nuclei); their
     connected objects, opened by an ``opening_px`` square,
     that look like one whole nucleus (:func:`single_nucleus_areas_px`) are
     kept. Only the central ``max_side_px`` square is looked at. Many small
-    dark specks pull the plain median down: iron granules in labeled AB/VG
-    pellets at 0.25 µm per pixel made the estimate 0.33 µm.
+    dark specks pull the plain median down: the iron granules of labeled
+    AB/VG pellets at 0.25 µm per pixel would make it 0.33 µm.
 
     Parameters
     ----------
@@ -268,14 +268,14 @@ def nucleus_sizes_px(
         Gaussian sigma applied to a deconvolved nuclear stain (not to the
         darkness of near-neutral stains with iron, whose specks must stay
         apart): on synthetic H&E tiles packed with pale vesicular nuclei the
-        raw stain gave estimates up to 4 times too large, smoothed within 2
-        times and mostly within 25 %.
+        raw stain breaks a nucleus into specks and gives estimates up to 4
+        times too large; smoothed, within 2 times and mostly within 25 %.
     min_solidity : float, keyword-only
         Stain sets without iron: only objects at least
         this convex count (one whole nucleus, not a clump), and their
         area-weighted median gives the diameter, so specks of chromatin and
-        stroma, however many, do not pull it down. On 20 synthetic H&E tiles
-        the plain median gave 1.19-4.07 times the true pixel size, this
+        stroma, however many, do not pull it down: on 20 synthetic H&E tiles
+        the plain median is 1.19-4.07 times the true pixel size, this
         1.13-1.36 times.
     tissue_min_od : float, keyword-only
         On glass, only pixels whose largest channel OD is above this are
