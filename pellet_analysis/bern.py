@@ -12,17 +12,15 @@ labeling does not darken the stain score:
 - ``bern_morphology`` (rounded chondrocyte-like versus spindle-shaped cells): mean
   minor/major axis ratio of the nuclei against three thresholds.
 
-``bern_score`` is their sum (0-9). Thresholds are in :class:`~pellet_analysis.config.BernConfig`.
+``bern_score`` is their sum (0-9). Thresholds are in :class:`~pellet_analysis.params.BernParams`
+(the ``bern`` section of the config).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 
-if TYPE_CHECKING:  # the array functions take config sections as parameter objects only (issue 20, part 5)
-    from .config import BernConfig
+from .params import BernParams
 
 __all__ = ["BERN_COLUMNS", "bern_scores"]
 
@@ -36,7 +34,7 @@ def _steps(value: float, thresholds) -> int:
     return int(np.searchsorted(np.asarray(thresholds, dtype=float), value, side="right"))
 
 
-def bern_scores(row: dict, config: BernConfig) -> dict:
+def bern_scores(row: dict, params: BernParams) -> dict:
     """The three Bern-like categories and their sum for one pellet's measurements.
 
     Parameters
@@ -45,24 +43,24 @@ def bern_scores(row: dict, config: BernConfig) -> dict:
         Needs ``proteoglycan_area_fraction``, ``proteoglycan_mean_od``,
         ``proteoglycan_od_sd``, ``nuclei_nn_distance_um``, ``nuclei_roundness``
         and ``nuclei_count``.
-    config : BernConfig
+    params : BernParams
 
     Returns
     -------
     dict
         ``bern_stain``, ``bern_matrix``, ``bern_morphology`` (0-3 each), ``bern_score`` (0-9).
     """
-    stain = _steps(row["proteoglycan_area_fraction"], config.stain_fraction_thresholds)
+    stain = _steps(row["proteoglycan_area_fraction"], params.stain_fraction_thresholds)
     mean_od = row["proteoglycan_mean_od"]
-    if stain > 1 and mean_od < config.stain_weak_od:
+    if stain > 1 and mean_od < params.stain_weak_od:
         stain = 1
-    if stain > 0 and mean_od > 0 and row["proteoglycan_od_sd"] / mean_od > config.stain_max_cv:
+    if stain > 0 and mean_od > 0 and row["proteoglycan_od_sd"] / mean_od > params.stain_max_cv:
         stain -= 1
     if row["nuclei_count"] >= 2:
-        matrix = _steps(row["nuclei_nn_distance_um"], config.matrix_nn_distance_um_thresholds)
+        matrix = _steps(row["nuclei_nn_distance_um"], params.matrix_nn_distance_um_thresholds)
     else:
         matrix = 0
-    morphology = _steps(row["nuclei_roundness"], config.morphology_roundness_thresholds) if row["nuclei_count"] else 0
+    morphology = _steps(row["nuclei_roundness"], params.morphology_roundness_thresholds) if row["nuclei_count"] else 0
     return {
         "bern_stain": stain,
         "bern_matrix": matrix,

@@ -98,7 +98,7 @@ def image_pixel_size(rgb, file_px, stem: str, config: RunConfig, choice: PixelSi
     decision = ""
     if pixel_size_unknown(file_px, config):
         if choice is None and config.estimate_pixel_size:
-            sizes = nucleus_sizes_px(rgb, configured_stains(config.stains), tissue_min_od=config.pellets.tissue_min_od)
+            sizes = nucleus_sizes_px(rgb, configured_stains(config.stains.params()), tissue_min_od=config.pellets.tissue_min_od)
             choice = pixel_size_choices({stem: sizes}, config)[stem]
         if choice is not None and choice.pixel_size_um is not None:
             pixel_size, source, decision = choice.pixel_size_um, choice.column_source, choice.warning()

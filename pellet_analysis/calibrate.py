@@ -13,16 +13,12 @@ again for every candidate.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
-
 import cv2
 import numpy as np
 from scipy import ndimage as ndi
 
 from .morphology import binary_dilation_disk, disk_sequence
-
-if TYPE_CHECKING:  # the array functions take config sections as parameter objects only (issue 20, part 5)
-    from .config import IronConfig
+from .params import IronParams
 
 __all__ = ["GRANULE_GROWTH_UM", "cell_iron_levels", "threshold_for_fraction", "is_control"]
 
@@ -49,7 +45,7 @@ def _grey_dilation_disk(image, radius_px: int) -> np.ndarray:
     return out
 
 
-def cell_iron_levels(granule_contrast, inside, nuclei, *, pixel_size_um: float, iron: IronConfig) -> np.ndarray:
+def cell_iron_levels(granule_contrast, inside, nuclei, *, pixel_size_um: float, iron: IronParams) -> np.ndarray:
     """Per nucleus, the highest granule threshold at which its cell would still be iron-positive.
 
     A cell is iron-positive when an iron pixel lies within
@@ -80,7 +76,7 @@ def cell_iron_levels(granule_contrast, inside, nuclei, *, pixel_size_um: float, 
     nuclei : ndarray of int, shape (rows, cols)
         Nucleus instances (0 elsewhere), as classified.
     pixel_size_um : float, keyword-only
-    iron : IronConfig, keyword-only
+    iron : IronParams, keyword-only
 
     Returns
     -------

@@ -7,11 +7,14 @@ Invalid files raise :class:`ConfigError` with one line naming the key.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
-from typing import Literal, Optional
+from typing import ClassVar, Literal, Optional
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .params import BernParams, ClassifyParams, IronParams, NucleiParams, PelletParams, StainParams
 
 __all__ = [
     "ConfigError",
@@ -34,8 +37,25 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-class StainConfig(_Strict):
+class _Section(_Strict):
+    """A config section the array functions read through a frozen parameter object (:mod:`pellet_analysis.params`)."""
+
+    params_class: ClassVar[type]
+
+    def params(self):
+        """This section's values as its frozen parameter object, under the same names; lists become tuples."""
+        names = {f.name for f in dataclasses.fields(self.params_class)}
+        missing = set(type(self).model_fields) - names
+        if missing:
+            raise TypeError(f"{self.params_class.__name__} lacks the config fields {sorted(missing)}")
+        values = {name: getattr(self, name) for name in type(self).model_fields}
+        return self.params_class(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+
+class StainConfig(_Section):
     """Stain model settings."""
+
+    params_class: ClassVar[type] = StainParams
 
     preset: str = Field(
         "ab-vg",
@@ -100,12 +120,14 @@ class StainConfig(_Strict):
         for name, vector in (self.vectors or {}).items():
             if min(vector) < 0 or max(vector) <= 0:
                 raise ValueError(f"vectors: {name}: must be non-negative and not all zero")
-        configured_stains(self)  # names a stain the preset lacks -> ValueError
+        configured_stains(self.params())  # names a stain the preset lacks -> ValueError
         return self
 
 
-class PelletConfig(_Strict):
+class PelletConfig(_Section):
     """Finding pellet sections."""
+
+    params_class: ClassVar[type] = PelletParams
 
     min_pellet_area_um2: float = Field(
         20_000.0, gt=0, description="Smallest tissue object kept as a pellet section (µm²)."
@@ -170,8 +192,10 @@ class PelletConfig(_Strict):
     )
 
 
-class ClassifyConfig(_Strict):
+class ClassifyConfig(_Section):
     """Per-pixel classification of pellet tissue."""
+
+    params_class: ClassVar[type] = ClassifyParams
 
     proteoglycan_min_od: float = Field(
         0.15, gt=0, description="Alcian blue concentration (OD units) above which a pixel is proteoglycan."
@@ -184,8 +208,10 @@ class ClassifyConfig(_Strict):
     )
 
 
-class NucleiConfig(_Strict):
+class NucleiConfig(_Section):
     """Nuclei (Weigert's hematoxylin) instances."""
+
+    params_class: ClassVar[type] = NucleiParams
 
     min_diameter_um: float = Field(5.0, gt=0, description="Smallest nucleus diameter (µm).")
     max_diameter_um: float = Field(18.0, gt=0, description="Largest nucleus diameter (µm).")
@@ -342,14 +368,16 @@ class NucleiConfig(_Strict):
         return value
 
 
-class IronConfig(_Strict):
+class IronConfig(_Section):
     """Iron granules of iron-sucrose labeled cells."""
+
+    params_class: ClassVar[type] = IronParams
 
     min_od: float = Field(
         0.3,
         gt=0,
-        description="Ignored; kept so that configs of earlier runs still load. Granules are now found on "
-        "their own contrast (granule_min_od), on which faint nuclei do not show.",
+        description="Ignored, so that configs that set it still load: granules are found on their own "
+        "contrast (granule_min_od), on which faint nuclei do not show, not on their OD.",
     )
     granule_min_od: float = Field(
         0.2,
@@ -363,7 +391,7 @@ class IronConfig(_Strict):
         description="Colour of an iron granule (a connected object of granule contrast, averaged over it): its blue "
         "granule-scale contrast at least this times its green. Brown iron absorbs blue most (the ab-vg vector: 1.26 "
         "times green); Weigert's near-neutral black (0.81) and acid fuchsin (0.57) do not pass. JPEG chroma and the "
-        "stains' drift spread granules' ratios (1.0 lost a tenth of the iron of synthetic labeled sections).",
+        "stains' drift spread granules' ratios (at 1.0 a tenth of the iron of synthetic labeled sections is missed).",
     )
     min_red_blue_ratio: float = Field(
         0.3,
@@ -413,11 +441,13 @@ class IronConfig(_Strict):
         return "off" if value is False else value
 
 
-class BernConfig(_Strict):
+class BernConfig(_Section):
     """Thresholds of the automated Bern-like score (Grogan et al. 2006), see docs/bern.md.
 
     Each category is the number of its three ascending thresholds the measurement reaches (0-3).
     """
+
+    params_class: ClassVar[type] = BernParams
 
     stain_fraction_thresholds: tuple[float, float, float] = Field(
         (0.10, 0.30, 0.55),

@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import math
+
 import cv2
 import numpy as np
 
-__all__ = ["gaussian", "smooth_channels"]
+__all__ = ["GAUSSIAN_TRUNCATE", "gaussian", "gaussian_radius_px", "smooth_channels"]
+
+#: Half-width of :func:`gaussian`'s kernel in sigmas: OpenCV's for float images, when it chooses the size.
+GAUSSIAN_TRUNCATE = 4.0
+
+
+def gaussian_radius_px(sigma_px: float) -> int:
+    """How far (px) :func:`gaussian` of ``sigma_px`` reads: the overlap a tile or window needs for it."""
+    return int(math.ceil(GAUSSIAN_TRUNCATE * float(sigma_px)))
 
 
 def gaussian(image, sigma_px: float, *, out=None):

@@ -65,7 +65,7 @@ def known_calibration(jobs, config: RunConfig, output_dir, chash: str) -> tuple[
         meta = job.metadata if job.metadata is not None else (parse_name(job.stem, config.filename_pattern) or {})
         if is_control(meta.get("condition"), config.iron.control_conditions):
             controls[job.stem] = job.path
-    if "iron" not in configured_stains(config.stains).roles:
+    if "iron" not in configured_stains(config.stains.params()).roles:
         return fixed_threshold(config, "the stain set has no iron"), set()
     if config.iron.calibrate == "off":  # the controls' iron-positive fraction is still recorded
         return fixed_threshold(config, "iron.calibrate is off"), set(controls)

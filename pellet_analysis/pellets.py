@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -15,7 +14,8 @@ from skimage.measure import regionprops
 from skimage.morphology import disk, remove_small_holes, remove_small_objects
 from skimage.segmentation import expand_labels
 
-from .filters import gaussian
+from .filters import gaussian, gaussian_radius_px
+from .params import PelletParams, StainParams
 from .stains import (
     estimate_background,
     evaluate_background_field,
@@ -25,9 +25,6 @@ from .stains import (
     rgb_to_od,
     rgb_to_od_field,
 )
-
-if TYPE_CHECKING:  # the array functions take config sections as parameter objects only (issue 20, part 5)
-    from .config import PelletConfig, StainConfig
 
 __all__ = [
     "Illumination",
@@ -45,10 +42,6 @@ __all__ = [
     "fill_enclosed_holes",
     "smooth_outline",
 ]
-
-
-#: Percentile of the pale pixels taken as white when tissue nearly fills the frame (no surface can be fitted).
-WHITE_PERCENTILE_FULL_FRAME = 90.0
 
 
 @dataclass
@@ -155,13 +148,13 @@ def _multiple(chunks, factor: int) -> int:
     return max(factor, (max(chunks) // factor) * factor)
 
 
-def estimate_illumination(rgb, *, pixel_size_um: float, stains: StainConfig, pellets: PelletConfig) -> Illumination:
+def estimate_illumination(rgb, *, pixel_size_um: float, stains: StainParams, pellets: PelletParams) -> Illumination:
     """Estimate the background intensity I0 of an RGB image (see :func:`illumination_from_small`)."""
     factor = working_factor(rgb.shape, pellets.max_working_px)
     return illumination_from_small(block_mean(rgb, factor), rgb.dtype, pixel_size_um=pixel_size_um * factor, stains=stains, pellets=pellets)
 
 
-def illumination_from_small(small, dtype, *, pixel_size_um: float, stains: StainConfig, pellets: PelletConfig) -> Illumination:
+def illumination_from_small(small, dtype, *, pixel_size_um: float, stains: StainParams, pellets: PelletParams) -> Illumination:
     """Estimate the background intensity I0 from a low-resolution copy of an image.
 
     Parameters
@@ -172,7 +165,9 @@ def illumination_from_small(small, dtype, *, pixel_size_um: float, stains: Stain
         The full image's dtype (its intensity range).
     pixel_size_um : float, keyword-only
         Pixel size of ``small``.
-    stains, pellets : config sections, keyword-only
+    stains : StainParams, keyword-only
+        ``background_rgb`` and ``flat_field``.
+    pellets : PelletParams, keyword-only
 
     The brightest tenth of a low-resolution copy gives a first white point;
     tissue is masked out at that white point, then either a smooth
@@ -191,7 +186,9 @@ def illumination_from_small(small, dtype, *, pixel_size_um: float, stains: Stain
     if not looks_like_glass(first, dtype):
         return Illumination(np.full(3, full), source="full-scale (no background found)")
     score = gaussian(tissue_score(rgb_to_od(small, first)), pellets.smoothing_um / pixel_size_um)
-    mask = ndi.binary_dilation(score > pellets.tissue_min_od * 0.7, iterations=3)
+    mask = ndi.binary_dilation(
+        score > pellets.tissue_min_od * pellets.illumination_tissue_fraction, iterations=pellets.illumination_dilation_px
+    )
     if stains.flat_field:
         coef = fit_background_field(small, mask)
         if coef is not None:
@@ -200,7 +197,7 @@ def illumination_from_small(small, dtype, *, pixel_size_um: float, stains: Stain
             return illum
         # too little background for a surface: tissue nearly fills the frame, and its few pale pixels
         # (lacunae, lumina) hold a little stain; the brightest of them are the nearest to the glass
-        return Illumination(estimate_background(small, mask, percentile=WHITE_PERCENTILE_FULL_FRAME), source="estimated")
+        return Illumination(estimate_background(small, mask, percentile=pellets.white_percentile_full_frame), source="estimated")
     return Illumination(estimate_background(small, mask), source="estimated")
 
 
@@ -229,13 +226,13 @@ def fills_frame(tissue, *, min_border_fraction: float) -> bool:
     return bool(border.mean() >= min_border_fraction)
 
 
-def tissue_threshold_od(score, *, config: PelletConfig) -> float:
+def tissue_threshold_od(score, *, params: PelletParams) -> float:
     """The tissue score above which a pixel of this image is tissue: relative to its own stain, capped.
 
     Otsu's threshold splits the (smoothed) tissue score into glass and
-    tissue; the threshold is ``config.tissue_fraction`` of the tissue's median
-    score, never above ``config.tissue_min_od`` (an OD no clean glass reaches
-    after the white point) and never below ``config.tissue_floor_od``. A
+    tissue; the threshold is ``params.tissue_fraction`` of the tissue's median
+    score, never above ``params.tissue_min_od`` (an OD no clean glass reaches
+    after the white point) and never below ``params.tissue_floor_od``. A
     section stained half as strongly thus keeps the same outline. When the
     tissue's median is itself below ``tissue_min_od``, nothing tells such
     faint "tissue" from uneven glass or a blank frame, and the cap is used.
@@ -244,14 +241,14 @@ def tissue_threshold_od(score, *, config: PelletConfig) -> float:
     ----------
     score : ndarray of float
         Smoothed tissue score (:func:`tissue_score`) of the image or its low-resolution copy.
-    config : PelletConfig, keyword-only
+    params : PelletParams, keyword-only
 
     Returns
     -------
     float
         OD.
     """
-    cap = float(config.tissue_min_od)
+    cap = float(params.tissue_min_od)
     values = np.asarray(score, dtype=np.float32).ravel()
     if values.size < 16 or not values.max() > values.min():
         return cap
@@ -260,16 +257,16 @@ def tissue_threshold_od(score, *, config: PelletConfig) -> float:
     level = float(np.median(tissue)) if tissue.size else 0.0
     if level < cap:
         return cap
-    return min(cap, max(float(config.tissue_floor_od), float(config.tissue_fraction) * level))
+    return min(cap, max(float(params.tissue_floor_od), float(params.tissue_fraction) * level))
 
 
-def small_tissue_score(small_rgb, illumination: Illumination, *, pixel_size_um: float, config: PelletConfig) -> np.ndarray:
+def small_tissue_score(small_rgb, illumination: Illumination, *, pixel_size_um: float, params: PelletParams) -> np.ndarray:
     """The smoothed tissue score (float32) of a low-resolution copy whose pixels are ``pixel_size_um``."""
-    return gaussian(tissue_score(illumination.od(small_rgb)), config.smoothing_um / float(pixel_size_um))
+    return gaussian(tissue_score(illumination.od(small_rgb)), params.smoothing_um / float(pixel_size_um))
 
 
 def pellet_topology(
-    small_rgb, illumination: Illumination, *, pixel_size_um: float, config: PelletConfig, tissue_od: float | None = None, score=None
+    small_rgb, illumination: Illumination, *, pixel_size_um: float, params: PelletParams, tissue_od: float | None = None, score=None
 ) -> np.ndarray:
     """Which low-resolution pixels form which pellet: labels numbered left to right.
 
@@ -280,7 +277,7 @@ def pellet_topology(
     illumination : Illumination
     pixel_size_um : float, keyword-only
         Pixel size of ``small_rgb``.
-    config : PelletConfig, keyword-only
+    params : PelletParams, keyword-only
     tissue_od : float, optional, keyword-only
         The image's tissue threshold; default :func:`tissue_threshold_od` of its score.
     score : ndarray, optional, keyword-only
@@ -292,21 +289,21 @@ def pellet_topology(
         0 outside pellets, 1..n inside, by the column of their centroid; 1
         everywhere when the tissue fills the image (:func:`fills_frame`), or
         when the image holds tissue but is smaller than the smallest pellet
-        (``config.min_pellet_area_um2``): a field of view inside a section,
+        (``params.min_pellet_area_um2``): a field of view inside a section,
         such as a small H&E tile with pale stroma or a lumen at its border.
     """
     px = float(pixel_size_um)
     if score is None:
-        score = small_tissue_score(small_rgb, illumination, pixel_size_um=px, config=config)
+        score = small_tissue_score(small_rgb, illumination, pixel_size_um=px, params=params)
     if tissue_od is None:
-        tissue_od = tissue_threshold_od(score, config=config)
+        tissue_od = tissue_threshold_od(score, params=params)
     mask = score > float(tissue_od)
-    smaller_than_a_pellet = mask.size * px**2 < config.min_pellet_area_um2
-    if fills_frame(mask, min_border_fraction=config.full_frame_min_border_fraction) or (smaller_than_a_pellet and mask.any()):
+    smaller_than_a_pellet = mask.size * px**2 < params.min_pellet_area_um2
+    if fills_frame(mask, min_border_fraction=params.full_frame_min_border_fraction) or (smaller_than_a_pellet and mask.any()):
         return np.ones(mask.shape, np.int32)
-    mask = ndi.binary_opening(mask, structure=disk(max(1, round(2.0 / px))))
-    mask = remove_small_holes(mask, max_size=max(1, int(config.fill_holes_max_um2 / px**2)))
-    mask = remove_small_objects(mask, max_size=max(1, int(config.min_pellet_area_um2 / px**2) - 1))
+    mask = ndi.binary_opening(mask, structure=disk(max(1, round(params.topology_opening_um / px))))
+    mask = remove_small_holes(mask, max_size=max(1, int(params.fill_holes_max_um2 / px**2)))
+    mask = remove_small_objects(mask, max_size=max(1, int(params.min_pellet_area_um2 / px**2) - 1))
     labels = cc_label(mask, connectivity=2)
     props = sorted(regionprops(labels), key=lambda p: (p.centroid[1], p.centroid[0]))
     lut = np.zeros(int(labels.max()) + 1, dtype=np.int32)
@@ -315,18 +312,26 @@ def pellet_topology(
     return lut[labels]
 
 
-def pellet_margin_px(*, pixel_size_um: float, factor: int, config: PelletConfig, extra_px: int = 0) -> int:
-    """Margin (px) around a pellet's low-resolution box that holds its refined edge and its filters' reach."""
-    sigma = config.smoothing_um / pixel_size_um
+def pellet_margin_px(*, pixel_size_um: float, factor: int, params: PelletParams, extra_px: int = 0) -> int:
+    """Margin (px) around a pellet's low-resolution box that holds its refined edge and its filters' reach.
+
+    One low-resolution block (``factor``), the reach of the Gaussian of
+    ``smoothing_um`` (:func:`~pellet_analysis.filters.gaussian_radius_px`), the edge band, the
+    outline smoothing's radius and ``window_slack_px``, plus ``extra_px``
+    (the classification's own overlap): the same parameters the filters of
+    :func:`refine_pellet` use, so a window holds everything they read.
+    """
+    sigma = params.smoothing_um / pixel_size_um
     return (
-        factor + 1 + int(math.ceil(4 * sigma)) + 2 + int(round(config.edge_band_um / pixel_size_um))
-        + outline_radius_px(pixel_size_um=pixel_size_um, config=config) + int(extra_px)
+        factor + params.window_slack_px + gaussian_radius_px(sigma)
+        + int(round(params.edge_band_um / pixel_size_um))
+        + outline_radius_px(pixel_size_um=pixel_size_um, params=params) + int(extra_px)
     )
 
 
-def outline_radius_px(*, pixel_size_um: float, config: PelletConfig) -> int:
-    """Radius (px) of the closing and opening that smooth a pellet's outline (``config.outline_smoothing_um``)."""
-    return int(round(config.outline_smoothing_um / float(pixel_size_um)))
+def outline_radius_px(*, pixel_size_um: float, params: PelletParams) -> int:
+    """Radius (px) of the closing and opening that smooth a pellet's outline (``params.outline_smoothing_um``)."""
+    return int(round(params.outline_smoothing_um / float(pixel_size_um)))
 
 
 def pellet_windows(labels_small, factor: int, shape, margin_px: int) -> list:
@@ -340,15 +345,15 @@ def pellet_windows(labels_small, factor: int, shape, margin_px: int) -> list:
 
 
 def refine_pellet(
-    od, labels_small, pellet: int, window, factor: int, *, pixel_size_um: float, config: PelletConfig, tissue_od: float | None = None
+    od, labels_small, pellet: int, window, factor: int, *, pixel_size_um: float, params: PelletParams, tissue_od: float | None = None
 ) -> np.ndarray:
     """One pellet's full-resolution mask inside its window.
 
-    The low-resolution pellets are grown by two low-resolution pixels and
+    The low-resolution pellets are grown by ``params.grow_small_px`` low-resolution pixels and
     enlarged to full resolution; inside its own grown region, the pellet's edge is
     placed by thresholding the smoothed tissue score of ``od`` (the window's
     optical density) at full resolution. Holes up to
-    ``config.fill_holes_max_um2`` (lacunae, pale matrix) are the pellet's, and
+    ``params.fill_holes_max_um2`` (lacunae, pale matrix) are the pellet's, and
     the outline is smoothed at tissue scale (:func:`smooth_outline`).
 
     Parameters
@@ -363,9 +368,9 @@ def refine_pellet(
     factor : int
         Full-resolution pixels per low-resolution pixel.
     pixel_size_um : float, keyword-only
-    config : PelletConfig, keyword-only
+    params : PelletParams, keyword-only
     tissue_od : float, optional, keyword-only
-        The image's tissue threshold (:func:`tissue_threshold_od`); default ``config.tissue_min_od``.
+        The image's tissue threshold (:func:`tissue_threshold_od`); default ``params.tissue_min_od``.
 
     Returns
     -------
@@ -374,23 +379,24 @@ def refine_pellet(
     rows = np.arange(window[0].start, window[0].stop) // factor
     cols = np.arange(window[1].start, window[1].stop) // factor
     h, w = labels_small.shape
-    # grown by two low-resolution pixels (at least a full-resolution block beyond the low-resolution edge)
-    # on the window's part of the low resolution, then enlarged
-    r0, r1 = max(0, rows[0] - 3), min(h, rows[-1] + 4)
-    c0, c1 = max(0, cols[0] - 3), min(w, cols[-1] + 4)
-    grown_small = expand_labels(labels_small[r0:r1, c0:c1], distance=2) if factor > 1 else labels_small[r0:r1, c0:c1]
+    # grown by grow_small_px low-resolution pixels (at least a full-resolution block beyond the low-resolution
+    # edge) on the window's part of the low resolution, one pixel wider than the growth, then enlarged
+    grow = int(params.grow_small_px)
+    r0, r1 = max(0, rows[0] - grow - 1), min(h, rows[-1] + grow + 2)
+    c0, c1 = max(0, cols[0] - grow - 1), min(w, cols[-1] + grow + 2)
+    grown_small = expand_labels(labels_small[r0:r1, c0:c1], distance=grow) if factor > 1 else labels_small[r0:r1, c0:c1]
     grown = grown_small[np.clip(rows, r0, r1 - 1)[:, None] - r0, np.clip(cols, c0, c1 - 1)[None, :] - c0]
     # (rows and columns of the partial edge blocks, left out of the low resolution, take the last block's label)
-    score = gaussian(tissue_score(od), config.smoothing_um / pixel_size_um)
-    threshold = float(config.tissue_min_od if tissue_od is None else tissue_od)
-    mask = _half_maximum_edges(score, threshold, band_px=max(1, round(config.edge_band_um / pixel_size_um)))
+    score = gaussian(tissue_score(od), params.smoothing_um / pixel_size_um)
+    threshold = float(params.tissue_min_od if tissue_od is None else tissue_od)
+    mask = _half_maximum_edges(score, threshold, band_px=max(1, round(params.edge_band_um / pixel_size_um)))
     mask &= grown == pellet
     # background reaching a side of the window inside the image continues beyond it: never a hole
     rows_total, cols_total = labels_small.shape[0] * factor, labels_small.shape[1] * factor
     open_sides = (window[0].start > 0, window[0].stop < rows_total, window[1].start > 0, window[1].stop < cols_total)
-    max_hole_px = int(config.fill_holes_max_um2 / pixel_size_um**2)
+    max_hole_px = int(params.fill_holes_max_um2 / pixel_size_um**2)
     mask = fill_enclosed_holes(mask, max_area_px=max_hole_px, open_sides=open_sides)
-    radius = outline_radius_px(pixel_size_um=pixel_size_um, config=config)
+    radius = outline_radius_px(pixel_size_um=pixel_size_um, params=params)
     if radius < 1:
         return mask
     # the smoothing bridges clefts of background, never into another pellet's region

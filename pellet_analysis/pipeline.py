@@ -74,7 +74,7 @@ def analyze_image(rgb, *, pixel_size_um: float, config: RunConfig, stains: Stain
     if not pixel_size_um or pixel_size_um <= 0:
         raise ValueError("pixel_size_um must be > 0")
     check_section(rgb)
-    stains = stains or configured_stains(config.stains)
+    stains = stains or configured_stains(config.stains.params())
     t = {}
     t0 = time.perf_counter()
     plan = plan_image(rgb, pixel_size_um=pixel_size_um, config=config)

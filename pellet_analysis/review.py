@@ -276,18 +276,19 @@ def requantify(run_dir, image: str, pellet_ids=None, *, config: RunConfig | None
     ids = sorted(int(k) for k in boxes) if pellet_ids is None else [int(p) for p in pellet_ids if str(int(p)) in boxes]
     corrected = any(label_path(run_dir, image, kind, corrected=True).is_file() for kind in LABEL_DTYPES)
     # the white point and vectors the image was analysed with (recorded in run.json)
-    stains = StainSet.from_dict(meta.stains) if meta.stains else configured_stains(config.stains)
+    stains = StainSet.from_dict(meta.stains) if meta.stains else configured_stains(config.stains.params())
     background = meta.background
     if "coefficients" in background or (background and background.get("source") != "flat-field"):
         illumination = Illumination.from_dict(background)
     else:  # a run from before the surface was recorded
         rgb = read_image(meta.path)[0] if rgb is None else rgb
-        illumination = estimate_illumination(rgb, pixel_size_um=px, stains=config.stains, pellets=config.pellets)
+        illumination = estimate_illumination(rgb, pixel_size_um=px, stains=config.stains.params(), pellets=config.pellets.params())
     # the stain concentration is computed on the box grown by the filters' reach, so its values
     # inside the box are those of the pipeline
     margin = pixel_maps_depth_px(pixel_size_um=px, classify=config.classify, nuclei=config.nuclei, iron=config.iron)
     if rgb is None and not meta.whole_slide and len(ids) > 1:
         rgb = read_image(meta.path)[0]  # read once for all its pellets; a whole slide is read window by window
+    bern = config.bern.params()
     out = []
     for pid in ids:
         r0, r1, c0, c1 = boxes[str(pid)]
@@ -312,7 +313,7 @@ def requantify(run_dir, image: str, pellet_ids=None, *, config: RunConfig | None
         row["centroid_row_px"] += box[0].start
         row["centroid_col_px"] += box[1].start
         row["touches_border"] = touches_border(box, shape)
-        out.append({**row, **bern_scores(row, config.bern), "corrected": corrected})
+        out.append({**row, **bern_scores(row, bern), "corrected": corrected})
     return out
 
 

@@ -240,19 +240,21 @@ def nucleus_sizes_px(
     smoothing_px: float = 1.5,
     min_solidity: float = 0.9,
     tissue_min_od: float = 0.05,
+    min_area_px: int = 12,
+    opening_px: int = 3,
 ) -> NucleusSizes | None:
     """The objects of an image that look like single whole nuclei, for its pixel size.
 
     Nuclei are the pixels above Otsu's threshold of the nuclear stain (the
     least-absorbed channel's OD for stain sets with iron, whose nuclear stain
     is near-neutral), taken within the tissue for a section on glass
-    (without it, on two Alcian-blue valve sections mostly glass, the
-    threshold fell between glass and tissue and left 9 and 20 nuclei); their
-    connected objects, opened by a 3 x 3 square,
+    (on a section that is mostly glass, a threshold over the whole image
+    falls between glass and tissue and leaves only a few nuclei); their
+    connected objects, opened by an ``opening_px`` square,
     that look like one whole nucleus (:func:`single_nucleus_areas_px`) are
     kept. Only the central ``max_side_px`` square is looked at. Many small
-    dark specks pull the plain median down: iron granules in labeled AB/VG
-    pellets at 0.25 µm per pixel made the estimate 0.33 µm.
+    dark specks pull the plain median down: the iron granules of labeled
+    AB/VG pellets at 0.25 µm per pixel would make it 0.33 µm.
 
     Parameters
     ----------
@@ -266,19 +268,25 @@ def nucleus_sizes_px(
         Gaussian sigma applied to a deconvolved nuclear stain (not to the
         darkness of near-neutral stains with iron, whose specks must stay
         apart): on synthetic H&E tiles packed with pale vesicular nuclei the
-        raw stain gave estimates up to 4 times too large, smoothed within 2
-        times and mostly within 25 %.
+        raw stain breaks a nucleus into specks and gives estimates up to 4
+        times too large; smoothed, within 2 times and mostly within 25 %.
     min_solidity : float, keyword-only
         Stain sets without iron: only objects at least
         this convex count (one whole nucleus, not a clump), and their
         area-weighted median gives the diameter, so specks of chromatin and
-        stroma, however many, do not pull it down. On 20 synthetic H&E tiles
-        the plain median gave 1.19-4.07 times the true pixel size, this
+        stroma, however many, do not pull it down: on 20 synthetic H&E tiles
+        the plain median is 1.19-4.07 times the true pixel size, this
         1.13-1.36 times.
     tissue_min_od : float, keyword-only
         On glass, only pixels whose largest channel OD is above this are
         tissue (``pellets.tissue_min_od``); Otsu's threshold is taken among
         them (not for stain sets with iron, whose darkness is 0 on glass).
+    min_area_px : int, keyword-only
+        Smaller objects are specks, not nuclei, at any pixel size the
+        estimate can return.
+    opening_px : int, keyword-only
+        Side of the square that opens the nuclei mask: detaches nuclei
+        touching by a pixel and drops single-pixel specks.
 
     Returns
     -------
@@ -309,17 +317,17 @@ def nucleus_sizes_px(
         # a section on glass: the nuclei against the rest of the tissue, else the threshold falls between glass and tissue
         counted = np.maximum(np.maximum(od[..., 0], od[..., 1]), od[..., 2]) > tissue_min_od
     mask = (signal > threshold_otsu(signal[counted] if counted.sum() > 16 else signal)).astype(np.uint8)
-    mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
+    mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, np.ones((opening_px, opening_px), np.uint8))
     mask = ndi.binary_fill_holes(mask).astype(np.uint8)  # vesicular nuclei: a dark membrane round a pale interior
     if "iron" not in stains.roles:
-        solid = dict(min_area_px=12, min_solidity=min_solidity, min_median_fraction=0.0)
+        solid = dict(min_area_px=min_area_px, min_solidity=min_solidity, min_median_fraction=0.0)
         areas, lengths = single_nucleus_sizes_px(mask, **solid)
         if areas.size < min_nuclei:
             areas, lengths = single_nucleus_sizes_px(mask, **solid, include_edge=True)
         return NucleusSizes(areas, weighted=True, lengths_px=lengths)
-    areas, lengths = single_nucleus_sizes_px(mask, min_area_px=12)
+    areas, lengths = single_nucleus_sizes_px(mask, min_area_px=min_area_px)
     if areas.size < min_nuclei:  # a small tile: nuclei cut by its edge count too (smaller, but far nearer than none)
-        areas, lengths = single_nucleus_sizes_px(mask, min_area_px=12, include_edge=True)
+        areas, lengths = single_nucleus_sizes_px(mask, min_area_px=min_area_px, include_edge=True)
     return NucleusSizes(areas, weighted=False, lengths_px=lengths)
 
 

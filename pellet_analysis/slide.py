@@ -95,12 +95,13 @@ def plan_slide(small_rgb, shape, dtype, *, factor: int, pixel_size_um: float, co
     """
     px_small = float(pixel_size_um) * factor
     small_rgb = np.asarray(small_rgb, dtype=np.float32)
-    illumination = illumination_from_small(small_rgb, np.dtype(dtype), pixel_size_um=px_small, stains=config.stains, pellets=config.pellets)
-    score = small_tissue_score(small_rgb, illumination, pixel_size_um=px_small, config=config.pellets)
-    tissue_od = tissue_threshold_od(score, config=config.pellets)
-    labels = pellet_topology(small_rgb, illumination, pixel_size_um=px_small, config=config.pellets, tissue_od=tissue_od, score=score)
+    pellets = config.pellets.params()
+    illumination = illumination_from_small(small_rgb, np.dtype(dtype), pixel_size_um=px_small, stains=config.stains.params(), pellets=pellets)
+    score = small_tissue_score(small_rgb, illumination, pixel_size_um=px_small, params=pellets)
+    tissue_od = tissue_threshold_od(score, params=pellets)
+    labels = pellet_topology(small_rgb, illumination, pixel_size_um=px_small, params=pellets, tissue_od=tissue_od, score=score)
     depth = pixel_maps_depth_px(pixel_size_um=pixel_size_um, classify=config.classify, nuclei=config.nuclei, iron=config.iron)
-    margin = pellet_margin_px(pixel_size_um=pixel_size_um, factor=factor, config=config.pellets, extra_px=depth)
+    margin = pellet_margin_px(pixel_size_um=pixel_size_um, factor=factor, params=pellets, extra_px=depth)
     return SlidePlan(
         shape=tuple(int(n) for n in shape[:2]),
         dtype=np.dtype(dtype),
@@ -172,15 +173,16 @@ def classify_pellet_window(
     """
     window = plan.windows[index - 1]
     px = plan.pixel_size_um
+    pellets = config.pellets.params()
     od = plan.illumination.od(np.asarray(rgb_window), plan.shape, window)
     del rgb_window
     if plan.full_frame:
         inside = np.ones(od.shape[:2], bool)
     else:
-        inside = refine_pellet(od, plan.labels_small, index, window, plan.factor, pixel_size_um=px, config=config.pellets, tissue_od=plan.tissue_od)
-        if inside.sum() * px**2 < config.pellets.min_pellet_area_um2:
+        inside = refine_pellet(od, plan.labels_small, index, window, plan.factor, pixel_size_um=px, params=pellets, tissue_od=plan.tissue_od)
+        if inside.sum() * px**2 < pellets.min_pellet_area_um2:
             return None
-    stains, stains_info = choose_stains(od, inside, stains, config.stains, pixel_size_um=px, names=deconvolution_stains(stains))
+    stains, stains_info = choose_stains(od, inside, stains, config.stains.params(), pixel_size_um=px, names=deconvolution_stains(stains))
     if stains_info["source"] != "preset":
         stains_info = {**stains_info, "vectors": {name: [round(float(v), 5) for v in stains.vector(name)] for name in stains.stains}}
     tile_px = config.tile_px if config.tile_px and max(inside.shape) > config.tile_px else None
@@ -199,7 +201,7 @@ def classify_pellet_window(
             # the contrast of the granules the detector kept (colour and form tests passed), not of every dark spot:
             # a control's rim nucleus that those tests reject must not raise the batch's threshold
             granules = np.where(result.classes == CLASS_CODES["iron"], maps[box][..., 3], np.float32(0))
-            levels = cell_iron_levels(granules, inside_box, result.nuclei * inside_box, pixel_size_um=px, iron=config.iron)
+            levels = cell_iron_levels(granules, inside_box, result.nuclei * inside_box, pixel_size_um=px, iron=config.iron.params())
     del maps
     in_image = tuple(slice(w.start + b.start, w.start + b.stop) for w, b in zip(window, box))
     border = touches_border(_grown_box(inside, by=0, offset=(window[0].start, window[1].start)), plan.shape)
@@ -221,7 +223,7 @@ def measure_pellet_classes(part: PelletClasses, *, pixel_size_um: float, config:
     )
     row["centroid_row_px"] += part.box[0].start
     row["centroid_col_px"] += part.box[1].start
-    return {**row, **bern_scores(row, config.bern), "touches_border": part.touches_border}
+    return {**row, **bern_scores(row, config.bern.params()), "touches_border": part.touches_border}
 
 
 def analyze_pellet(rgb_window, plan: SlidePlan, index: int, *, config: RunConfig, stains: StainSet) -> PelletPiece | None:

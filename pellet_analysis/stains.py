@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from .params import StainParams
+
 __all__ = [
     "StainSet",
     "PRESETS",
@@ -755,10 +757,10 @@ def angles_deg(a, b) -> np.ndarray:
     return np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
 
 
-def configured_stains(config) -> StainSet:
-    """The preset named in a :class:`~pellet_analysis.config.StainConfig` with its ``vectors`` overrides applied."""
-    preset = get_preset(config.preset)
-    return preset.with_overrides(config.vectors) if config.vectors else preset
+def configured_stains(params: StainParams) -> StainSet:
+    """The preset named in ``params.preset`` with its ``vectors`` overrides applied."""
+    preset = get_preset(params.preset)
+    return preset.with_overrides(params.vectors) if params.vectors else preset
 
 
 #: Largest condition number of an estimated (completed) stain matrix; the presets have 2.8-5.5.
@@ -771,21 +773,21 @@ STAINED_MIN_OD = 0.15
 MATRIX_ROLES = frozenset({"iron", "proteoglycan", "collagen"})
 
 
-def estimate_mode(stains: StainSet, config) -> str:
-    """``config.estimate`` resolved: unset, "auto" for a stain set without a matrix stain and no vectors given, else "off"."""
-    if config.estimate is not None:
-        return config.estimate
-    return "off" if config.vectors or MATRIX_ROLES & set(stains.roles) else "auto"
+def estimate_mode(stains: StainSet, params: StainParams) -> str:
+    """``params.estimate`` resolved: unset, "auto" for a stain set without a matrix stain and no vectors given, else "off"."""
+    if params.estimate is not None:
+        return params.estimate
+    return "off" if params.vectors or MATRIX_ROLES & set(stains.roles) else "auto"
 
 
-def choose_stains(od, mask, preset: StainSet, config, *, pixel_size_um: float, names=None, max_pixels: int = 20000, seed: int = 0):
+def choose_stains(od, mask, preset: StainSet, params: StainParams, *, pixel_size_um: float, names=None, max_pixels: int = 20000, seed: int = 0):
     """Stain vectors estimated from an image's own (pellet) pixels, or the preset when implausible.
 
     Two-stain sets are estimated with :func:`estimate_stains_macenko`, larger
     ones with :func:`estimate_stains_nmf` started from the preset, refining
     only ``names`` and keeping the other stains fixed. The estimate is used
     only when enough pixels are stained, every refined vector lies within
-    ``config.estimate_max_angle_deg`` of its preset vector and the completed
+    ``params.estimate_max_angle_deg`` of its preset vector and the completed
     matrix is well conditioned; otherwise the preset is returned.
 
     Parameters
@@ -796,7 +798,7 @@ def choose_stains(od, mask, preset: StainSet, config, *, pixel_size_um: float, n
         Pixels to learn from (the pellets).
     preset : StainSet
         Stains as configured (preset with any user vectors).
-    config : StainConfig
+    params : StainParams
         ``estimate`` ("off" or "auto"), ``estimate_max_angle_deg``,
         ``estimate_min_stained_um2``.
     pixel_size_um : float, keyword-only
@@ -815,13 +817,13 @@ def choose_stains(od, mask, preset: StainSet, config, *, pixel_size_um: float, n
         preset, when estimated) and ``n_stained_px``.
     """
     names = list(names) if names is not None else list(preset.stains[:3])
-    if estimate_mode(preset, config) == "off":
+    if estimate_mode(preset, params) == "off":
         return preset, {"source": "preset", "reason": "stains.estimate is off"}
     pixels = np.asarray(od).reshape(-1, 3)[np.flatnonzero(np.asarray(mask, bool).reshape(-1))]
     pixels = pixels[np.linalg.norm(pixels, axis=1) > STAINED_MIN_OD]
     info = {"n_stained_px": int(len(pixels))}
     stained_um2 = len(pixels) * pixel_size_um**2
-    if stained_um2 < config.estimate_min_stained_um2:
+    if stained_um2 < params.estimate_min_stained_um2:
         return preset, {**info, "source": "preset", "reason": f"only {stained_um2:.0f} µm² stained (< stains.estimate_min_stained_um2)"}
     if len(pixels) > max_pixels:
         pixels = pixels[np.sort(np.random.default_rng(seed).choice(len(pixels), max_pixels, replace=False))]
@@ -843,7 +845,7 @@ def choose_stains(od, mask, preset: StainSet, config, *, pixel_size_um: float, n
     angles = angles_deg(vectors[rows], preset.vectors[rows])
     info["angles_deg"] = {n: round(float(a), 2) for n, a in zip(names, angles)}
     worst = int(np.argmax(angles))
-    if angles[worst] > config.estimate_max_angle_deg:
+    if angles[worst] > params.estimate_max_angle_deg:
         reason = f"{names[worst]} estimated {angles[worst]:.1f}° from the preset (> stains.estimate_max_angle_deg)"
         return preset, {**info, "source": "preset", "reason": reason}
     try:
@@ -852,4 +854,4 @@ def choose_stains(od, mask, preset: StainSet, config, *, pixel_size_um: float, n
         condition = np.inf
     if condition > MAX_CONDITION:
         return preset, {**info, "source": "preset", "reason": f"estimated matrix ill-conditioned (condition number {condition:.3g})"}
-    return preset.with_vectors(vectors), {**info, "source": source, "reason": f"plausible: within {config.estimate_max_angle_deg:g}° of the preset"}
+    return preset.with_vectors(vectors), {**info, "source": source, "reason": f"plausible: within {params.estimate_max_angle_deg:g}° of the preset"}

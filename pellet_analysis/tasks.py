@@ -164,7 +164,7 @@ def plan_task(job: ImageJob, config: RunConfig, output_dir, config_hash: str) ->
     if warning:
         warnings.append(warning)
     return PlannedImage(
-        job, plan, meta, source, tuple(warnings), configured_stains(config.stains), str(output_dir), pixels, config_hash, started_wall, timings
+        job, plan, meta, source, tuple(warnings), configured_stains(config.stains.params()), str(output_dir), pixels, config_hash, started_wall, timings
     )
 
 
@@ -457,7 +457,7 @@ def nucleus_sizes_task(path, config: RunConfig) -> NucleiSurvey:
         problem = section_problem(rgb)
         if problem is not None:
             return NucleiSurvey(True, problem)
-        return NucleiSurvey(True, None, nucleus_sizes_px(rgb, configured_stains(config.stains), tissue_min_od=config.pellets.tissue_min_od))
+        return NucleiSurvey(True, None, nucleus_sizes_px(rgb, configured_stains(config.stains.params()), tissue_min_od=config.pellets.tissue_min_od))
     except Exception:  # whatever it is, the image's plan meets it again and reports it as the image's failure
         return NucleiSurvey()
 

@@ -317,7 +317,7 @@ def validate_real(folder, *, stains: str = "he", use_pixel_size: bool = True, co
             given[path.stem] = (file_px, "file")
     unknown = [path.stem for path, _ in pairs if path.stem not in given]
     if unknown:
-        stain_set = configured_stains(config.stains)
+        stain_set = configured_stains(config.stains.params())
         choices = pixel_size_choices({stem: nucleus_sizes_px(images[stem][0], stain_set, tissue_min_od=config.pellets.tissue_min_od) for stem in unknown}, config)
         for stem in unknown:
             px = choices[stem].pixel_size_um

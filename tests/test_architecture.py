@@ -12,7 +12,9 @@ and no module imports another in a loop):
 7. the library's entry points and validation
 8. the command line
 
-An import inside ``if TYPE_CHECKING:`` is a type hint, not a dependency, and is left out.
+An import inside ``if TYPE_CHECKING:`` is a type hint, not a dependency, and is left out of the
+layering; an array module imports no config module even so (its functions take the frozen
+parameter objects of ``pellet_analysis.params``).
 """
 
 import ast
@@ -30,7 +32,7 @@ GUI = {"napari", "qtpy", "PyQt5", "PyQt6", "PySide2", "PySide6", "magicgui", "na
 
 ARRAY = {
     "labels", "filters", "morphology", "stains", "classify", "pellets", "bern", "scale", "metrics", "measure",
-    "calibrate", "gates", "geojson", "overlay", "metadata",
+    "calibrate", "gates", "geojson", "overlay", "metadata", "params",
 }
 LAYERS = [
     ARRAY,
@@ -49,9 +51,9 @@ NOT_IN_ARRAY_MODULES = {
     for m in ("config", "io", "workers", "pipeline", "batch", "tasks", "scheduling", "bookkeeping", "records", "review", "iron_calibration", "cli")
 } | {"tifffile", "pathlib", "imageio", "PIL", "zarr", "yaml", "pydantic", "pandas", "distributed", "dask.distributed", "dask.multiprocessing"}
 
-#: Array modules that still import the config at run time, and why. Issue 20, part 5: classify.py
-#: builds an IronConfig() as the default of pixel_maps' ``iron`` until the array functions take
-#: small frozen parameter objects built from the config.
+#: The one array module that still imports the config, and why: classify.py takes the config sections
+#: themselves and builds an IronConfig() as the default of pixel_maps' ``iron``; it is the last array
+#: module to move to the frozen parameter objects of pellet_analysis.params (issue 20, part 5).
 ALLOWED = {("classify", f"{PACKAGE}.config")}
 
 
@@ -163,6 +165,18 @@ def test_array_modules_import_no_config_io_or_scheduling_module():
         for name in imported:
             if any(name == bad or name.startswith(bad + ".") for bad in NOT_IN_ARRAY_MODULES) and (module, name) not in ALLOWED:
                 offenders.append(f"{module}: {name}")
+    assert offenders == []
+
+
+def test_array_modules_name_no_config_even_as_a_type_hint():
+    """Their parameters are the frozen objects of ``params``, not the pydantic sections, in code and in hints."""
+    offenders = []
+    for path in sorted(ROOT.glob("*.py")):
+        if path.stem not in ARRAY or (path.stem, f"{PACKAGE}.config") in ALLOWED:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and _resolve(path.stem, node.module, node.level) == f"{PACKAGE}.config":
+                offenders.append(path.stem)
     assert offenders == []
 
 

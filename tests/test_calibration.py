@@ -24,7 +24,7 @@ BATCH = [("unlabeled", 28, 40, ".tif"), ("unlabeled", 14, 41, ".tif"), ("labeled
 
 
 def test_a_cell_is_positive_below_its_level_and_not_at_or_above_it():
-    iron = IronConfig(cell_distance_um=5.0, nucleus_gap_um=1.0)
+    iron = IronConfig(cell_distance_um=5.0, nucleus_gap_um=1.0).params()
     shape = (80, 80)
     nuclei = np.zeros(shape, np.uint32)
     cv2.circle(nuclei, (20, 40), 4, 1, -1)  # nucleus 1, centre row 40 col 20

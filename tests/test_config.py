@@ -73,3 +73,21 @@ def test_config_reference_in_docs_is_current():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     assert (ROOT / "docs" / "config.md").read_text(encoding="utf-8") == module.render()
+
+
+def test_every_section_gives_its_frozen_parameters_under_the_same_names():
+    import dataclasses
+
+    from pellet_analysis.config import RunConfig
+
+    config = RunConfig(pellets={"tissue_min_od": 0.07}, iron={"control_conditions": ["none", "unlabeled"]})
+    for name in ("stains", "pellets", "classify", "nuclei", "iron", "bern"):
+        section = getattr(config, name)
+        params = section.params()
+        for field in type(section).model_fields:
+            value = getattr(section, field)
+            assert getattr(params, field) == (tuple(value) if isinstance(value, list) else value), (name, field)
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            params.__setattr__(next(iter(type(section).model_fields)), None)
+    assert config.pellets.params().tissue_min_od == 0.07
+    assert config.iron.params().control_conditions == ("none", "unlabeled")

@@ -82,7 +82,7 @@ def test_monuseg_nuclei_f1_and_pixel_size_estimated_by_the_tool():
 
 @pytest.mark.skipif(not all((REAL_IMAGES / v).is_file() for v in VALVES), reason="the valve images are not in ../shared")
 def test_valve_pixel_sizes_estimated_from_the_nuclei_within_15_percent():
-    stains = configured_stains(RunConfig(stains={"preset": "alcian-nfr"}).stains)
+    stains = configured_stains(RunConfig(stains={"preset": "alcian-nfr"}).stains.params())
     sizes = {name: nucleus_sizes_px(read_image(REAL_IMAGES / name)[0], stains) for name in VALVES}
     for name, choice in pool_pixel_sizes_um(sizes).items():
         assert choice.source == "estimated from nuclei", (name, choice)

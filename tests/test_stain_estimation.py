@@ -8,7 +8,7 @@ from pellet_analysis.labels import CLASS_CODES
 from pellet_analysis.stains import PRESETS, angles_deg, choose_stains, od_to_rgb, rgb_to_od
 from pellet_analysis.synthetic import jitter_stains, make_section
 
-AUTO = StainConfig(estimate="auto")
+AUTO = StainConfig(estimate="auto").params()
 
 
 @pytest.fixture(scope="module")
@@ -71,19 +71,19 @@ def test_falls_back_to_the_preset_on_a_single_stain_image(section):
 
 def test_estimation_off_keeps_the_configured_vectors(section):
     preset = PRESETS["alcian-nfr"]
-    chosen, info = choose_stains(np.zeros((4, 4, 3), np.float32), np.ones((4, 4), bool), preset, StainConfig(), pixel_size_um=1.0)
+    chosen, info = choose_stains(np.zeros((4, 4, 3), np.float32), np.ones((4, 4), bool), preset, StainConfig().params(), pixel_size_um=1.0)
     assert chosen is preset and info == {"source": "preset", "reason": "stains.estimate is off"}
 
 
 def test_estimation_is_on_by_default_only_for_sets_without_a_matrix_stain():
     from pellet_analysis.stains import estimate_mode, get_preset
 
-    default = StainConfig()
+    default = StainConfig().params()
     assert estimate_mode(get_preset("he"), default) == estimate_mode(get_preset("h-dab"), default) == "auto"
     assert estimate_mode(get_preset("ab-vg"), default) == estimate_mode(get_preset("safranin-o"), default) == "off"
-    assert estimate_mode(get_preset("he"), StainConfig(preset="he", vectors={"hematoxylin": (0.65, 0.70, 0.29)})) == "off"  # a lab's own vectors stand
-    assert estimate_mode(get_preset("he"), StainConfig(estimate="off")) == "off"
-    assert estimate_mode(get_preset("ab-vg"), StainConfig(estimate="auto")) == "auto"
+    assert estimate_mode(get_preset("he"), StainConfig(preset="he", vectors={"hematoxylin": (0.65, 0.70, 0.29)}).params()) == "off"  # a lab's own vectors stand
+    assert estimate_mode(get_preset("he"), StainConfig(estimate="off").params()) == "off"
+    assert estimate_mode(get_preset("ab-vg"), StainConfig(estimate="auto").params()) == "auto"
 
 
 def test_he_run_by_default_takes_a_drifted_tiles_own_vectors(tmp_path):

@@ -254,7 +254,7 @@ def test_aggregate_pellet_section_donor_with_exclusions():
 
 
 def test_bern_categories_by_hand():
-    cfg = BernConfig()
+    cfg = BernConfig().params()
     good = {"proteoglycan_area_fraction": 0.6, "proteoglycan_mean_od": 0.6, "proteoglycan_od_sd": 0.1,
             "nuclei_nn_distance_um": 18.0, "nuclei_roundness": 0.8, "nuclei_count": 100}
     assert bern_scores(good, cfg) == {"bern_stain": 3, "bern_matrix": 3, "bern_morphology": 3, "bern_score": 9}

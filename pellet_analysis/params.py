@@ -1,0 +1,147 @@
+"""The frozen parameter objects the array functions take.
+
+Each class holds one config section's values under the same attribute names
+(:class:`~pellet_analysis.config.PelletConfig` -> :class:`PelletParams`, ...),
+built once per image or pellet by the section's ``params()`` method, plus the
+tuning values a user does not set, named here with their units. The array
+modules read ``params.<name>`` and import no config, so they run on plain
+values, in a worker process or a script, without pydantic.
+
+A field without a default mirrors a config field (``params()`` fails when a
+config section gains a field its class lacks); a field with a default is a
+tuning value of the algorithm, documented where it is defined.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+__all__ = ["StainParams", "PelletParams", "ClassifyParams", "NucleiParams", "IronParams", "BernParams"]
+
+
+@dataclass(frozen=True)
+class StainParams:
+    """The stain model: :class:`~pellet_analysis.config.StainConfig`'s fields."""
+
+    preset: str
+    background_rgb: Optional[tuple]
+    flat_field: bool
+    vectors: Optional[dict]
+    estimate: Optional[str]
+    estimate_max_angle_deg: float
+    estimate_min_stained_um2: float
+
+
+@dataclass(frozen=True)
+class PelletParams:
+    """Finding pellet sections: :class:`~pellet_analysis.config.PelletConfig`'s fields and the tuning values below.
+
+    Attributes
+    ----------
+    illumination_tissue_fraction : float
+        Fraction (0-1) of ``tissue_min_od`` above which a pixel of the
+        low-resolution copy, smoothed, is left out of the white point: lower
+        than the tissue threshold, so the pale edge of a section does not
+        darken the glass.
+    illumination_dilation_px : int
+        Low-resolution pixels by which that tissue mask is grown before the
+        white point is taken, so the blurred rim of tissue stays out too.
+    white_percentile_full_frame : float
+        Percentile (0-100) of the pale pixels taken as white when tissue
+        nearly fills the frame and no surface can be fitted.
+    topology_opening_um : float
+        Radius (µm) of the opening that detaches pellets joined by a thread
+        of tissue on the low-resolution copy (at least one pixel).
+    grow_small_px : int
+        Low-resolution pixels by which a pellet is grown before its edge is
+        refined at full resolution: room for the edge to move outward.
+    window_slack_px : int
+        Full-resolution pixels added to a pellet window's margin beyond one
+        low-resolution block and the filters' reach: the rounding of the
+        block edges and of the kernel radii.
+    """
+
+    min_pellet_area_um2: float
+    tissue_min_od: float
+    tissue_fraction: float
+    tissue_floor_od: float
+    outline_smoothing_um: float
+    smoothing_um: float
+    edge_band_um: float
+    rim_width_um: float
+    fill_holes_max_um2: float
+    full_frame_min_border_fraction: float
+    max_working_px: int
+    illumination_tissue_fraction: float = 0.7
+    illumination_dilation_px: int = 3
+    white_percentile_full_frame: float = 90.0
+    topology_opening_um: float = 2.0
+    grow_small_px: int = 2
+    window_slack_px: int = 3
+
+
+@dataclass(frozen=True)
+class ClassifyParams:
+    """Per-pixel classification: :class:`~pellet_analysis.config.ClassifyConfig`'s fields."""
+
+    proteoglycan_min_od: float
+    collagen_min_od: float
+    smoothing_um: float
+
+
+@dataclass(frozen=True)
+class NucleiParams:
+    """Nucleus detection: :class:`~pellet_analysis.config.NucleiConfig`'s fields."""
+
+    min_diameter_um: float
+    max_diameter_um: float
+    typical_diameter_um: float
+    dark_min_od: float
+    dark_otsu_fraction: float
+    dark_outline_fraction: float
+    dark_pale_fraction: float
+    dark_pale_sigma_um: float
+    dark_pale_gap_um: float
+    dark_pale_min_solidity: float
+    dark_pale_max_granule_fraction: float
+    dark_pale_matrix_tolerance: float
+    relative_min_od: float
+    stain_otsu_fraction: float
+    stain_otsu_floor_od: float
+    stain_pale_fraction: float
+    stain_pale_min_solidity: float
+    stain_min_od: float
+    stain_seed_sigma_um: float
+    stain_seed_h: float
+    stain_outline_fraction: float
+    stain_merge_min_solidity: float
+    stain_merge_max_diameter_um: float
+
+
+@dataclass(frozen=True)
+class IronParams:
+    """Iron granules and their calibration: :class:`~pellet_analysis.config.IronConfig`'s fields."""
+
+    min_od: float
+    granule_min_od: float
+    min_blue_green_ratio: float
+    min_red_blue_ratio: float
+    colour_margin_deg: float | None
+    max_granule_diameter_um: float
+    nucleus_gap_um: float
+    cell_distance_um: float
+    calibrate: str
+    control_conditions: tuple
+    calibrate_max_positive_fraction: float
+
+
+@dataclass(frozen=True)
+class BernParams:
+    """Thresholds of the Bern-like score: :class:`~pellet_analysis.config.BernConfig`'s fields."""
+
+    stain_fraction_thresholds: tuple
+    stain_weak_od: float
+    stain_max_cv: float
+    matrix_nn_distance_um_thresholds: tuple
+    morphology_roundness_thresholds: tuple
