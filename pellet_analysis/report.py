@@ -18,7 +18,6 @@ import hashlib
 import json
 import re
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -197,8 +196,8 @@ def _efficiency_section(efficiency: pd.DataFrame) -> dict:
 def _automatic_table(run_dir: Path, table: pd.DataFrame) -> pd.DataFrame:
     """The pellet table as the pipeline measured it: no corrected labels, no exclusions.
 
-    Images with corrected labels are measured again from a view of the run
-    folder holding only the automatic label files (links, nothing copied).
+    Images with corrected labels are measured again from their automatic label
+    files (:func:`~pellet_analysis.review.requantify` with ``automatic=True``).
     """
     automatic = table.copy()
     automatic["excluded"] = False
@@ -208,24 +207,17 @@ def _automatic_table(run_dir: Path, table: pd.DataFrame) -> pd.DataFrame:
     corrected = [im for im in corrected if im in set(table["image"].astype(str))]
     if not corrected:
         return automatic
-    with tempfile.TemporaryDirectory() as tmp:
-        view = Path(tmp)
-        (view / "run.json").symlink_to((run_dir / "run.json").resolve())
-        (view / "labels").mkdir()
-        for path in labels.iterdir():
-            if ".corrected." not in path.name:
-                (view / "labels" / path.name).symlink_to(path.resolve())
-        for image in corrected:
-            try:
-                rows = requantify(view, image)
-            except Exception:  # a moved input leaves the automatic values as the table has them
-                continue
-            for row in rows:
-                mask = (automatic["image"] == image) & (automatic["pellet_id"] == row["pellet_id"])
-                for key, value in row.items():
-                    if key in automatic.columns and key not in ("pellet_id", "corrected"):
-                        automatic.loc[mask, key] = value
-                automatic.loc[mask, "corrected"] = False
+    for image in corrected:
+        try:
+            rows = requantify(run_dir, image, automatic=True)
+        except Exception:  # a moved input leaves the automatic values as the table has them
+            continue
+        for row in rows:
+            mask = (automatic["image"] == image) & (automatic["pellet_id"] == row["pellet_id"])
+            for key, value in row.items():
+                if key in automatic.columns and key not in ("pellet_id", "corrected"):
+                    automatic.loc[mask, key] = value
+            automatic.loc[mask, "corrected"] = False
     return automatic
 
 

@@ -245,7 +245,7 @@ def _finished_image(run_dir, image: str, run: dict | None = None) -> ImageSummar
     return meta
 
 
-def requantify(run_dir, image: str, pellet_ids=None, *, config: RunConfig | None = None, rgb=None) -> list[dict]:
+def requantify(run_dir, image: str, pellet_ids=None, *, config: RunConfig | None = None, rgb=None, automatic: bool = False) -> list[dict]:
     """Measure pellets again from the current (corrected where they exist) labels.
 
     Only the pellets' bounding box is read back into optical density, so a
@@ -261,6 +261,9 @@ def requantify(run_dir, image: str, pellet_ids=None, *, config: RunConfig | None
         Default: the run's own resolved config.
     rgb : ndarray, optional
         The input image, if already in memory.
+    automatic : bool, optional
+        Measure the pipeline's own labels, ignoring the reviewer's corrections
+        (the report sets the two side by side).
 
     Returns
     -------
@@ -272,9 +275,9 @@ def requantify(run_dir, image: str, pellet_ids=None, *, config: RunConfig | None
     meta = _finished_image(run_dir, image, run)
     shape = tuple(meta.shape[:2])
     px = float(meta.pixel_size_um)
-    boxes = _pellet_boxes(run_dir, image, meta)
+    boxes = _pellet_boxes(run_dir, image, meta, automatic=automatic)
     ids = sorted(int(k) for k in boxes) if pellet_ids is None else [int(p) for p in pellet_ids if str(int(p)) in boxes]
-    corrected = any(label_path(run_dir, image, kind, corrected=True).is_file() for kind in LABEL_DTYPES)
+    corrected = not automatic and any(label_path(run_dir, image, kind, corrected=True).is_file() for kind in LABEL_DTYPES)
     # the white point and vectors the image was analysed with (recorded in run.json)
     stains = StainSet.from_dict(meta.stains) if meta.stains else configured_stains(config.stains.params())
     background = meta.background
@@ -300,11 +303,11 @@ def requantify(run_dir, image: str, pellet_ids=None, *, config: RunConfig | None
         pg_od = None
         if "proteoglycan" in pellet_stains.roles:
             pg_od = pixel_maps(od, pellet_stains, pixel_size_um=px, classify=config.classify, nuclei=config.nuclei, granules=False)[inner][..., 1]
-        pellets = load_label_window(run_dir, image, "pellets", box)
+        pellets = load_label_window(run_dir, image, "pellets", box, automatic=automatic)
         (row,) = measure_pellets(
             np.where(pellets == pid, pid, 0),
-            load_label_window(run_dir, image, "classes", box),
-            load_label_window(run_dir, image, "nuclei", box),
+            load_label_window(run_dir, image, "classes", box, automatic=automatic),
+            load_label_window(run_dir, image, "nuclei", box, automatic=automatic),
             pixel_size_um=px,
             proteoglycan_od=pg_od,
             iron_cell_distance_um=config.iron.cell_distance_um,
@@ -329,10 +332,15 @@ def _pellet_stains(stains: StainSet, meta: ImageSummary, pellet_id: int) -> Stai
     return stains
 
 
-def _pellet_boxes(run_dir, image: str, meta: ImageSummary) -> dict:
+def _pellet_boxes(run_dir, image: str, meta: ImageSummary, *, automatic: bool = False) -> dict:
     """Pellet id (str) -> [r0, r1, c0, c1]: from run.json, or from the reviewer's corrected pellet labels."""
-    if meta.pellet_boxes and not label_path(run_dir, image, "pellets", corrected=True).is_file():
+    corrected = not automatic and label_path(run_dir, image, "pellets", corrected=True).is_file()
+    if meta.pellet_boxes and not corrected:
         return meta.pellet_boxes
+    if automatic:
+        import tifffile
+
+        return pellet_boxes(tifffile.imread(label_path(run_dir, image, "pellets")))
     return pellet_boxes(load_labels(run_dir, image, "pellets")[0])
 
 
@@ -343,10 +351,11 @@ def _rgb_window(meta: ImageSummary, window) -> np.ndarray:
     return read_image(meta.path)[0][window]
 
 
-def load_label_window(run_dir, image: str, kind: str, window) -> np.ndarray:
-    """The part of the current (corrected, else automatic) label image under ``window``."""
+def load_label_window(run_dir, image: str, kind: str, window, *, automatic: bool = False) -> np.ndarray:
+    """The part of the current (corrected, else automatic; ``automatic``: the automatic) label image under ``window``."""
     corrected = label_path(run_dir, image, kind, corrected=True)
-    return read_label_window(corrected if corrected.is_file() else label_path(run_dir, image, kind), window)
+    use_corrected = not automatic and corrected.is_file()
+    return read_label_window(corrected if use_corrected else label_path(run_dir, image, kind), window)
 
 
 def apply_review(table: pd.DataFrame, run_dir, *, config: RunConfig | None = None) -> pd.DataFrame:

@@ -77,6 +77,10 @@ def test_requantify_follows_the_painted_pixels(run):
     assert other["proteoglycan_area_fraction"] == pytest.approx(table[table.pellet_id == 2].proteoglycan_area_fraction.iloc[0])
     # same stain concentration as the whole-image pipeline
     assert other["proteoglycan_mean_od"] == pytest.approx(table[table.pellet_id == 2].proteoglycan_mean_od.iloc[0], rel=1e-4)
+    # the automatic measurement, as the report sets it beside the corrected one: the pipeline's own value
+    (auto,) = requantify(run_dir, image, [1], automatic=True)
+    assert auto["corrected"] is False
+    assert auto["proteoglycan_area_fraction"] == pytest.approx(old.proteoglycan_area_fraction, abs=1e-9)
 
 
 def test_exclusions_replay_and_need_a_reason(run):
