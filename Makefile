@@ -27,8 +27,11 @@ install-dev: $(VENV)/.installed-dev
 demo: $(VENV)/.installed
 	$(BIN)/pellet-analysis demo configs/default.yaml
 
-# figures drawn from the current demo, so README.md and docs/ cannot show numbers it no longer gives
-docs: $(VENV)/.installed-dev demo
+# figures drawn from a fresh demo (a demo of an older config would sit in outputs/demo), so README.md and
+# docs/ cannot show numbers it no longer gives
+docs: $(VENV)/.installed-dev
+	rm -rf outputs/demo
+	$(BIN)/pellet-analysis demo configs/default.yaml
 	$(BIN)/python docs/make_figure.py
 	$(BIN)/python docs/make_calibration_figure.py
 	bash docs/make_report_screenshot.sh
