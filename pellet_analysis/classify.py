@@ -23,7 +23,7 @@ from scipy import ndimage as ndi
 from skimage.filters import threshold_otsu
 from skimage.segmentation import watershed
 
-from .filters import smooth_channels
+from .filters import gaussian_radius_px, smooth_channels
 from .labels import CLASS_CODES
 from .morphology import expansion, DISTANCE_STEPS_PER_PX, quantised_distance, remove_small_objects, white_tophat_disk, binary_dilation_disk, binary_opening_disk, fill_holes, h_maxima, median_by_label
 from .params import ClassifyParams, IronParams, NucleiParams
@@ -625,23 +625,20 @@ class Thresholds:
     nucleus_colour: tuple = (0.0, 0.0, 0.0)
 
 
-def _gaussian_radius_px(sigma_px: float) -> int:
-    # OpenCV's float kernels span round(8 sigma + 1) | 1 taps; filters.gaussian skips sigma <= 0.3
-    return 0 if sigma_px <= 0.3 else (int(round(sigma_px * 8 + 1)) | 1) // 2
-
-
 def pixel_maps_depth_px(*, pixel_size_um: float, classify: ClassifyParams, nuclei: NucleiParams, iron: IronParams | None = None) -> int:
     """Overlap (px) that makes tiled :func:`pixel_maps` equal to the in-memory result.
 
     The sum of the supports of the filters: the fine Gaussian, the wider
     top-hat's erosion and dilation (nucleus or granule scale), and the
-    concentration smoothing.
+    concentration smoothing; the Gaussians' reach is
+    :func:`~pellet_analysis.filters.gaussian_radius_px`, the one definition
+    the pellet windows use too (at least OpenCV's kernel half-width).
     """
     px = float(pixel_size_um)
     radius = top_hat_radius_px(pixel_size_um=px, nuclei=nuclei)
     if iron is not None:
         radius = max(radius, granule_radius_px(pixel_size_um=px, iron=iron))
-    return _gaussian_radius_px(classify.fine_sigma_um / px) + 2 * radius + _gaussian_radius_px(classify.smoothing_um / px) + 1
+    return gaussian_radius_px(classify.fine_sigma_um / px) + 2 * radius + gaussian_radius_px(classify.smoothing_um / px) + 1
 
 
 def objects_depth_px(*, pixel_size_um: float, nuclei: NucleiParams, iron: IronParams) -> int:
