@@ -23,10 +23,10 @@ from scipy import ndimage as ndi
 from skimage.filters import threshold_otsu
 from skimage.segmentation import watershed
 
-from .config import ClassifyConfig, IronConfig, NucleiConfig
-from .filters import smooth_channels
+from .filters import gaussian_radius_px, smooth_channels
 from .labels import CLASS_CODES
 from .morphology import expansion, DISTANCE_STEPS_PER_PX, quantised_distance, remove_small_objects, white_tophat_disk, binary_dilation_disk, binary_opening_disk, fill_holes, h_maxima, median_by_label
+from .params import ClassifyParams, IronParams, NucleiParams
 from .stains import MATRIX_ROLES, StainSet, unmix
 
 __all__ = [
@@ -330,7 +330,7 @@ def _lone_convex_objects(candidates, taken, *, min_solidity: float, max_extent_p
 
 
 def _faint_weigert_nuclei(
-    spots, granule_map, inside, nuclear, thresholds, *, nuclei: NucleiConfig, pixel_size_um: float, min_radius_px: float, min_area_px: int, matrix=None
+    spots, granule_map, inside, nuclear, thresholds, *, nuclei: NucleiParams, pixel_size_um: float, min_radius_px: float, min_area_px: int, matrix=None
 ):
     """Faint nuclei of Weigert's darkness (ab-vg): lone, convex, nucleus-sized objects between a lower level and the nucleus threshold.
 
@@ -358,7 +358,7 @@ def _faint_weigert_nuclei(
     pale = _lone_convex_objects(pale, nuclear | granular, min_solidity=nuclei.dark_pale_min_solidity, max_extent_px=nuclei.max_diameter_um / px)
     if matrix is None or not pale.any():
         return pale
-    return _without_matrix_islands(pale, matrix, inside, ring_px=max(1, round(1.5 / px)), tolerance=nuclei.dark_pale_matrix_tolerance * thresholds.proteoglycan)
+    return _without_matrix_islands(pale, matrix, inside, ring_px=max(1, round(nuclei.dark_pale_ring_um / px)), tolerance=nuclei.dark_pale_matrix_tolerance * thresholds.proteoglycan)
 
 
 def _without_matrix_islands(objects, matrix, inside, *, ring_px: int, tolerance: float) -> np.ndarray:
@@ -504,7 +504,7 @@ def _granules(candidates, nuclear, contrast_map, *, gap_px: int, max_area_px: fl
     return keep[labels]
 
 
-def dark_spots(od_fine, stains: StainSet, *, pixel_size_um: float, nuclei: NucleiConfig) -> np.ndarray:
+def dark_spots(od_fine, stains: StainSet, *, pixel_size_um: float, nuclei: NucleiParams) -> np.ndarray:
     """Local darkness of nuclei and granules above the slowly varying matrix level.
 
     For ``ab-vg``, Weigert's iron hematoxylin and iron granules absorb in every
@@ -533,7 +533,7 @@ def dark_spots(od_fine, stains: StainSet, *, pixel_size_um: float, nuclei: Nucle
     return white_tophat_disk(signal, top_hat_radius_px(pixel_size_um=pixel_size_um, nuclei=nuclei))
 
 
-def granule_contrast(od_fine, *, pixel_size_um: float, iron: IronConfig) -> np.ndarray:
+def granule_contrast(od_fine, *, pixel_size_um: float, iron: IronParams) -> np.ndarray:
     """Contrast of granule-sized dark spots: a white top-hat of the green and blue OD at granule scale.
 
     Iron granules absorb green and blue most (brown), so the mean of those
@@ -546,7 +546,7 @@ def granule_contrast(od_fine, *, pixel_size_um: float, iron: IronConfig) -> np.n
     return white_tophat_disk(signal, granule_radius_px(pixel_size_um=pixel_size_um, iron=iron), decompose=False)
 
 
-def granule_colour(od_fine, *, pixel_size_um: float, iron: IronConfig) -> np.ndarray:
+def granule_colour(od_fine, *, pixel_size_um: float, iron: IronParams) -> np.ndarray:
     """Granule-scale contrast of each channel: white top-hats of the red, green and blue OD, shape (3, rows, cols).
 
     Averaged over a candidate granule they give its colour (see
@@ -556,17 +556,17 @@ def granule_colour(od_fine, *, pixel_size_um: float, iron: IronConfig) -> np.nda
     return np.stack([white_tophat_disk(np.ascontiguousarray(od_fine[..., k]), radius, decompose=False) for k in range(3)])
 
 
-def granule_radius_px(*, pixel_size_um: float, iron: IronConfig) -> int:
+def granule_radius_px(*, pixel_size_um: float, iron: IronParams) -> int:
     """Radius (px) of the granule top-hat: half the largest granule diameter."""
     return max(1, int(math.ceil(iron.max_granule_diameter_um / 2 / pixel_size_um)))
 
 
-def top_hat_radius_px(*, pixel_size_um: float, nuclei: NucleiConfig) -> int:
+def top_hat_radius_px(*, pixel_size_um: float, nuclei: NucleiParams) -> int:
     """Radius (px) of the top-hat: half the largest nucleus diameter."""
     return max(1, int(math.ceil(nuclei.max_diameter_um / 2 / pixel_size_um)))
 
 
-def stain_concentrations(od, spots, stains: StainSet, *, pixel_size_um: float, classify: ClassifyConfig) -> dict:
+def stain_concentrations(od, spots, stains: StainSet, *, pixel_size_um: float, classify: ClassifyParams) -> dict:
     """Role -> concentration (OD) of the chromatic stains, by deconvolution.
 
     For ``ab-vg`` the grey of the dark spots is taken out first, so a nucleus's
@@ -625,26 +625,23 @@ class Thresholds:
     nucleus_colour: tuple = (0.0, 0.0, 0.0)
 
 
-def _gaussian_radius_px(sigma_px: float) -> int:
-    # OpenCV's float kernels span round(8 sigma + 1) | 1 taps; filters.gaussian skips sigma <= 0.3
-    return 0 if sigma_px <= 0.3 else (int(round(sigma_px * 8 + 1)) | 1) // 2
-
-
-def pixel_maps_depth_px(*, pixel_size_um: float, classify: ClassifyConfig, nuclei: NucleiConfig, iron: IronConfig | None = None) -> int:
+def pixel_maps_depth_px(*, pixel_size_um: float, classify: ClassifyParams, nuclei: NucleiParams, iron: IronParams | None = None) -> int:
     """Overlap (px) that makes tiled :func:`pixel_maps` equal to the in-memory result.
 
     The sum of the supports of the filters: the fine Gaussian, the wider
     top-hat's erosion and dilation (nucleus or granule scale), and the
-    concentration smoothing.
+    concentration smoothing; the Gaussians' reach is
+    :func:`~pellet_analysis.filters.gaussian_radius_px`, the one definition
+    the pellet windows use too (at least OpenCV's kernel half-width).
     """
     px = float(pixel_size_um)
     radius = top_hat_radius_px(pixel_size_um=px, nuclei=nuclei)
     if iron is not None:
         radius = max(radius, granule_radius_px(pixel_size_um=px, iron=iron))
-    return _gaussian_radius_px(0.4 / px) + 2 * radius + _gaussian_radius_px(classify.smoothing_um / px) + 1
+    return gaussian_radius_px(classify.fine_sigma_um / px) + 2 * radius + gaussian_radius_px(classify.smoothing_um / px) + 1
 
 
-def objects_depth_px(*, pixel_size_um: float, nuclei: NucleiConfig, iron: IronConfig) -> int:
+def objects_depth_px(*, pixel_size_um: float, nuclei: NucleiParams, iron: IronParams) -> int:
     """Overlap (px) of the object step: a clump of two of the largest nuclei plus the growth and gap margins."""
     px = float(pixel_size_um)
     return int(math.ceil((2 * nuclei.max_diameter_um + iron.nucleus_gap_um + 2.0) / px)) + 2
@@ -655,25 +652,30 @@ def pixel_maps(
     stains: StainSet,
     *,
     pixel_size_um: float,
-    classify: ClassifyConfig,
-    nuclei: NucleiConfig,
-    iron: IronConfig | None = None,
+    classify: ClassifyParams,
+    nuclei: NucleiParams,
+    iron: IronParams | None = None,
     granules: bool = True,
 ) -> np.ndarray:
     """Darkness, stain concentrations and granule contrast and colour per pixel, stacked as (rows, cols, 7) float32 (:data:`MAP_NAMES`).
 
     Missing stains are 0; the granule map is 0 for stain sets without iron,
     and when ``granules`` is False (re-quantifying needs only the stains).
+    ``iron`` is needed only for the granule maps of a stain set with iron: a
+    ValueError names it when missing, instead of granules found with
+    defaults the run's configuration may not share.
     """
     od = np.asarray(od, dtype=np.float32)
     px = float(pixel_size_um)
     # stored map by map (each ``out[..., k]`` a contiguous plane): the object step reads the maps one at a time
     planar = np.zeros((len(MAP_NAMES),) + od.shape[:2], np.float32)
-    fine = smooth_channels(od, 0.4 / px)
+    fine = smooth_channels(od, classify.fine_sigma_um / px)
     planar[0] = dark_spots(fine, stains, pixel_size_um=px, nuclei=nuclei)
     if granules and "iron" in stains.roles:
-        planar[3] = granule_contrast(fine, pixel_size_um=px, iron=iron or IronConfig())
-        planar[4:7] = granule_colour(fine, pixel_size_um=px, iron=iron or IronConfig())
+        if iron is None:
+            raise ValueError("pixel_maps: the granule maps of an iron stain set need `iron` (IronParams), or granules=False")
+        planar[3] = granule_contrast(fine, pixel_size_um=px, iron=iron)
+        planar[4:7] = granule_colour(fine, pixel_size_um=px, iron=iron)
     del fine  # a window-sized copy of the OD, freed before the concentrations make two more
     conc = stain_concentrations(od, planar[0], stains, pixel_size_um=px, classify=classify)
     for k, role in enumerate(MAP_NAMES[1:3], start=1):
@@ -691,7 +693,7 @@ def map_histograms(maps, inside) -> np.ndarray:
 
 
 def thresholds_from_histograms(
-    hist, *, classify: ClassifyConfig, nuclei: NucleiConfig, deconvolved: bool = False, relative: bool = False, weigert: bool = False
+    hist, *, classify: ClassifyParams, nuclei: NucleiParams, deconvolved: bool = False, relative: bool = False, weigert: bool = False
 ) -> Thresholds:
     """The pellet's nucleus darkness threshold (Otsu, never below ``nuclei.dark_min_od``) and proteoglycan threshold.
 
@@ -801,9 +803,9 @@ def classify_objects(
     stains: StainSet,
     *,
     pixel_size_um: float,
-    classify: ClassifyConfig,
-    nuclei: NucleiConfig,
-    iron: IronConfig,
+    classify: ClassifyParams,
+    nuclei: NucleiParams,
+    iron: IronParams,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Classes and nucleus instances of one block from its pixel maps and the pellet's thresholds.
 
@@ -817,7 +819,7 @@ def classify_objects(
     px = float(pixel_size_um)
     has_iron = "iron" in stains.roles
     min_r_px = nuclei.min_diameter_um / 2 / px
-    min_nucleus_px = max(2, int(math.pi * min_r_px**2 * 0.55))
+    min_nucleus_px = max(2, int(math.pi * min_r_px**2 * nuclei.min_area_fraction))
     deconvolved = not MATRIX_ROLES & set(stains.roles)
     dark = inside & (spots > thresholds.dark)
     if has_iron or deconvolved:
@@ -843,8 +845,8 @@ def classify_objects(
         granule_map = maps[..., 3]
         contrast = granule_map > iron.granule_min_od
         # colour is judged on the candidates outside the cores of the dark objects (the nuclei found above,
-        # eroded by 1 µm), so a granule beside a nucleus is not averaged with the nucleus's own chromatin
-        core = ~binary_dilation_disk(~nuclear, max(1, round(1.0 / px)))
+        # eroded by ``iron.nucleus_core_um``), so a granule beside a nucleus is not averaged with the nucleus's own chromatin
+        core = ~binary_dilation_disk(~nuclear, max(1, round(iron.nucleus_core_um / px)))
         brown = brown_objects(
             inside & contrast & ~core, maps[..., 4:7], min_blue_green=iron.min_blue_green_ratio, min_red_blue=iron.min_red_blue_ratio,
             iron_colour=stains.vector("iron") if iron.colour_margin_deg is not None else None, nucleus_colour=thresholds.nucleus_colour,
@@ -860,7 +862,7 @@ def classify_objects(
             reach_px=max(2, round(iron.max_granule_diameter_um / px)),
         )
     # nuclei are cut inside their blurred edges by the threshold: grow each to half its own
-    # darkness, by up to 1 µm, but not over the granule-sized spots beside it
+    # darkness, by up to ``nuclei.grow_um``, but not over the granule-sized spots beside it
     if deconvolved or has_iron:
         # Weigert's darkness (ab-vg) splits like a deconvolved stain: seeds and flooding on darkness plus distance
         otsu_fraction, outline_fraction = (
@@ -881,13 +883,13 @@ def classify_objects(
     else:
         split = split_nuclei(nuclear, min_radius_px=min_r_px, darkness=spots)
     instances = _grow_to_half_maximum(
-        split, spots, inside & ~contrast, distance_px=max(1, round(1.0 / px))
+        split, spots, inside & ~contrast, distance_px=max(1, round(nuclei.grow_um / px))
     )
     if not (has_iron or deconvolved):
         instances = _drop_small_instances(instances, min_nucleus_px)
     nuclear = instances > 0
     if has_iron:
-        # granules likewise: grow each to half its own contrast, by up to 0.5 µm, without entering a nucleus
+        # granules likewise: grow each to half its own contrast, by up to ``iron.grow_um``, without entering a nucleus
         # the gap is kept from the nuclei as grown to their own edges too: a candidate there is the nucleus's
         # blurred edge or a chromatin clump of it, which the threshold-cut core left outside
         n_granules, granules = cv2.connectedComponents((iron_mask & ~nuclear).view(np.uint8), connectivity=8, ltype=cv2.CV_32S)
@@ -895,7 +897,7 @@ def classify_objects(
         on_rim[granules[binary_dilation_disk(nuclear, max(1, round(iron.nucleus_gap_um / px)))]] = True
         on_rim[0] = True
         granules[on_rim[granules]] = 0
-        grown = _grow_to_half_maximum(granules, granule_map, inside & ~nuclear, distance_px=max(1, round(0.5 / px)))
+        grown = _grow_to_half_maximum(granules, granule_map, inside & ~nuclear, distance_px=max(1, round(iron.grow_um / px)))
         iron_mask = grown > 0
     classes = np.zeros(inside.shape, np.uint8)
     classes[inside] = CLASS_CODES["other_tissue"]
@@ -948,9 +950,9 @@ def classify_pellet(
     stains: StainSet,
     *,
     pixel_size_um: float,
-    classify: ClassifyConfig,
-    nuclei: NucleiConfig,
-    iron: IronConfig,
+    classify: ClassifyParams,
+    nuclei: NucleiParams,
+    iron: IronParams,
     tile_px=None,
 ) -> ClassResult:
     """Classify one pellet's pixels and find its nuclei and iron granules.
@@ -964,7 +966,7 @@ def classify_pellet(
         The pellet's pixels; only these are classified.
     stains : StainSet
     pixel_size_um : float, keyword-only
-    classify, nuclei, iron : config sections, keyword-only
+    classify, nuclei, iron : ClassifyParams, NucleiParams, IronParams, keyword-only
     tile_px : int or tuple of tuples, optional, keyword-only
         Process in tiles of this size (or these dask chunks) with
         ``map_overlap``; None processes the crop as one block. The result is
@@ -980,7 +982,7 @@ def classify_pellet(
     return classify_maps(pellet_maps(od, stains, **kwargs), inside, stains, **kwargs)
 
 
-def pellet_maps(od, stains: StainSet, *, pixel_size_um: float, classify: ClassifyConfig, nuclei: NucleiConfig, iron: IronConfig, tile_px=None):
+def pellet_maps(od, stains: StainSet, *, pixel_size_um: float, classify: ClassifyParams, nuclei: NucleiParams, iron: IronParams, tile_px=None):
     """:func:`pixel_maps` of a pellet's window, in tiles of ``tile_px`` (or the dask chunks of ``od``) with ``map_overlap``.
 
     The same as one :func:`pixel_maps` call: the overlap is the filters' reach.
@@ -1014,7 +1016,7 @@ def _min_tile_px(pixel_size_um, classify, nuclei, iron) -> int:
 
 
 def classify_maps(
-    maps, inside, stains: StainSet, *, pixel_size_um: float, classify: ClassifyConfig, nuclei: NucleiConfig, iron: IronConfig, tile_px=None
+    maps, inside, stains: StainSet, *, pixel_size_um: float, classify: ClassifyParams, nuclei: NucleiParams, iron: IronParams, tile_px=None
 ) -> ClassResult:
     """The pellet's thresholds from its maps' histograms, then its objects and classes (in tiles of ``tile_px``).
 
@@ -1099,9 +1101,9 @@ def classify_pixels(
     stains: StainSet,
     *,
     pixel_size_um: float,
-    classify: ClassifyConfig,
-    nuclei: NucleiConfig,
-    iron: IronConfig,
+    classify: ClassifyParams,
+    nuclei: NucleiParams,
+    iron: IronParams,
     tile_px=None,
 ) -> ClassResult:
     """Classify every pellet of a label image, each on its own crop with its own thresholds.
@@ -1114,7 +1116,7 @@ def classify_pixels(
         Pellet labels; only pixels inside pellets are classified.
     stains : StainSet
     pixel_size_um : float, keyword-only
-    classify, nuclei, iron : config sections, keyword-only
+    classify, nuclei, iron : ClassifyParams, NucleiParams, IronParams, keyword-only
     tile_px : int, optional, keyword-only
         See :func:`classify_pellet`.
 

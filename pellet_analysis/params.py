@@ -83,16 +83,40 @@ class PelletParams:
 
 @dataclass(frozen=True)
 class ClassifyParams:
-    """Per-pixel classification: :class:`~pellet_analysis.config.ClassifyConfig`'s fields."""
+    """Per-pixel classification: :class:`~pellet_analysis.config.ClassifyConfig`'s fields and the tuning value below.
+
+    Attributes
+    ----------
+    fine_sigma_um : float
+        Sigma (µm) of the fine Gaussian applied to the OD before the darkness
+        and granule maps: it takes out pixel noise but not a granule. The
+        tile overlap reads it from here too.
+    """
 
     proteoglycan_min_od: float
     collagen_min_od: float
     smoothing_um: float
+    fine_sigma_um: float = 0.4
 
 
 @dataclass(frozen=True)
 class NucleiParams:
-    """Nucleus detection: :class:`~pellet_analysis.config.NucleiConfig`'s fields."""
+    """Nucleus detection: :class:`~pellet_analysis.config.NucleiConfig`'s fields and the tuning values below.
+
+    Attributes
+    ----------
+    min_area_fraction : float
+        Fraction (0-1) of the disk of ``min_diameter_um`` that a dark object
+        must cover to be a nucleus: the threshold cuts a nucleus inside its
+        blurred edge, so its dark core is smaller than the nucleus.
+    grow_um : float
+        Distance (µm) by which a nucleus, cut inside its blurred edge, may
+        grow to half its own darkness.
+    dark_pale_ring_um : float
+        Width (µm) of the ring around a faint Weigert nucleus candidate whose
+        matrix stain it is compared with (matrix between pale cytoplasm rings
+        holds more of it than its ring).
+    """
 
     min_diameter_um: float
     max_diameter_um: float
@@ -117,11 +141,24 @@ class NucleiParams:
     stain_outline_fraction: float
     stain_merge_min_solidity: float
     stain_merge_max_diameter_um: float
+    min_area_fraction: float = 0.55
+    grow_um: float = 1.0
+    dark_pale_ring_um: float = 1.5
 
 
 @dataclass(frozen=True)
 class IronParams:
-    """Iron granules and their calibration: :class:`~pellet_analysis.config.IronConfig`'s fields."""
+    """Iron granules and their calibration: :class:`~pellet_analysis.config.IronConfig`'s fields and the tuning values below.
+
+    Attributes
+    ----------
+    nucleus_core_um : float
+        Distance (µm) by which the nuclei are eroded to their cores; granule
+        candidates on a core are left out of the colour test, so a granule
+        beside a nucleus is not averaged with the nucleus's chromatin.
+    grow_um : float
+        Distance (µm) by which a granule may grow to half its own contrast.
+    """
 
     min_od: float
     granule_min_od: float
@@ -134,6 +171,8 @@ class IronParams:
     calibrate: str
     control_conditions: tuple
     calibrate_max_positive_fraction: float
+    nucleus_core_um: float = 1.0
+    grow_um: float = 0.5
 
 
 @dataclass(frozen=True)

@@ -288,7 +288,7 @@ def requantify(run_dir, image: str, pellet_ids=None, *, config: RunConfig | None
         illumination = estimate_illumination(rgb, pixel_size_um=px, stains=config.stains.params(), pellets=config.pellets.params())
     # the stain concentration is computed on the box grown by the filters' reach, so its values
     # inside the box are those of the pipeline
-    margin = pixel_maps_depth_px(pixel_size_um=px, classify=config.classify, nuclei=config.nuclei, iron=config.iron)
+    margin = pixel_maps_depth_px(pixel_size_um=px, classify=config.classify.params(), nuclei=config.nuclei.params(), iron=config.iron.params())
     if rgb is None and not meta.whole_slide and len(ids) > 1:
         rgb = read_image(meta.path)[0]  # read once for all its pellets; a whole slide is read window by window
     bern = config.bern.params()
@@ -302,7 +302,7 @@ def requantify(run_dir, image: str, pellet_ids=None, *, config: RunConfig | None
         od = illumination.od(rgb[wide] if rgb is not None else _rgb_window(meta, wide), shape, wide)
         pg_od = None
         if "proteoglycan" in pellet_stains.roles:
-            pg_od = pixel_maps(od, pellet_stains, pixel_size_um=px, classify=config.classify, nuclei=config.nuclei, granules=False)[inner][..., 1]
+            pg_od = pixel_maps(od, pellet_stains, pixel_size_um=px, classify=config.classify.params(), nuclei=config.nuclei.params(), granules=False)[inner][..., 1]
         pellets = load_label_window(run_dir, image, "pellets", box, automatic=automatic)
         (row,) = measure_pellets(
             np.where(pellets == pid, pid, 0),

@@ -100,7 +100,7 @@ def plan_slide(small_rgb, shape, dtype, *, factor: int, pixel_size_um: float, co
     score = small_tissue_score(small_rgb, illumination, pixel_size_um=px_small, params=pellets)
     tissue_od = tissue_threshold_od(score, params=pellets)
     labels = pellet_topology(small_rgb, illumination, pixel_size_um=px_small, params=pellets, tissue_od=tissue_od, score=score)
-    depth = pixel_maps_depth_px(pixel_size_um=pixel_size_um, classify=config.classify, nuclei=config.nuclei, iron=config.iron)
+    depth = pixel_maps_depth_px(pixel_size_um=pixel_size_um, classify=config.classify.params(), nuclei=config.nuclei.params(), iron=config.iron.params())
     margin = pellet_margin_px(pixel_size_um=pixel_size_um, factor=factor, params=pellets, extra_px=depth)
     return SlidePlan(
         shape=tuple(int(n) for n in shape[:2]),
@@ -186,7 +186,7 @@ def classify_pellet_window(
     if stains_info["source"] != "preset":
         stains_info = {**stains_info, "vectors": {name: [round(float(v), 5) for v in stains.vector(name)] for name in stains.stains}}
     tile_px = config.tile_px if config.tile_px and max(inside.shape) > config.tile_px else None
-    kwargs = dict(pixel_size_um=px, classify=config.classify, nuclei=config.nuclei, iron=config.iron, tile_px=tile_px)
+    kwargs = dict(pixel_size_um=px, classify=config.classify.params(), nuclei=config.nuclei.params(), iron=config.iron.params(), tile_px=tile_px)
     maps = pellet_maps(od, stains, **kwargs)
     del od  # the largest array of the window: freed before the object step
     # objects and measurements need only the pellet's bounding box and a ring of background around it

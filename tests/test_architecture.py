@@ -51,12 +51,6 @@ NOT_IN_ARRAY_MODULES = {
     for m in ("config", "io", "workers", "pipeline", "batch", "tasks", "scheduling", "bookkeeping", "records", "review", "iron_calibration", "cli")
 } | {"tifffile", "pathlib", "imageio", "PIL", "zarr", "yaml", "pydantic", "pandas", "distributed", "dask.distributed", "dask.multiprocessing"}
 
-#: The one array module that still imports the config, and why: classify.py takes the config sections
-#: themselves and builds an IronConfig() as the default of pixel_maps' ``iron``; it is the last array
-#: module to move to the frozen parameter objects of pellet_analysis.params (issue 20, part 5).
-ALLOWED = {("classify", f"{PACKAGE}.config")}
-
-
 def _resolve(module: str, name: str | None, level: int) -> str:
     """The absolute name of ``from <level dots><name> import ...`` written in ``module``."""
     if level == 0:
@@ -163,7 +157,7 @@ def test_array_modules_import_no_config_io_or_scheduling_module():
         if module not in ARRAY:
             continue
         for name in imported:
-            if any(name == bad or name.startswith(bad + ".") for bad in NOT_IN_ARRAY_MODULES) and (module, name) not in ALLOWED:
+            if any(name == bad or name.startswith(bad + ".") for bad in NOT_IN_ARRAY_MODULES):
                 offenders.append(f"{module}: {name}")
     assert offenders == []
 
@@ -172,7 +166,7 @@ def test_array_modules_name_no_config_even_as_a_type_hint():
     """Their parameters are the frozen objects of ``params``, not the pydantic sections, in code and in hints."""
     offenders = []
     for path in sorted(ROOT.glob("*.py")):
-        if path.stem not in ARRAY or (path.stem, f"{PACKAGE}.config") in ALLOWED:
+        if path.stem not in ARRAY:
             continue
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.ImportFrom) and _resolve(path.stem, node.module, node.level) == f"{PACKAGE}.config":
@@ -186,7 +180,7 @@ def test_no_module_imports_a_higher_layer():
         f"{module} (layer {layer[module] + 1}) imports {other} (layer {layer[other] + 1})"
         for module, imported in _modules().items()
         for other in _own(imported)
-        if other in layer and layer[other] > layer[module] and (module, f"{PACKAGE}.{other}") not in ALLOWED
+        if other in layer and layer[other] > layer[module]
     ]
     assert upward == []
 

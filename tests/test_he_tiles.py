@@ -77,7 +77,7 @@ def test_he_nuclei_in_tiles_equal_the_in_memory_nuclei():
     tile = make_he_tile(seed=5, size_px=768)
     od = rgb_to_od(tile.image, np.full(3, 255.0))
     inside = np.ones(tile.image.shape[:2], bool)
-    kw = dict(pixel_size_um=tile.pixel_size_um, classify=ClassifyConfig(), nuclei=NucleiConfig(), iron=IronConfig())
+    kw = dict(pixel_size_um=tile.pixel_size_um, classify=ClassifyConfig().params(), nuclei=NucleiConfig().params(), iron=IronConfig().params())
     whole = classify_pellet(od, inside, get_preset("he"), **kw)
     # uneven tiles; a nucleus split by a per-block statistic (the block median of the stain) made 30 % of the pixels differ
     tiled = classify_pellet(od, inside, get_preset("he"), tile_px=((300, 250, 218), (256, 256, 256)), **kw)

@@ -46,8 +46,8 @@ def test_tiled_classification_equals_in_memory(section, chunks):
 
     config = RunConfig()
     od, pellets = _od_and_pellets(section, config)
-    kw = dict(pixel_size_um=PX, classify=config.classify, nuclei=config.nuclei, iron=config.iron)
-    margin = pixel_maps_depth_px(pixel_size_um=PX, classify=config.classify, nuclei=config.nuclei)
+    kw = dict(pixel_size_um=PX, classify=config.classify.params(), nuclei=config.nuclei.params(), iron=config.iron.params())
+    margin = pixel_maps_depth_px(pixel_size_um=PX, classify=config.classify.params(), nuclei=config.nuclei.params())
     window = pellet_window(ndi.find_objects(pellets.astype(int))[0], pellets.shape, margin)
     inside = pellets[window] == 1
     chunks = tuple(_fit(c, n) for c, n in zip(chunks, inside.shape))
@@ -92,15 +92,15 @@ def _fit(chunks, n):
 
 def test_overlaps_come_from_the_filters_and_the_largest_nucleus():
     config = RunConfig()
-    small = pixel_maps_depth_px(pixel_size_um=1.0, classify=config.classify, nuclei=config.nuclei)
-    fine = pixel_maps_depth_px(pixel_size_um=0.25, classify=config.classify, nuclei=config.nuclei)
+    small = pixel_maps_depth_px(pixel_size_um=1.0, classify=config.classify.params(), nuclei=config.nuclei.params())
+    fine = pixel_maps_depth_px(pixel_size_um=0.25, classify=config.classify.params(), nuclei=config.nuclei.params())
     assert fine > 3.5 * small  # in pixels, the reach scales with 1 / pixel size
     # the wider of the two top-hats (nucleus or granule scale) sets the reach
     coarse_granules = config.iron.model_copy(update={"max_granule_diameter_um": 3 * config.nuclei.max_diameter_um})
-    assert pixel_maps_depth_px(pixel_size_um=1.0, classify=config.classify, nuclei=config.nuclei, iron=coarse_granules) >= small + 2 * config.nuclei.max_diameter_um
+    assert pixel_maps_depth_px(pixel_size_um=1.0, classify=config.classify.params(), nuclei=config.nuclei.params(), iron=coarse_granules.params()) >= small + 2 * config.nuclei.max_diameter_um
     bigger = config.nuclei.model_copy(update={"max_diameter_um": 2 * config.nuclei.max_diameter_um})
-    assert objects_depth_px(pixel_size_um=1.0, nuclei=bigger, iron=config.iron) >= objects_depth_px(
-        pixel_size_um=1.0, nuclei=config.nuclei, iron=config.iron
+    assert objects_depth_px(pixel_size_um=1.0, nuclei=bigger.params(), iron=config.iron.params()) >= objects_depth_px(
+        pixel_size_um=1.0, nuclei=config.nuclei.params(), iron=config.iron.params()
     ) + 2 * config.nuclei.max_diameter_um
 
 
