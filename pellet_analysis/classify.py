@@ -15,7 +15,7 @@ object). Other presets take nuclei from the deconvolved nuclear stain."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
@@ -1035,10 +1035,10 @@ def classify_maps(
     thresholds = thresholds_from_histograms(
         map_histograms(maps, inside), classify=classify, nuclei=nuclei, deconvolved=deconvolved, relative=relative, weigert=weigert
     )
-    if "iron" in stains.roles:
+    if "iron" in stains.roles and iron.colour_margin_deg is not None:  # only the optional relative colour test reads it
         dark = inside & (maps[..., 0] > thresholds.dark)
         colour = tuple(float(maps[..., k][dark].sum(dtype=np.float64)) for k in (4, 5, 6))
-        thresholds = Thresholds(dark=thresholds.dark, proteoglycan=thresholds.proteoglycan, nucleus_colour=colour)
+        thresholds = replace(thresholds, nucleus_colour=colour)
     if tile_px is None:
         classes, instances = classify_objects(maps, inside, thresholds, stains, **settings)
         instances = _raster_numbered(instances)
