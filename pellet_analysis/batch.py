@@ -113,7 +113,8 @@ def run_batch(config: RunConfig, *, progress=None, pool=None) -> dict:
             calibration, done = _calibrate(planned, refused + not_planned, controls, calibration, config, run)
             write_json(output_dir / CALIBRATION_FILE, {"key": calibration.pop("key"), "record": calibration})
         batch_config = with_granule_min_od(config, calibration["granule_min_od"])
-        graphs = [image_graph(p, batch_config, hashes[p.job.stem], done.get(p.job.stem)) for p in planned]
+        # with several images, each one is written as soon as its pellets are done: a killed batch keeps them
+        graphs = [image_graph(p, batch_config, hashes[p.job.stem], done.get(p.job.stem), finish_first=len(planned) > 1) for p in planned]
         costs = {key: cost for _, graph_costs in graphs for key, cost in graph_costs.items()}
         results = run([summary for summary, _ in graphs], costs, report)
     for f in failures:

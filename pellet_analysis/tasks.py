@@ -359,7 +359,7 @@ def _finish(planned: PlannedImage, numbered, measured, written, config: RunConfi
 _SMALL_TASK_SHARES = {"measure": 0.2, "nuclei": 0.03, "classes": 0.015, "pellets": 0.015}
 
 
-def image_graph(planned: PlannedImage, config: RunConfig, sha256, done=None):
+def image_graph(planned: PlannedImage, config: RunConfig, sha256, done=None, *, finish_first=False):
     """One task per pellet window, one that measures each pellet, then one per label image and one that writes the image's summary; and the tasks' costs.
 
     Parameters
@@ -381,7 +381,7 @@ def image_graph(planned: PlannedImage, config: RunConfig, sha256, done=None):
         pellet costs its window's pixels, and its measurements and the label
         images their shares of those (:data:`_SMALL_TASK_SHARES`), so that
         the small tasks wait until no pellet is left to start and then fill
-        in around the last ones.
+        in around the last ones; with ``finish_first`` they cost ``inf``.
     """
     import dask
 
@@ -407,6 +407,9 @@ def image_graph(planned: PlannedImage, config: RunConfig, sha256, done=None):
     costs.update({task.key: _SMALL_TASK_SHARES["measure"] * area for k, (task, area) in enumerate(zip(measured, areas), start=1) if k not in done})
     costs.update({task.key: _SMALL_TASK_SHARES[kind] * sum(areas) for task, kind in zip(written, LABEL_DTYPES)})
     costs[numbered.key] = math.inf  # instant, and what the label images wait for
+    if finish_first:
+        small = [task for k, task in enumerate(measured, start=1) if k not in done] + [*written, summary]
+        costs.update({task.key: math.inf for task in small})
     return summary, costs
 
 

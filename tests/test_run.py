@@ -192,6 +192,23 @@ def test_costliest_ready_tasks_run_first(scheduler):
     assert ran == ["large", "medium", "small", "hash", "no-cost"]
 
 
+def test_a_batch_writes_each_image_when_its_own_pellets_are_done(tmp_path):
+    """A batch killed midway keeps the images it finished: each image's summary is written before the
+    next image's pellets are classified, not in a burst after every pellet of the batch."""
+    from dask.callbacks import Callback
+
+    src = tmp_path / "in"
+    for i in range(3):
+        write_section(make_section(day=7, n_pellets=1, pixel_size_um=1.0, seed=60 + i), src / f"D{i}_unlabeled_d7_s1.png")
+    started = []
+    with Callback(pretask=lambda key, dsk, state: started.append(str(key))):
+        run_batch(RunConfig(input_dir=src, output_dir=tmp_path / "out", pixel_size_um=1.0, scheduler="synchronous"))
+    pellets = [i for i, key in enumerate(started) if key.startswith("pellet-")]
+    written = [i for i, key in enumerate(started) if key.startswith("image-")]
+    assert len(pellets) == len(written) == 3
+    assert written[0] < pellets[1] and written[1] < pellets[2], started
+
+
 @pytest.mark.parametrize("scheduler", ["processes", "threads", "synchronous"])
 def test_local_schedulers_never_import_distributed(tmp_path, scheduler):
     """Dask resolves a scheduler's name by looking for a dask.distributed client, which imports distributed
