@@ -39,7 +39,7 @@ class ImageAnalysis:
     stains_info: list = field(default_factory=list)  # per pellet: which vectors were used and why (choose_stains)
 
 
-def analyze_image(rgb, *, pixel_size_um: float, config: RunConfig, stains: StainSet | None = None) -> ImageAnalysis:
+def analyze_image(rgb, *, pixel_size_um: float, config: RunConfig, stains: StainSet | None = None, outlines=None) -> ImageAnalysis:
     """Run every analysis step on one RGB image held in memory.
 
     The steps of a run's tasks (:mod:`pellet_analysis.tasks`), one after
@@ -56,6 +56,9 @@ def analyze_image(rgb, *, pixel_size_um: float, config: RunConfig, stains: Stain
         Defaults to the preset named in the config with its ``stains.vectors``;
         with ``stains.estimate: auto`` replaced by vectors estimated from the
         pellets when plausible (:func:`~pellet_analysis.stains.choose_stains`).
+    outlines : list, optional, keyword-only
+        Annotated pellet outlines (:func:`~pellet_analysis.geojson.geojson_outlines`
+        of a QuPath export): they are the pellets instead of those the finder finds.
 
     Returns
     -------
@@ -77,7 +80,7 @@ def analyze_image(rgb, *, pixel_size_um: float, config: RunConfig, stains: Stain
     stains = stains or configured_stains(config.stains.params())
     t = {}
     t0 = time.perf_counter()
-    plan = plan_image(rgb, pixel_size_um=pixel_size_um, config=config)
+    plan = plan_image(rgb, pixel_size_um=pixel_size_um, config=config, outlines=outlines)
     t["plan"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     pieces = number_pieces(analyze_pellet(rgb[w], plan, k, config=config, stains=stains) for k, w in enumerate(plan.windows, start=1))
