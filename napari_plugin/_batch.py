@@ -176,9 +176,10 @@ class BatchWidget(QWidget):
     def _on_done(self, record):
         self.record = record
         self.progress.setValue(self.progress.maximum())
+        skipped = f" ({record['n_skipped']} finished earlier, not recomputed)" if record["n_skipped"] else ""
         self.status.setText(
-            f"{record['n_pellets']} pellet(s), {record['n_failures']} failure(s) in {record['seconds']:.1f} s: "
-            f"opening {self._output.name} for review"
+            f"{record['n_pellets']} pellet(s) from {record['n_images']} image(s){skipped}, {record['n_failures']} failure(s) "
+            f"in {record['seconds']:.1f} s: opening {self._output.name} for review"
         )
         show_info(f"batch finished: {record['n_pellets']} pellet(s), {record['n_failures']} failure(s)")
         self.open_review(self._output)
