@@ -186,6 +186,11 @@ def read_annotations(path, config: RunConfig) -> list:
 def config_hash(config: RunConfig) -> str:
     """SHA-256 of every setting that can change a result."""
     data = config.model_dump(mode="json", exclude=set(_HASH_EXCLUDED))
+    if config.annotations_dir is None:
+        # without annotations their settings change nothing: a config's hash stays what it was before
+        # they existed, so a run folder of an earlier version is resumed, not refused
+        for key in ("annotations_dir", "annotations_pellet_class"):
+            data.pop(key)
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 

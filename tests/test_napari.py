@@ -233,6 +233,7 @@ def test_batch_widget_runs_a_folder_shows_progress_and_opens_the_review(make_nap
     import pandas as pd
 
     viewer = make_napari_viewer(show=True)
+    _, existing = viewer.window.add_plugin_dock_widget("pellet-analysis", "Review pellets")  # docked before the run
     widget = _batch_widget(viewer, run_dir.parent / "in", run_dir.parent / "from-napari")
     seen = []
     widget._relay.image.connect(lambda record: seen.append((widget.progress.value(), widget.progress.maximum(), record.file)))
@@ -245,6 +246,7 @@ def test_batch_widget_runs_a_folder_shows_progress_and_opens_the_review(make_nap
     pd.testing.assert_frame_equal(ours, cli)
     # opened for review: the run's pellets in the Review widget, the first one shown
     review = widget.review
+    assert review is existing  # the Review widget already docked, not a second one
     qtbot.waitUntil(lambda: review.current is not None and review.progress.maximum() == 1, timeout=30000)
     assert review.run_dir == run_dir.parent / "from-napari" and review.grid.rowCount() == len(cli) == 3
     assert (review.current["image"], review.current["pellet_id"]) == ("P1_labeled_d14_s1", 1) and len(viewer.layers) == 4

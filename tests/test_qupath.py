@@ -230,3 +230,16 @@ def test_fill_rings_is_the_pixel_centres_inside_with_holes_and_parts():
     back = outline_mask(outline, (slice(100, 180), slice(200, 290)))
     edge = ndi.binary_dilation(mask) & ~ndi.binary_erosion(mask)
     assert not (back ^ mask)[~edge].any() and (back ^ mask).sum() <= 0.1 * edge.sum()
+
+
+def test_the_command_line_names_a_missing_annotations_folder(section, tmp_path):
+    import subprocess
+    import sys
+
+    write_section(section, tmp_path / "in" / f"{STEM}.tif")
+    done = subprocess.run(
+        [sys.executable, "-m", "pellet_analysis", "run", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"),
+         "--annotations", str(tmp_path / "nowhere")],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 2 and done.stderr.strip() == f"error: annotations folder {tmp_path / 'nowhere'} does not exist"
