@@ -327,7 +327,9 @@ def fill_rings(rings, shape) -> np.ndarray:
         t = (rows - r0[edge]) / (r1[edge] - r0[edge])
         crossing_rows.append(rows)
         crossing_cols.append(c0[edge] + t * (c1[edge] - c0[edge]))
-    mask_counts = np.zeros((n_rows, n_cols + 1), np.int32)
+    # the pairs of a row never overlap, so every running sum is 0 or 1 and its steps fit int8 (a whole-slide
+    # pellet's window has 1e8 pixels: an int64 running sum would be 0.8 GB)
+    mask_counts = np.zeros((n_rows, n_cols + 1), np.int8)
     if crossing_rows:
         rows, cols = np.concatenate(crossing_rows), np.concatenate(crossing_cols)
         order = np.lexsort((cols, rows))
@@ -337,7 +339,8 @@ def fill_rings(rings, shape) -> np.ndarray:
         end = np.clip(np.ceil(cols[1::2]), 0, n_cols).astype(np.int64)
         np.add.at(mask_counts, (rows[0::2], start), 1)
         np.add.at(mask_counts, (rows[1::2], end), -1)
-    return np.cumsum(mask_counts, axis=1)[:, :n_cols] > 0
+    np.cumsum(mask_counts, axis=1, dtype=np.int8, out=mask_counts)
+    return mask_counts[:, :n_cols] > 0
 
 
 def outline_mask(polygons, window) -> np.ndarray:
