@@ -1,6 +1,7 @@
 """The "Run batch" widget: a folder of images through ``run_batch`` (the CLI's function), then its review.
 
-A thin view: the config is made and the batch run by ``pellet_analysis.pipeline``
+A thin view: the config (with an optional folder of QuPath exports, whose
+outlines are the pellets: ``annotations_dir``) is made and the batch run by ``pellet_analysis.pipeline``
 (:func:`~pellet_analysis.pipeline.batch_config`,
 :func:`~pellet_analysis.pipeline.run_cancellable_batch`) in napari's
 ``thread_worker``. Each finished image's record comes back through a Qt
@@ -29,6 +30,7 @@ from qtpy.QtWidgets import (
     QLineEdit,
     QProgressBar,
     QPushButton,
+    QSizePolicy,
     QVBoxLayout,
     QWidget,
 )
@@ -61,10 +63,11 @@ class BatchWidget(QWidget):
         self._done = 0
         self._output: Path | None = None
 
-        self.input_edit, self.output_edit, self.config_edit = QLineEdit(), QLineEdit(), QLineEdit()
+        self.input_edit, self.output_edit, self.config_edit, self.annotations_edit = QLineEdit(), QLineEdit(), QLineEdit(), QLineEdit()
         self.input_edit.setPlaceholderText("folder of section images")
         self.output_edit.setPlaceholderText("run folder to write")
         self.config_edit.setPlaceholderText("optional YAML config")
+        self.annotations_edit.setPlaceholderText("optional folder of QuPath GeoJSON exports")
         self.stains = QComboBox()
         self.stains.addItems([FROM_CONFIG, *PRESETS])
         self.pixel_size = QDoubleSpinBox()
@@ -87,7 +90,8 @@ class BatchWidget(QWidget):
         self.status.setWordWrap(True)
 
         form = QFormLayout()
-        for label, edit, folder in (("input", self.input_edit, True), ("output", self.output_edit, True), ("config", self.config_edit, False)):
+        rows = (("input", self.input_edit, True), ("output", self.output_edit, True), ("config", self.config_edit, False))
+        for label, edit, folder in (*rows, ("QuPath outlines", self.annotations_edit, True)):
             row = QHBoxLayout()
             row.addWidget(edit)
             browse = QPushButton("…")
@@ -105,7 +109,8 @@ class BatchWidget(QWidget):
         layout.addLayout(buttons)
         layout.addWidget(self.progress)
         layout.addWidget(self.status)
-        layout.addStretch()
+        # as tall as its form: a Review widget docked below gets the rest of the column
+        self.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Maximum)
 
     def _browse(self, edit: QLineEdit, folder: bool):
         if folder:
@@ -135,6 +140,7 @@ class BatchWidget(QWidget):
                 stains=None if self.stains.currentText() == FROM_CONFIG else self.stains.currentText(),
                 pixel_size_um=self.pixel_size.value() or None,
                 config_file=self.config_edit.text().strip() or None,
+                annotations_dir=self.annotations_edit.text().strip() or None,
             )
             n_images = len(list_images(config.input_dir, config.extensions))
         except Exception as error:  # the form's mistakes, as one line

@@ -127,7 +127,7 @@ def batch_config(input_dir, output_dir, *, stains: str | None = None, pixel_size
     ConfigError
         One line naming the file or the form's field and the key.
     """
-    options = {"input_dir": "input folder", "output_dir": "output folder", "stains__preset": "stain preset", "pixel_size_um": "pixel size"}
+    options = {"input_dir": "input folder", "output_dir": "output folder", "stains__preset": "stain preset", "pixel_size_um": "pixel size", "annotations_dir": "QuPath outlines"}
     return load_config(
         config_file or None,
         options=options,

@@ -277,3 +277,8 @@ def test_batch_widget_cancels_between_images_and_reports_errors_in_one_line(make
     widget.config_edit.setText(str(bad))
     assert widget.run() is None and widget.status.text().startswith(f"error: {bad}: pellets.rim_width_um")
     assert "\n" not in widget.status.text()
+    widget.config_edit.setText("")
+    widget.annotations_edit.setText(str(tmp_path / "no-exports"))  # found when the batch starts, in its thread
+    widget.run()
+    qtbot.waitUntil(lambda: widget.run_button.isEnabled(), timeout=30000)
+    assert widget.status.text() == f"error: {tmp_path / 'no-exports'}: annotations folder does not exist"
