@@ -2,7 +2,7 @@
 #   make demo  - own venv, install, run configs/default.yaml on images/, write outputs/demo/
 #   make test  - own venv with the dev and napari extras, run the whole test suite (GUI tests need Xvfb)
 #   make docs  - the demo, then every figure in README.md and docs/ regenerated from it
-#                (report screenshot needs Debian's chromium, the napari one xvfb-run)
+#                (report screenshot needs Debian's chromium, the napari ones xvfb-run)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -36,6 +36,7 @@ docs: $(VENV)/.installed-dev
 	$(BIN)/python docs/make_calibration_figure.py
 	bash docs/make_report_screenshot.sh
 	xvfb-run -a $(BIN)/python docs/make_napari_screenshot.py
+	xvfb-run -a $(BIN)/python docs/make_batch_screenshot.py
 
 test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest -n 2 -q

@@ -272,7 +272,7 @@ STAGES = {
     "writing": [
         "pellet_analysis.io:write_label_tiff",
         "pellet_analysis.io:write_json",
-        "pellet_analysis.geojson:pellet_outline",
+        "pellet_analysis.geojson:pellet_geometry",
         "pellet_analysis.records:pellet_boxes",
     ],
 }

@@ -30,7 +30,7 @@ import numpy as np
 
 from . import __version__
 from .bern import BERN_COLUMNS
-from .bookkeeping import config_hash, jsonable, pixel_size_choices, with_granule_min_od
+from .bookkeeping import annotation_file, config_hash, jsonable, pixel_size_choices, with_granule_min_od
 from .config import RunConfig
 from .io import sha256_file, write_json, write_tables
 from .iron_calibration import CALIBRATION_FILE, ControlLevels, calibrate_iron, calibration_outcome, control_levels, fixed_threshold, known_calibration
@@ -90,6 +90,8 @@ def run_batch(config: RunConfig, *, progress=None, pool=None) -> dict:
         ``failures`` (DataFrame).
     """
     started = time.perf_counter()
+    if config.annotations_dir is not None and not Path(config.annotations_dir).is_dir():
+        raise FileNotFoundError(f"{config.annotations_dir}: annotations folder does not exist")
     output_dir, chash = _open_run_folder(config)
     images = list_images(config.input_dir, config.extensions)
     jobs, failures = _image_jobs(images, config)
@@ -154,7 +156,7 @@ def _image_jobs(images, config: RunConfig) -> tuple[list[ImageJob], list[ImageFa
                 continue
             meta = {k: sheet.at[path.stem, k] for k in ("donor", "condition", "day", "section")}
             meta["day"] = int(meta["day"])
-        jobs.append(ImageJob(path, meta, whole_slide=is_whole_slide(path, config)))
+        jobs.append(ImageJob(path, meta, whole_slide=is_whole_slide(path, config), annotations=annotation_file(path, config)))
     if sheet is not None:
         for stem in sheet.index.difference(list(seen)):
             failures.append(ImageFailure(stem, sheet.at[stem, "file"], f"listed in sample sheet {config.sample_sheet} but not found in {config.input_dir}"))
@@ -277,6 +279,9 @@ def _finished_summary(output_dir: Path, job: ImageJob, chash: str, granule_min_o
         return None
     if summary.sha256 != sha256_file(job.path):
         return None
+    recorded = (summary.annotations or {}).get("sha256")
+    if (job.annotations is None) != (recorded is None) or (recorded is not None and recorded != sha256_file(job.annotations)):
+        return None  # annotated since, no longer, or its outlines changed
     return dataclasses.replace(summary, skipped=True)
 
 

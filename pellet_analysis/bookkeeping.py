@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from .config import RunConfig
+from .geojson import AnnotationError, geojson_outlines
 from .metadata import parse_name
 from .records import ImageFailure
 from .scale import PixelSizeChoice, nucleus_sizes_px, pool_pixel_sizes_um
@@ -29,6 +30,9 @@ __all__ = [
     "slide_pixel_size",
     "pixel_size_choices",
     "study_metadata",
+    "ANNOTATION_SUFFIXES",
+    "annotation_file",
+    "read_annotations",
     "config_hash",
     "with_granule_min_od",
     "jsonable",
@@ -139,9 +143,54 @@ def study_metadata(path: Path, config: RunConfig, metadata, warnings: list):
     return meta
 
 
+#: File endings of an image's QuPath GeoJSON export in ``annotations_dir``, in the order they are looked for.
+ANNOTATION_SUFFIXES = (".geojson", ".json")
+
+
+def annotation_file(image_path, config: RunConfig) -> Path | None:
+    """The QuPath GeoJSON export of an image in ``config.annotations_dir`` (``<image stem>.geojson`` or ``.json``), or None."""
+    if config.annotations_dir is None:
+        return None
+    stem = Path(image_path).stem
+    for suffix in ANNOTATION_SUFFIXES:
+        candidate = Path(config.annotations_dir) / f"{stem}{suffix}"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def read_annotations(path, config: RunConfig) -> list:
+    """The pellet outlines of a QuPath GeoJSON export (:func:`~pellet_analysis.geojson.geojson_outlines`).
+
+    Raises
+    ------
+    AnnotationError
+        One line naming the file and the cause (unreadable, not JSON, not
+        GeoJSON of annotation outlines).
+    """
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as error:
+        raise AnnotationError(f"{path.name}: cannot read annotations ({error.strerror or error})") from None
+    except UnicodeDecodeError:
+        raise AnnotationError(f"{path.name}: not a text file (a QuPath GeoJSON export is UTF-8 JSON)") from None
+    except json.JSONDecodeError as error:
+        raise AnnotationError(f"{path.name}: not JSON (line {error.lineno} column {error.colno}: {error.msg})") from None
+    try:
+        return geojson_outlines(data, pellet_class=config.annotations_pellet_class)
+    except AnnotationError as error:
+        raise AnnotationError(f"{path.name}: {error}") from None
+
+
 def config_hash(config: RunConfig) -> str:
     """SHA-256 of every setting that can change a result."""
     data = config.model_dump(mode="json", exclude=set(_HASH_EXCLUDED))
+    if config.annotations_dir is None:
+        # without annotations their settings change nothing: a config's hash stays what it was before
+        # they existed, so a run folder of an earlier version is resumed, not refused
+        for key in ("annotations_dir", "annotations_pellet_class"):
+            data.pop(key)
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 

@@ -45,6 +45,9 @@ def _run_with(config, console, pool) -> int:
     if n_images == 0:
         console.print(f"[red]error:[/red] no images ({', '.join(config.extensions)}) in {config.input_dir}")
         return 2
+    if config.annotations_dir is not None and not Path(config.annotations_dir).is_dir():
+        console.print(f"[red]error:[/red] annotations folder {config.annotations_dir} does not exist")
+        return 2
     if Path(config.output_dir).exists() and not Path(config.output_dir).is_dir():
         console.print(f"[red]error:[/red] output folder {config.output_dir} is an existing file")
         return 2
@@ -123,6 +126,7 @@ _OPTIONS = {
     "scheduler": ("scheduler", "--scheduler"),
     "n_workers": ("workers", "--workers"),
     "sample_sheet": ("sample_sheet", "--sample-sheet"),
+    "annotations_dir": ("annotations", "--annotations"),
 }
 
 
@@ -289,6 +293,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--scheduler", help="threads | processes | synchronous | tcp://host:port")
     run.add_argument("--workers", type=int, help="local worker threads or processes")
     run.add_argument("--sample-sheet", type=Path, dest="sample_sheet", help="CSV of image, donor, condition, day[, section, notes]")
+    run.add_argument(
+        "--annotations", type=Path, metavar="DIR",
+        help="folder of QuPath GeoJSON exports (<image stem>.geojson): their annotated outlines are the pellets",
+    )
     run.set_defaults(func=cmd_run)
 
     demo = sub.add_parser("demo", help="run the default config on the sample images", description="Run configs/default.yaml on images/ and write outputs/demo/.")

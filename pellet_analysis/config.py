@@ -550,6 +550,20 @@ class RunConfig(_Strict):
         description="CSV with columns image, donor, condition, day (optional section, notes) giving study "
         "metadata instead of file names; image paths are relative to input_dir.",
     )
+    annotations_dir: Optional[Path] = Field(
+        None,
+        description="Folder of QuPath GeoJSON exports, one per image (<image stem>.geojson or .json, coordinates in "
+        "full-resolution pixels): their annotated outlines are the pellets, classified and measured inside those "
+        "outlines, instead of the pellets the finder would find. An image without a file there is run with the "
+        "finder (a warning says so). None: every image's pellets are found.",
+    )
+    annotations_pellet_class: str = Field(
+        "Pellet",
+        min_length=1,
+        description="QuPath classification name (case-insensitive, also as part of a derived class such as "
+        "'Pellet: Positive') of the annotations that are pellets; when no annotation of an image has it, all its "
+        "Polygon/MultiPolygon annotations are. Also the classification written on the pellets of geojson/<image>.geojson.",
+    )
 
     @field_validator("scheduler")
     @classmethod

@@ -19,6 +19,7 @@ __all__ = [
     "measure_pellets",
     "perimeter_crofton",
     "outline_polygon",
+    "outline_rings",
     "polygon_circularity",
     "touches_border",
     "BORDER_REASON",
@@ -87,17 +88,37 @@ def outline_polygon(mask, *, tolerance_px: float = 0.75) -> np.ndarray:
 
     The iso-line at 0.5 of the mask (marching squares: through the midpoints
     between inside and outside pixel centres, so it encloses the mask's
-    pixels) simplified by Douglas-Peucker within ``tolerance_px``. This is the
-    polygon written to the GeoJSON outlines; the first vertex is repeated at
-    the end. Empty (0, 2) when ``mask`` is empty.
+    pixels) simplified by Douglas-Peucker within ``tolerance_px``. The first
+    vertex is repeated at the end. Empty (0, 2) when ``mask`` is empty.
     """
+    contours = _mask_contours(mask)
+    if not contours:
+        return np.zeros((0, 2))
+    return _simplified(max(contours, key=lambda c: abs(_shoelace(c))), tolerance_px)
+
+
+def outline_rings(mask, *, tolerance_px: float = 0.75) -> list[np.ndarray]:
+    """Every outline of ``mask`` (outer edges of its parts and edges of its holes) as closed polygons of (row, col) vertices.
+
+    The contours of :func:`outline_polygon`, all of them: a part's outer edge
+    has a negative signed area (:func:`_shoelace`), a hole's a positive one.
+    Simplified by Douglas-Peucker within ``tolerance_px``; rings left with
+    fewer than three distinct vertices are dropped.
+    """
+    rings = [_simplified(c, tolerance_px) for c in _mask_contours(mask)]
+    return [r for r in rings if len(r) >= 4]
+
+
+def _mask_contours(mask) -> list[np.ndarray]:
+    """Closed iso-lines at 0.5 of ``mask`` (padded by one, so none is left open), in the padded array's coordinates."""
     from skimage.measure import find_contours
 
     mask = np.pad(np.asarray(mask, bool), 1)
-    contours = find_contours(mask.view(np.uint8).astype(np.float32), 0.5)
-    if not contours:
-        return np.zeros((0, 2))
-    contour = max(contours, key=lambda c: abs(_shoelace(c)))
+    return find_contours(mask.view(np.uint8).astype(np.float32), 0.5)
+
+
+def _simplified(contour, tolerance_px: float) -> np.ndarray:
+    """A padded-array contour simplified within ``tolerance_px``, in the mask's coordinates, first vertex repeated at the end."""
     # Douglas-Peucker, as skimage's approximate_polygon (whose import costs scipy.signal, most of a second
     # in every worker); the closed contour repeats its first point, so both ends stay
     contour = cv2.approxPolyDP(np.ascontiguousarray(contour, dtype=np.float32)[:, None, :], float(tolerance_px), False)[:, 0, :]

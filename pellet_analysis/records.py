@@ -59,6 +59,8 @@ class ImageJob:
     gated : bool
         The input gate passed it already (when the batch read its nuclei
         for the pixel size): its plan does not gate it again.
+    annotations : Path or None
+        Its QuPath GeoJSON export, whose outlines are its pellets; None: they are found.
     """
 
     path: Path
@@ -66,6 +68,7 @@ class ImageJob:
     pixel_size_choice: PixelSizeChoice | None = None
     whole_slide: bool = False
     gated: bool = False
+    annotations: Path | None = None
 
     @property
     def stem(self) -> str:
@@ -166,6 +169,7 @@ class ImageSummary:
     pellet_boxes: dict  # pellet id (str) -> [row_start, row_stop, col_start, col_stop]
     iron_granule_min_od: float
     whole_slide: dict | None = None  # low-resolution factor and pellet windows of a scan read window by window
+    annotations: dict | None = None  # the QuPath export whose outlines are the pellets: file, sha256, outlines; None: found
     skipped: bool = False  # finished by an earlier run of the same folder, read back from its part
 
     ok = True
@@ -176,6 +180,8 @@ class ImageSummary:
             del data["skipped"]
         if self.whole_slide is None:
             del data["whole_slide"]
+        if self.annotations is None:
+            del data["annotations"]
         if not rows:
             del data["rows"]
         return _jsonable({**data, "ok": True})

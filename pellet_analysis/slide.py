@@ -10,6 +10,7 @@ slide is not.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,6 +19,7 @@ from .bern import bern_scores
 from .calibrate import cell_iron_levels
 from .classify import classify_maps, deconvolution_stains, pellet_maps, pixel_maps_depth_px
 from .config import RunConfig
+from .geojson import AnnotationError, fill_rings, outline_bounds, outline_mask
 from .labels import CLASS_CODES
 from .measure import measure_pellets, touches_border
 from .pellets import (
@@ -39,6 +41,8 @@ __all__ = [
     "PelletPiece",
     "PelletClasses",
     "plan_slide",
+    "outline_windows",
+    "outline_labels_small",
     "plan_image",
     "classify_pellet_window",
     "measure_pellet_classes",
@@ -61,6 +65,7 @@ class SlidePlan:
     windows: list  # full-resolution (row slice, column slice) per low-resolution pellet
     full_frame: bool = False  # tissue fills the image: one region of every pixel (pellets.fills_frame)
     tissue_od: float | None = None  # the image's tissue threshold (pellets.tissue_threshold_od); None: pellets.tissue_min_od
+    outlines: list | None = None  # per pellet, its annotated polygons (geojson.geojson_outlines): the pellets; None: found
 
 
 @dataclass
@@ -77,7 +82,7 @@ class PelletPiece:
     stains_info: dict  # which stain vectors were used and why (choose_stains)
 
 
-def plan_slide(small_rgb, shape, dtype, *, factor: int, pixel_size_um: float, config: RunConfig) -> SlidePlan:
+def plan_slide(small_rgb, shape, dtype, *, factor: int, pixel_size_um: float, config: RunConfig, outlines=None) -> SlidePlan:
     """Estimate the white point and find the pellets on a low-resolution copy.
 
     Parameters
@@ -92,22 +97,33 @@ def plan_slide(small_rgb, shape, dtype, *, factor: int, pixel_size_um: float, co
     pixel_size_um : float, keyword-only
         Full-resolution pixel size.
     config : RunConfig, keyword-only
+    outlines : list, optional, keyword-only
+        Annotated pellet outlines (:func:`~pellet_analysis.geojson.geojson_outlines`):
+        they are the pellets, each pixel whose centre one encloses is its
+        pellet's, and the pellet finder is not run. Their windows hold the
+        outline and the classification's reach around it.
+
+    Raises
+    ------
+    AnnotationError
+        When an outline encloses no pixel centre of the image.
     """
     px_small = float(pixel_size_um) * factor
     small_rgb = np.asarray(small_rgb, dtype=np.float32)
     pellets = config.pellets.params()
     illumination = illumination_from_small(small_rgb, np.dtype(dtype), pixel_size_um=px_small, stains=config.stains.params(), pellets=pellets)
+    depth = pixel_maps_depth_px(pixel_size_um=pixel_size_um, classify=config.classify.params(), nuclei=config.nuclei.params(), iron=config.iron.params())
+    common = dict(shape=tuple(int(n) for n in shape[:2]), dtype=np.dtype(dtype), pixel_size_um=float(pixel_size_um), factor=int(factor), illumination=illumination)
+    if outlines is not None:
+        margin = depth + pellets.window_slack_px + 1
+        windows = outline_windows(outlines, shape, margin)
+        return SlidePlan(**common, labels_small=outline_labels_small(outlines, small_rgb.shape[:2], factor), windows=windows, outlines=list(outlines))
     score = small_tissue_score(small_rgb, illumination, pixel_size_um=px_small, params=pellets)
     tissue_od = tissue_threshold_od(score, params=pellets)
     labels = pellet_topology(small_rgb, illumination, pixel_size_um=px_small, params=pellets, tissue_od=tissue_od, score=score)
-    depth = pixel_maps_depth_px(pixel_size_um=pixel_size_um, classify=config.classify.params(), nuclei=config.nuclei.params(), iron=config.iron.params())
     margin = pellet_margin_px(pixel_size_um=pixel_size_um, factor=factor, params=pellets, extra_px=depth)
     return SlidePlan(
-        shape=tuple(int(n) for n in shape[:2]),
-        dtype=np.dtype(dtype),
-        pixel_size_um=float(pixel_size_um),
-        factor=int(factor),
-        illumination=illumination,
+        **common,
         labels_small=labels,
         windows=pellet_windows(labels, factor, shape, margin),
         full_frame=bool(labels.size) and bool((labels == 1).all()),
@@ -115,13 +131,48 @@ def plan_slide(small_rgb, shape, dtype, *, factor: int, pixel_size_um: float, co
     )
 
 
-def plan_image(rgb, *, pixel_size_um: float, config: RunConfig) -> SlidePlan:
-    """:func:`plan_slide` for an image in memory (numpy) or a lazy dask array of the full resolution."""
+def outline_windows(outlines, shape, margin_px: int) -> list:
+    """Full-resolution windows (pairs of slices) around each outline's pixels, grown by ``margin_px`` within the image.
+
+    Raises
+    ------
+    AnnotationError
+        For an outline that encloses no pixel centre of the image.
+    """
+    windows = []
+    for k, polygons in enumerate(outlines, start=1):
+        r0, r1, c0, c1 = outline_bounds(polygons)
+        rows = (max(0, math.ceil(r0)), min(int(shape[0]), math.floor(r1) + 1))
+        cols = (max(0, math.ceil(c0)), min(int(shape[1]), math.floor(c1) + 1))
+        if rows[0] >= rows[1] or cols[0] >= cols[1]:
+            raise AnnotationError(
+                f"outline {k} (rows {r0:.0f}-{r1:.0f}, columns {c0:.0f}-{c1:.0f}) lies outside the image "
+                f"({int(shape[0])} x {int(shape[1])} px): an export of another image, or of another resolution?"
+            )
+        windows.append(
+            (slice(max(0, rows[0] - margin_px), min(int(shape[0]), rows[1] + margin_px)),
+             slice(max(0, cols[0] - margin_px), min(int(shape[1]), cols[1] + margin_px)))
+        )
+    return windows
+
+
+def outline_labels_small(outlines, small_shape, factor: int) -> np.ndarray:
+    """The outlines filled at low resolution (int32, pellet k as k; a later outline over an earlier one where they overlap)."""
+    labels = np.zeros(tuple(small_shape[:2]), np.int32)
+    for k, polygons in enumerate(outlines, start=1):
+        # a full-resolution pixel centre r lies at (r + 0.5) / factor - 0.5 in block coordinates
+        for polygon in polygons:
+            labels[fill_rings([(ring + 0.5) / factor - 0.5 for ring in polygon], labels.shape)] = k
+    return labels
+
+
+def plan_image(rgb, *, pixel_size_um: float, config: RunConfig, outlines=None) -> SlidePlan:
+    """:func:`plan_slide` for an image in memory (numpy) or a lazy dask array of the full resolution (``outlines``: the annotated pellets, if any)."""
     factor = working_factor(rgb.shape, config.pellets.max_working_px)
     small = block_mean(rgb, factor)
     if hasattr(small, "dask"):
         small = small.compute()
-    return plan_slide(small, rgb.shape, rgb.dtype, factor=factor, pixel_size_um=pixel_size_um, config=config)
+    return plan_slide(small, rgb.shape, rgb.dtype, factor=factor, pixel_size_um=pixel_size_um, config=config, outlines=outlines)
 
 
 @dataclass
@@ -169,14 +220,20 @@ def classify_pellet_window(
     -------
     PelletClasses, or None when the refined pellet is smaller than ``pellets.min_pellet_area_um2``.
         When the tissue fills the image (``plan.full_frame``) every pixel is
-        inside, lumina and vacuoles included, whatever the area.
+        inside, lumina and vacuoles included, whatever the area; an annotated
+        outline (``plan.outlines``) is the pellet whatever its area, None
+        only when it encloses no pixel centre.
     """
     window = plan.windows[index - 1]
     px = plan.pixel_size_um
     pellets = config.pellets.params()
     od = plan.illumination.od(np.asarray(rgb_window), plan.shape, window)
     del rgb_window
-    if plan.full_frame:
+    if plan.outlines is not None:  # the pellet is the annotated outline, whatever its size
+        inside = outline_mask(plan.outlines[index - 1], window)
+        if not inside.any():
+            return None
+    elif plan.full_frame:
         inside = np.ones(od.shape[:2], bool)
     else:
         inside = refine_pellet(od, plan.labels_small, index, window, plan.factor, pixel_size_um=px, params=pellets, tissue_od=plan.tissue_od)

@@ -27,10 +27,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .bookkeeping import config_hash, failure, image_pixel_size, jsonable, pixel_size_unknown, slide_pixel_size, study_metadata, unexpected_failure
+from .bookkeeping import annotation_file, config_hash, failure, image_pixel_size, read_annotations, jsonable, pixel_size_unknown, slide_pixel_size, study_metadata, unexpected_failure
 from .config import RunConfig
 from .gates import NotASectionError, section_problem
-from .geojson import pellet_outline, ring_collection
+from .geojson import AnnotationError, feature_collection, pellet_geometry
 from .io import ImageReadError, open_lazy, read_image, read_pixel_size_um, read_window, sha256_file, write_json, write_label_pyramid, write_label_tiff
 from .iron_calibration import ControlLevels, control_levels
 from .labels import LABEL_DTYPES
@@ -85,6 +85,8 @@ class PlannedImage:
         ``time.time()`` when planning started.
     timings_s : dict
         ``read`` (an image held in memory) and ``plan``.
+    annotations : dict or None
+        The QuPath export whose outlines are its pellets (file, sha256, outlines); None: they were found.
     """
 
     job: ImageJob
@@ -98,6 +100,7 @@ class PlannedImage:
     config_hash: str
     started_wall: float
     timings_s: dict
+    annotations: dict | None = None
 
     @property
     def scratch(self) -> Path:
@@ -134,13 +137,18 @@ def plan_task(job: ImageJob, config: RunConfig, output_dir, config_hash: str) ->
     meta = study_metadata(path, config, job.metadata, warnings)
     if meta is None:
         return failure(path, f"file name does not match pattern {config.filename_pattern!r}", started)
-    timings, pixels = {}, None
+    timings, pixels, outlines, annotations = {}, None, None, None
     try:
+        if job.annotations is not None:
+            outlines = read_annotations(job.annotations, config)
+            annotations = {"file": str(job.annotations), "sha256": sha256_file(job.annotations), "outlines": len(outlines)}
+        elif config.annotations_dir is not None:
+            warnings.append(f"no QuPath annotations {path.stem}.geojson in {config.annotations_dir}: its pellets were found, not annotated")
         if job.whole_slide:
             lazy = open_lazy(path)
             pixel_size, source, warning = slide_pixel_size(lazy.pixel_size_um, config)
             t0 = time.perf_counter()
-            plan = plan_whole_slide(lazy, pixel_size, config)
+            plan = plan_whole_slide(lazy, pixel_size, config, outlines=outlines)
         else:
             t0 = time.perf_counter()
             rgb, file_px = read_image(path)
@@ -150,7 +158,7 @@ def plan_task(job: ImageJob, config: RunConfig, output_dir, config_hash: str) ->
                 return failure(path, problem, started)
             pixel_size, source, warning = image_pixel_size(rgb, file_px, path.stem, config, job.pixel_size_choice)
             t0 = time.perf_counter()
-            plan = plan_image(rgb, pixel_size_um=pixel_size, config=config)
+            plan = plan_image(rgb, pixel_size_um=pixel_size, config=config, outlines=outlines)
         timings["plan"] = time.perf_counter() - t0
         if not job.whole_slide and plan.windows:
             scratch = output_dir / "parts" / f"{path.stem}.pellets"
@@ -159,12 +167,16 @@ def plan_task(job: ImageJob, config: RunConfig, output_dir, config_hash: str) ->
             np.save(pixels, rgb)
     except (ImageReadError, NotASectionError) as error:
         return failure(path, str(error), started)
+    except AnnotationError as error:  # the reader names the file; an outline off the image is the plan's
+        name = Path(job.annotations).name
+        return failure(path, str(error) if str(error).startswith(name) else f"{name}: {error}", started)
     except Exception as error:  # one image's bug or bad data never stops the batch
         return unexpected_failure(path, output_dir, error, started)
     if warning:
         warnings.append(warning)
     return PlannedImage(
-        job, plan, meta, source, tuple(warnings), configured_stains(config.stains.params()), str(output_dir), pixels, config_hash, started_wall, timings
+        job, plan, meta, source, tuple(warnings), configured_stains(config.stains.params()), str(output_dir), pixels, config_hash, started_wall, timings,
+        annotations,
     )
 
 
@@ -224,7 +236,7 @@ def measure_task(classified, planned: PlannedImage, config: RunConfig) -> Pellet
         part = _load(classified)
         row = measure_pellet_classes(part, pixel_size_um=planned.plan.pixel_size_um, config=config)
         origin = (part.box[0].start, part.box[1].start)
-        outline = pellet_outline(part.inside, offset=origin)
+        outline = pellet_geometry(part.inside, offset=origin)
         box = next(iter(pellet_boxes(part.inside, origin).values()))
     except Exception as error:
         return _pellet_error(planned, classified.index, error)
@@ -315,7 +327,7 @@ def _finish(planned: PlannedImage, numbered, measured, written, config: RunConfi
         rows.append(row)
         outlines.append((row, m.outline))
         boxes[str(pid)] = m.box
-    write_json(output_dir / "geojson" / f"{path.stem}.geojson", ring_collection(outlines))
+    write_json(output_dir / "geojson" / f"{path.stem}.geojson", feature_collection(outlines, pellet_class=config.annotations_pellet_class))
     timings = {
         **planned.timings_s,
         "pellets": [round(c.seconds, 3) for c in numbered.kept],
@@ -347,6 +359,7 @@ def _finish(planned: PlannedImage, numbered, measured, written, config: RunConfi
         pellet_boxes=boxes,
         iron_granule_min_od=config.iron.granule_min_od,
         whole_slide=whole_slide,
+        annotations=planned.annotations,
     )
     write_json(output_dir / "parts" / f"{path.stem}.json", summary.to_json())
     return summary
@@ -484,7 +497,8 @@ def control_iron_levels(path, config: RunConfig) -> ControlLevels:
 
     path = Path(path)
     with tempfile.TemporaryDirectory() as scratch:
-        planned = plan_task(ImageJob(path, whole_slide=is_whole_slide(path, config)), config, scratch, config_hash(config))
+        job = ImageJob(path, whole_slide=is_whole_slide(path, config), annotations=annotation_file(path, config))
+        planned = plan_task(job, config, scratch, config_hash(config))
         if not isinstance(planned, PlannedImage):
             return ControlLevels(path.stem, np.zeros(0, np.float64), error=planned.reason)
         return control_levels(path.stem, calibration_pass(planned, config))

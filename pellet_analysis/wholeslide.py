@@ -57,7 +57,7 @@ def _low_resolution(levels, factor: int):
     return np.asarray(block_mean(best, step).compute(scheduler=threads)), best_down * step
 
 
-def plan_whole_slide(lazy: LazyImage, pixel_size_um: float, config: RunConfig) -> SlidePlan:
+def plan_whole_slide(lazy: LazyImage, pixel_size_um: float, config: RunConfig, *, outlines=None) -> SlidePlan:
     """Find the pellets and the white point of a whole-slide scan from low resolution.
 
     Parameters
@@ -66,10 +66,14 @@ def plan_whole_slide(lazy: LazyImage, pixel_size_um: float, config: RunConfig) -
         The scan, from :func:`~pellet_analysis.io.open_lazy`.
     pixel_size_um : float
     config : RunConfig
+    outlines : list, optional, keyword-only
+        Annotated pellet outlines in full-resolution pixels: the pellets (:func:`~pellet_analysis.slide.plan_slide`).
 
     Raises
     ------
     ImageReadError
+    AnnotationError
+        For an outline outside the image.
     """
     factor = working_factor(lazy.shape, config.pellets.max_working_px)
     try:
@@ -77,4 +81,4 @@ def plan_whole_slide(lazy: LazyImage, pixel_size_um: float, config: RunConfig) -
     except Exception as error:  # a truncated or corrupt tile surfaces from the codec or the zarr store
         raise ImageReadError(f"cannot decode the image's tiles ({type(error).__name__}: {' '.join(str(error).split())[:160]})") from None
     check_section(small, dtype=lazy.dtype)
-    return plan_slide(small, lazy.shape, lazy.dtype, factor=factor, pixel_size_um=pixel_size_um, config=config)
+    return plan_slide(small, lazy.shape, lazy.dtype, factor=factor, pixel_size_um=pixel_size_um, config=config, outlines=outlines)

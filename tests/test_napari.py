@@ -218,3 +218,67 @@ def test_the_table_is_sorted_as_its_header_says(make_napari_viewer, qtbot, run_d
         for order in (Qt.SortOrder.AscendingOrder, Qt.SortOrder.DescendingOrder):
             header.setSortIndicator(c, order)
             assert column(c) == sorted(column(c), reverse=order == Qt.SortOrder.DescendingOrder)
+
+
+def _batch_widget(viewer, src, out):
+    _, widget = viewer.window.add_plugin_dock_widget("pellet-analysis", "Run batch")  # the manifest's widget
+    widget.input_edit.setText(str(src))
+    widget.output_edit.setText(str(out))
+    widget.stains.setCurrentText("ab-vg")
+    return widget
+
+
+@gui
+def test_batch_widget_runs_a_folder_shows_progress_and_opens_the_review(make_napari_viewer, qtbot, run_dir):
+    import pandas as pd
+
+    viewer = make_napari_viewer(show=True)
+    _, existing = viewer.window.add_plugin_dock_widget("pellet-analysis", "Review pellets")  # docked before the run
+    widget = _batch_widget(viewer, run_dir.parent / "in", run_dir.parent / "from-napari")
+    seen = []
+    widget._relay.image.connect(lambda record: seen.append((widget.progress.value(), widget.progress.maximum(), record.file)))
+    assert widget.run() is not None
+    qtbot.waitUntil(lambda: widget.record is not None, timeout=120000)
+    assert [(value, maximum) for value, maximum, _ in seen] == [(1, 2), (2, 2)]  # one step per image, as each finishes
+    assert sorted(file for *_, file in seen) == ["P1_labeled_d14_s1.tif", "P2_unlabeled_d28_s1.tif"]
+    # the CLI's function: the same table as run_batch gave the fixture
+    ours, cli = pd.read_csv(run_dir.parent / "from-napari" / "pellets.csv"), pd.read_csv(run_dir / "pellets.csv")
+    pd.testing.assert_frame_equal(ours, cli)
+    # opened for review: the run's pellets in the Review widget, the first one shown
+    review = widget.review
+    assert review is existing  # the Review widget already docked, not a second one
+    qtbot.waitUntil(lambda: review.current is not None and review.progress.maximum() == 1, timeout=30000)
+    assert review.run_dir == run_dir.parent / "from-napari" and review.grid.rowCount() == len(cli) == 3
+    assert (review.current["image"], review.current["pellet_id"]) == ("P1_labeled_d14_s1", 1) and len(viewer.layers) == 4
+    assert widget.run_button.isEnabled() and not widget.cancel_button.isEnabled()
+
+
+@gui
+def test_batch_widget_cancels_between_images_and_reports_errors_in_one_line(make_napari_viewer, qtbot, run_dir, tmp_path):
+    viewer = make_napari_viewer(show=True)
+    out = tmp_path / "cancelled"
+    widget = _batch_widget(viewer, run_dir.parent / "in", out)
+    widget.run()
+    widget.cancel()  # asked at once: the batch stops when its first image is reported
+    qtbot.waitUntil(lambda: widget.run_button.isEnabled(), timeout=120000)
+    assert widget.status.text().startswith("batch cancelled after 1 image(s)") and widget.record is None
+    assert not (out / "run.json").exists() and len(list((out / "parts").glob("*.json"))) >= 1
+    widget.run()  # again into the same folder: the finished image is skipped, the other done
+    qtbot.waitUntil(lambda: widget.record is not None, timeout=120000)
+    assert widget.record["n_skipped"] >= 1 and widget.record["n_pellets"] == 3
+    review = widget.review  # opened for review: let it finish showing before the window closes
+    qtbot.waitUntil(lambda: review.current is not None and review.progress.maximum() == 1, timeout=30000)
+
+    widget.input_edit.setText(str(tmp_path / "nowhere"))
+    assert widget.run() is None and widget.status.text() == f"error: {tmp_path / 'nowhere'}: input folder does not exist"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("pellets:\n  rim_width_um: -3\n")
+    widget.input_edit.setText(str(run_dir.parent / "in"))
+    widget.config_edit.setText(str(bad))
+    assert widget.run() is None and widget.status.text().startswith(f"error: {bad}: pellets.rim_width_um")
+    assert "\n" not in widget.status.text()
+    widget.config_edit.setText("")
+    widget.annotations_edit.setText(str(tmp_path / "no-exports"))  # found when the batch starts, in its thread
+    widget.run()
+    qtbot.waitUntil(lambda: widget.run_button.isEnabled(), timeout=30000)
+    assert widget.status.text() == f"error: {tmp_path / 'no-exports'}: annotations folder does not exist"
