@@ -96,6 +96,13 @@ def _one_line(error) -> str:
     return " ".join(str(error).split())[:200] or type(error).__name__
 
 
+#: Tiles smaller than this (px, a side) are read this many pixels at a time: an NDPI's restart
+#: intervals, which tifffile reads as tiles, are 8 or 16 rows high, and one dask task each would
+#: make millions of tasks on a slide.
+_SMALL_TILE_PX = 128
+_MIN_CHUNK_PX = 512
+
+
 class Levels:
     """``shape`` and ``dtype`` of the full resolution of anything holding pyramid ``levels``."""
 
@@ -137,7 +144,12 @@ class SlideReader(Levels):
         out = []
         for index, level in enumerate(self.levels):
             if isinstance(level, _TiffLevel):
-                out.append(da.from_zarr(level.array)[level.lead][..., :3])
+                chunks = tuple(c if c >= _SMALL_TILE_PX else c * -(-_MIN_CHUNK_PX // c) for c in level.chunks)
+                if chunks == level.chunks:
+                    array = da.from_zarr(level.array)
+                else:
+                    array = da.from_zarr(level.array, chunks=(1,) * len(level.lead) + chunks + level.array.shape[-1:])
+                out.append(array[level.lead][..., :3])
             else:
                 name = f"{type(self).__name__}-{self.path}-{index}"  # tokenizing the open file handle is not deterministic
                 out.append(da.from_array(level, chunks=level.chunks + (3,), asarray=True, lock=False, fancy=False, name=name))
@@ -473,7 +485,9 @@ class _OpenSlideLevel:
 
 
 class _OpenSlideReader(SlideReader):
-    chunk_px = 1024
+    # each dask thread holds a block's RGBA, its RGB and the block means' float copy; planning a 16k x 16k
+    # scan took 61 MB above the imports with 1024-px blocks, 49 MB with 512 (benchmarks/formats.py)
+    chunk_px = 512
 
     def __init__(self, path: Path, fmt: str):
         try:

@@ -13,8 +13,9 @@ Pixels are deflate-compressed tiles, where scanners mostly write JPEG.
 NDPI: tifffile cannot write one, so :func:`write_ndpi` writes a classic TIFF
 with the NDPI tags (FileFormat, Magnification, Make) and then lays its IFDs
 out the NDPI way (64-bit next-IFD offsets and a high word per tag, which
-tifffile parses for any ``.ndpi`` file). A real NDPI level is one JPEG
-strip with restart markers (``McuStarts``); here it is tiled.
+tifffile parses for any ``.ndpi`` file). Its levels are either tiled and
+lossless, or, as a scanner writes them, one JPEG strip each with restart
+markers and ``McuStarts`` (OpenCV's encoder; 4:4:4 where scanners subsample).
 
 CZI is written with pylibCZIrw in tiles, its pixel size in metres as ZEN
 writes it. OpenSlide recognises a file by its content, so a generic tiled
@@ -145,11 +146,16 @@ def write_bif(path, levels, pixel_size_um: float, *, overlap_px: int = 0) -> Pat
     return Path(path)
 
 
-def write_ndpi(path, levels, pixel_size_um: float) -> Path:
-    """Hamamatsu NDPI-style: NDPI tags and resolution in pixels per centimetre, IFDs laid out as NDPI lays them."""
+def write_ndpi(path, levels, pixel_size_um: float, *, jpeg: bool = False) -> Path:
+    """Hamamatsu NDPI-style: NDPI tags and resolution in pixels per centimetre, IFDs laid out as NDPI lays them.
+
+    ``jpeg``: each level is, as a scanner writes it, one JPEG strip with
+    restart markers and the ``McuStarts`` tag (tifffile reads each restart
+    interval as a tile); every level's sides must then be multiples of 8.
+    Otherwise each level is tiled and deflate-compressed (lossless).
+    """
     path = Path(path)
     classic = path.with_suffix(".classic.tif")
-    rows, cols = _shape(levels[0])
 
     def ndpi_tags(k):
         factor = _shape(levels[0])[1] / _shape(levels[k])[1]
@@ -167,7 +173,14 @@ def write_ndpi(path, levels, pixel_size_um: float) -> Path:
         }
 
     with tifffile.TiffWriter(classic) as tif:
-        _write_levels(tif, levels, {}, per_level=ndpi_tags)
+        if jpeg:
+            for k, level in enumerate(levels):
+                strip, starts = _restart_jpeg(level)
+                options = ndpi_tags(k)
+                options["extratags"] = options["extratags"] + [(65426, 4, len(starts), starts, True)]  # McuStarts
+                tif.write(iter([strip]), shape=level.shape, dtype=np.uint8, photometric="rgb", compression="jpeg", rowsperstrip=level.shape[0], metadata=None, **options)
+        else:
+            _write_levels(tif, levels, {}, per_level=ndpi_tags)
         macro = _thumbnail(levels)
         extra = ndpi_tags(0)["extratags"][:4] + [(65421, 11, 1, -1.0, True)]
         tif.write(macro, photometric="rgb", metadata=None, extratags=extra)
@@ -175,6 +188,28 @@ def write_ndpi(path, levels, pixel_size_um: float) -> Path:
     classic.unlink()
     path.write_bytes(_ndpi_layout(data))
     return path
+
+
+def _restart_jpeg(rgb: np.ndarray, quality: int = 92, max_interval: int = 64):
+    """One JPEG of ``rgb`` (4:4:4, 8-px MCUs) restarting every k MCUs, k dividing a row's MCUs; and where each interval starts."""
+    import cv2
+
+    rows, cols = rgb.shape[:2]
+    assert rows % 8 == 0 and cols % 8 == 0, "NDPI strips here need sides that are multiples of the 8-px MCU"
+    interval = max(k for k in range(1, max_interval + 1) if (cols // 8) % k == 0)  # a restart interval never wraps a row
+    params = [cv2.IMWRITE_JPEG_QUALITY, quality, cv2.IMWRITE_JPEG_RST_INTERVAL, interval, cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444]
+    ok, buffer = cv2.imencode(".jpg", np.ascontiguousarray(rgb[..., ::-1]), params)
+    assert ok
+    data = buffer.tobytes()
+    sos = data.index(b"\xff\xda")
+    starts = [sos + 2 + struct.unpack(">H", data[sos + 2 : sos + 4])[0]]  # the first interval starts after the scan header
+    i = starts[0]
+    while (i := data.find(b"\xff", i)) >= 0 and i + 1 < len(data):
+        if 0xD0 <= data[i + 1] <= 0xD7:  # RSTn: the next interval starts after it
+            starts.append(i + 2)
+        i += 2 if data[i + 1] != 0xFF else 1
+    assert len(starts) == (rows // 8) * (cols // 8) // interval
+    return data, np.asarray(starts, np.uint32)
 
 
 def _ndpi_layout(data: bytearray) -> bytes:

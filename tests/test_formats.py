@@ -13,7 +13,7 @@ from pellet_analysis.readers import SCANNER_SUFFIXES, open_reader
 from pellet_analysis.synthetic import make_section
 from pellet_analysis.wholeslide import _low_resolution, is_whole_slide
 
-from .slide_files import WRITERS, write_bif, write_ome
+from .slide_files import WRITERS, write_bif, write_ndpi, write_ome
 
 PX = 0.8
 STEM = "D1_labeled_d14_s1"
@@ -51,7 +51,13 @@ def test_each_format_reads_its_levels_windows_and_pixel_size(section, tmp_path, 
     assert lazy.pixel_size_um == pytest.approx(PX, rel=1e-6) and read_pixel_size_um(path) == pytest.approx(PX, rel=1e-6)
     expected = levels[:1] if suffix == ".czi" else levels  # pylibCZIrw writes no pyramid
     assert [lv.shape for lv in lazy.levels] == [lv.shape for lv in expected]
-    for got, want in zip(lazy.levels, expected):
+    for k, (got, want) in enumerate(zip(lazy.levels, expected)):
+        if suffix == ".mrxs" and k > 0:
+            # OpenSlide places a region by its full-resolution corner: at a downsample that is not a whole
+            # number (1169 / 584 = 2.0017 here) a block not starting at 0 lands between pixels and is resampled
+            difference = np.abs(np.asarray(got).astype(int) - want)
+            assert difference.mean() < 0.5 and difference.max() <= 32
+            continue
         np.testing.assert_array_equal(np.asarray(got), want)  # lossless tiles: the very pixels written
     window = (slice(101, 333), slice(250, 517))
     np.testing.assert_array_equal(read_window(path, window), section.image[window])
@@ -127,6 +133,39 @@ def test_reading_a_scan_never_holds_its_full_resolution(tmp_path, suffix):
     assert factor == 32 and small.shape[:2] == (256, 256)
     np.testing.assert_array_equal(window[:256, :256], np.roll(tile, (-5000 % 256, -7000 % 256), axis=(0, 1)))
     assert peak < 0.1 * full_bytes, f"peak {peak / 1e6:.0f} MB of a {full_bytes / 1e6:.0f} MB scan"
+
+
+def test_an_ndpi_of_jpeg_strips_with_restart_markers_is_read_interval_by_interval(section, tmp_path):
+    """NDPI as scanners write it: each level one JPEG strip, read by restart interval through ``McuStarts``."""
+    import tifffile
+
+    rows, cols = (-(-n // 32) * 32 for n in section.image.shape[:2])  # sides every level can halve to multiples of 8
+    padded = np.empty((rows, cols, 3), np.uint8)
+    padded[...] = np.median(section.image[:8].reshape(-1, 3), axis=0)  # the glass
+    padded[: section.image.shape[0], : section.image.shape[1]] = section.image
+    levels = _levels(padded)
+    (tmp_path / "in").mkdir()
+    path = write_ndpi(tmp_path / "in" / f"{STEM}.ndpi", levels, PX, jpeg=True)
+    with tifffile.TiffFile(path) as tif:
+        page = tif.series[0].levels[0].keyframe
+        assert tif.is_ndpi and page.tilelength == 8 and cols % page.tilewidth == 0 and page.compression == 7
+        n_intervals = len(page.dataoffsets)
+    assert n_intervals == rows // 8 * (cols // page.tilewidth) > 300
+    lazy = open_lazy(path)
+    assert lazy.pixel_size_um == pytest.approx(PX) and [lv.shape for lv in lazy.levels] == [lv.shape for lv in levels]
+    assert lazy.levels[0].chunksize[0] == 512  # 8-row intervals read 512 rows at a time: not one dask task each
+    decoded = [np.asarray(lv) for lv in lazy.levels]
+    for got, want in zip(decoded, levels):
+        assert np.abs(got.astype(int) - want).mean() < 3.0  # JPEG at quality 92
+    window = (slice(203, 371), slice(150, 611))
+    np.testing.assert_array_equal(read_window(path, window), decoded[0][window])
+    # the pipeline on it gives the table of its decoded pixels saved as OME-TIFF
+    (tmp_path / "twin").mkdir()
+    write_ome(tmp_path / "twin" / f"{STEM}.tif", decoded, PX)
+    record = run_batch(_config(tmp_path / "in", tmp_path / "out"))
+    twin = run_batch(_config(tmp_path / "twin", tmp_path / "twin-out"))
+    assert record["n_failures"] == 0 and record["n_pellets"] == twin["n_pellets"] == 2
+    pd.testing.assert_frame_equal(_comparable(record["table"]), _comparable(twin["table"]))
 
 
 def test_a_bif_with_overlapping_tiles_goes_to_openslide(section, tmp_path):
