@@ -1,6 +1,6 @@
 # Set-up commands, each on a fresh machine with only Python 3.11 and pip:
 #   make demo  - own venv, install, run configs/default.yaml on images/, write outputs/demo/
-#   make test  - own venv with the dev and napari extras, run the whole test suite (GUI tests need Xvfb)
+#   make test  - own venv with the dev, napari and slides extras, run the whole test suite (GUI tests need Xvfb)
 #   make docs  - the demo, then every figure in README.md and docs/ regenerated from it
 #                (report screenshot needs Debian's chromium, the napari ones xvfb-run)
 PYTHON ?= python3
@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e ".[dev,napari]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,napari,slides]"
 	touch $@ $(VENV)/.installed
 
 install: $(VENV)/.installed

@@ -292,7 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--force-pixel-size", action="store_true", help="use --pixel-size-um even where a file has its own")
     run.add_argument("--scheduler", help="threads | processes | synchronous | tcp://host:port")
     run.add_argument("--workers", type=int, help="local worker threads or processes")
-    run.add_argument("--sample-sheet", type=Path, dest="sample_sheet", help="CSV of image, donor, condition, day[, section, notes]")
+    run.add_argument("--sample-sheet", type=Path, dest="sample_sheet", help="CSV or Excel (.xlsx, first sheet) of image, donor, condition, day[, section, notes]")
     run.add_argument(
         "--annotations", type=Path, metavar="DIR",
         help="folder of QuPath GeoJSON exports (<image stem>.geojson): their annotated outlines are the pellets",

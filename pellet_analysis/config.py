@@ -516,7 +516,14 @@ class RunConfig(_Strict):
         "otherwise it is processed with empty metadata.",
     )
     extensions: list[str] = Field(
-        [".tif", ".tiff", ".png", ".jpg", ".jpeg"], description="File endings read as images."
+        [
+            ".tif", ".tiff", ".png", ".jpg", ".jpeg", ".btf", ".svs", ".ndpi", ".scn", ".qptiff", ".bif",
+            ".mrxs", ".vmu", ".svslide", ".czi", ".vsi",
+        ],
+        description="File endings read as images. Scanner formats (.svs .ndpi .scn .qptiff .bif through tifffile; "
+        ".mrxs .vms .vmu .svslide .dcm through OpenSlide and .czi through pylibCZIrw, both in the slides extra) "
+        "are read window by window; .vsi is listed to say it cannot be read (export it as OME-TIFF). "
+        ".vms and .dcm are not listed by default: a VMS slide's JPEG files and a DICOM slide's other files lie beside it.",
     )
     scheduler: str = Field(
         "threads",
@@ -547,7 +554,8 @@ class RunConfig(_Strict):
     bern: BernConfig = BernConfig()
     sample_sheet: Optional[Path] = Field(
         None,
-        description="CSV with columns image, donor, condition, day (optional section, notes) giving study "
+        description="CSV or Excel workbook (.xlsx/.xlsm: its first sheet, the header its first non-empty row) "
+        "with columns image, donor, condition, day (optional section, notes) giving study "
         "metadata instead of file names; image paths are relative to input_dir.",
     )
     annotations_dir: Optional[Path] = Field(

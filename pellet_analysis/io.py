@@ -5,13 +5,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from .readers import CZI_FORMATS, ImageReadError, OPENSLIDE_FORMATS, TIFF_FORMATS, UNREADABLE_FORMATS, Levels, main_series, open_reader, tiff_pixel_size_um
 
 __all__ = [
     "ImageReadError",
@@ -25,6 +26,7 @@ __all__ = [
     "read_window",
     "read_label_window",
     "zarr_levels",
+    "open_reader",
     "write_label_pyramid",
     "atomic_path",
     "atomic_write",
@@ -33,49 +35,6 @@ __all__ = [
     "sha256_file",
     "flush_standard_streams",
 ]
-
-
-class ImageReadError(ValueError):
-    """An input image cannot be read; the message is one line naming the cause."""
-
-
-_UNIT_TO_UM = {2: 25400.0, 3: 10000.0}  # TIFF ResolutionUnit: 2 inch, 3 centimetre
-_OME_UNIT_TO_UM = {"µm": 1.0, "um": 1.0, "nm": 1e-3, "mm": 1e3, "cm": 1e4, "m": 1e6, "Å": 1e-4}
-
-
-def _ome_pixel_size_um(description: str | None) -> float | None:
-    if not description or "PhysicalSizeX" not in description:
-        return None
-    match = re.search(r'PhysicalSizeX="([0-9.eE+-]+)"', description)
-    if not match:
-        return None
-    unit = re.search(r'PhysicalSizeXUnit="([^"]+)"', description)
-    factor = _OME_UNIT_TO_UM.get(unit.group(1) if unit else "µm", 1.0)
-    value = float(match.group(1)) * factor
-    return value if value > 0 else None
-
-
-def tiff_pixel_size_um(tif) -> float | None:
-    """Pixel size (µm) from a tifffile.TiffFile: OME PhysicalSizeX, else resolution tags."""
-    ome = _ome_pixel_size_um(tif.ome_metadata) if tif.is_ome else None
-    if ome:
-        return ome
-    page = tif.pages[0]
-    tags = page.tags
-    unit_tag = tags.get("ResolutionUnit")
-    xres = tags.get("XResolution")
-    if unit_tag is None or xres is None:
-        return None
-    unit = int(unit_tag.value)
-    if unit not in _UNIT_TO_UM:
-        return None
-    num, den = xres.value
-    if num <= 0 or den <= 0:
-        return None
-    per_unit = num / den
-    if per_unit <= 1.0:  # default 1 pixel per unit: no real calibration
-        return None
-    return _UNIT_TO_UM[unit] / per_unit
 
 
 def to_rgb(array, *, photometric: str | None = None, colormap=None) -> np.ndarray:
@@ -126,8 +85,10 @@ def to_rgb(array, *, photometric: str | None = None, colormap=None) -> np.ndarra
     return np.ascontiguousarray(a)
 
 
-#: File endings read with tifffile.
-TIFF_SUFFIXES = (".tif", ".tiff", ".svs", ".btf")
+#: File endings read with tifffile (:data:`~pellet_analysis.readers.TIFF_FORMATS`).
+TIFF_SUFFIXES = tuple(TIFF_FORMATS)
+#: File endings read only through a whole-slide reader (OpenSlide, pylibCZIrw), or not at all.
+SLIDE_ONLY_SUFFIXES = tuple(OPENSLIDE_FORMATS) + tuple(CZI_FORMATS) + tuple(UNREADABLE_FORMATS)
 
 
 def read_image(path, *, max_pixels: int = 400_000_000) -> tuple[np.ndarray, float | None]:
@@ -136,7 +97,9 @@ def read_image(path, *, max_pixels: int = 400_000_000) -> tuple[np.ndarray, floa
     Parameters
     ----------
     path : str or Path
-        TIFF / OME-TIFF (first series, full resolution), PNG or JPEG.
+        TIFF / OME-TIFF and the TIFF-based scanner formats (the main series,
+        full resolution), PNG or JPEG; the other scanner formats through
+        their reader (:func:`~pellet_analysis.readers.open_reader`).
     max_pixels : int, keyword-only
         Refuse images with more pixels than this before decoding them.
 
@@ -145,7 +108,7 @@ def read_image(path, *, max_pixels: int = 400_000_000) -> tuple[np.ndarray, floa
     rgb : ndarray, shape (rows, cols, 3)
         uint8, uint16 or float32.
     pixel_size_um : float or None
-        From OME metadata or TIFF resolution tags; None when the file has none.
+        From the format's metadata (:func:`~pellet_analysis.readers.tiff_pixel_size_um`); None when the file has none.
 
     Raises
     ------
@@ -162,20 +125,20 @@ def read_image(path, *, max_pixels: int = 400_000_000) -> tuple[np.ndarray, floa
     suffix = path.suffix.lower()
     if suffix in TIFF_SUFFIXES:
         return _read_tiff(path, max_pixels)
+    if suffix in SLIDE_ONLY_SUFFIXES:
+        return _read_slide(path, max_pixels)
     return _read_other(path, max_pixels)
 
 
 def read_pixel_size_um(path) -> float | None:
-    """The pixel size a TIFF's tags or OME metadata give, without reading its pixels; None for other files or none."""
+    """The pixel size a scan's or TIFF's metadata give, without reading its pixels; None for other files or none."""
     path = Path(path)
-    if path.suffix.lower() not in TIFF_SUFFIXES:
+    if path.suffix.lower() not in TIFF_SUFFIXES + SLIDE_ONLY_SUFFIXES:
         return None
-    import tifffile
-
     try:
-        with tifffile.TiffFile(path) as tif:
-            return tiff_pixel_size_um(tif)
-    except Exception:  # unreadable: read_image reports it with its cause
+        with open_reader(path) as reader:
+            return reader.pixel_size_um
+    except Exception:  # unreadable: read_image or open_lazy reports it with its cause
         return None
 
 
@@ -184,19 +147,20 @@ def _read_tiff(path: Path, max_pixels: int):
 
     try:
         with tifffile.TiffFile(path) as tif:
-            series = tif.series[0]
+            index = main_series(tif)
+            series = tif.series[index]
             shape = series.shape
             plane = shape[-3:-1] if len(shape) >= 3 and shape[-1] in (3, 4) else shape[-2:]
             n_px = int(np.prod(plane, dtype=np.float64)) if len(shape) >= 2 else 0
             if n_px > max_pixels:
                 raise ImageReadError(f"image of shape {shape} exceeds the limit of {max_pixels} pixels")
-            page = tif.pages[0]
+            page = series.keyframe
             photometric = page.photometric.name if page.photometric is not None else None
             if photometric == "SEPARATED":
                 raise ImageReadError("CMYK (separated) TIFF is not supported; export as RGB")
             data = series.asarray()
             colormap = page.colormap if photometric == "PALETTE" else None
-            pixel_size = tiff_pixel_size_um(tif)
+            pixel_size = tiff_pixel_size_um(tif, index)
     except ImageReadError:
         raise
     except Exception as error:  # tifffile raises many types on corrupt data
@@ -204,6 +168,13 @@ def _read_tiff(path: Path, max_pixels: int):
     if data.ndim > 3:
         data = data.reshape((-1,) + data.shape[-3:])[0] if data.shape[-1] in (3, 4) else data.reshape((-1,) + data.shape[-2:])[0]
     return to_rgb(data, photometric=photometric, colormap=colormap), pixel_size
+
+
+def _read_slide(path: Path, max_pixels: int):
+    with open_reader(path) as reader:
+        if int(np.prod(reader.shape[:2], dtype=np.float64)) > max_pixels:
+            raise ImageReadError(f"image of shape {reader.shape} exceeds the limit of {max_pixels} pixels")
+        return reader.read((slice(None), slice(None))), reader.pixel_size_um
 
 
 def _read_other(path: Path, max_pixels: int):
@@ -221,20 +192,13 @@ def _read_other(path: Path, max_pixels: int):
 
 
 @dataclass
-class LazyImage:
+class LazyImage(Levels):
     """A large RGB image read tile by tile: every pyramid level as a dask array, full resolution first."""
 
     path: Path
     levels: list  # dask arrays (rows, cols, 3)
     pixel_size_um: float | None
-
-    @property
-    def shape(self) -> tuple:
-        return tuple(self.levels[0].shape)
-
-    @property
-    def dtype(self):
-        return self.levels[0].dtype
+    format: str = "TIFF"  # the reader's name for it, e.g. "Hamamatsu NDPI"
 
 
 def zarr_levels(path) -> list:
@@ -250,39 +214,36 @@ def zarr_levels(path) -> list:
 
 
 def open_lazy(path, *, max_pixels: int = 100_000_000_000) -> LazyImage:
-    """Open a (pyramidal, tiled, JPEG/LZW/deflate) TIFF, OME-TIFF or SVS without decoding it.
+    """Open a scan or a (pyramidal, tiled) TIFF without decoding it.
 
-    Every level of the first series becomes a dask array over tifffile's zarr
-    store, chunked like the file's tiles; nothing is read until computed.
+    Every pyramid level becomes a dask array over the format's reader
+    (:func:`~pellet_analysis.readers.open_reader`: tifffile's zarr store,
+    OpenSlide or pylibCZIrw), chunked like the file's tiles; nothing is read
+    until computed. The reader stays open as long as the arrays.
 
     Raises
     ------
     ImageReadError
-        With a one-line cause, when the file is not an RGB TIFF tifffile can tile.
+        With a one-line cause: not readable, not RGB, too large, or the
+        format's optional package missing (with the ``pip install`` that adds it).
     """
-    import dask.array as da
-    import tifffile
-
     path = Path(path)
+    reader = open_reader(path)
     try:
-        with tifffile.TiffFile(path) as tif:
-            page = tif.series[0].levels[0].keyframe
-            photometric = page.photometric.name if page.photometric is not None else None
-            pixel_size = tiff_pixel_size_um(tif)
-        levels = [da.from_zarr(a) for a in zarr_levels(path)]
+        levels = reader.dask_levels()
     except Exception as error:
-        raise ImageReadError(f"not a readable tiled TIFF ({type(error).__name__}: {_one_line(error)})") from None
+        reader.close()
+        raise ImageReadError(f"not a readable tiled {reader.format} ({type(error).__name__}: {_one_line(error)})") from None
     if int(np.prod(levels[0].shape[:2], dtype=np.float64)) > max_pixels:
+        reader.close()
         raise ImageReadError(f"image of shape {levels[0].shape} exceeds the limit of {max_pixels} pixels")
-    if levels[0].ndim != 3 or levels[0].shape[-1] not in (3, 4) or photometric == "SEPARATED":
-        raise ImageReadError(f"whole-slide reading needs an RGB(A) image, got shape {levels[0].shape} ({photometric})")
-    return LazyImage(path, [level[..., :3] for level in levels], pixel_size)
+    return LazyImage(path, levels, reader.pixel_size_um, reader.format)
 
 
 def read_window(path, window, *, level: int = 0) -> np.ndarray:
-    """Decode only the tiles under ``window`` (a pair of slices) of one level of a TIFF; RGB."""
-    array = zarr_levels(Path(path))[level]
-    return np.ascontiguousarray(array[window[0], window[1]][..., :3])
+    """Decode only the tiles under ``window`` (a pair of slices) of one level of a scan or TIFF; RGB."""
+    with open_reader(Path(path)) as reader:
+        return reader.read(window, level)
 
 
 def read_label_window(path, window) -> np.ndarray:

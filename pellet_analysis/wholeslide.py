@@ -18,21 +18,30 @@ from .config import RunConfig
 from .gates import check_section
 from .io import ImageReadError, LazyImage
 from .pellets import block_mean, working_factor
+from .readers import SCANNER_SUFFIXES, TIFF_FORMATS, UNREADABLE_FORMATS, main_series
 from .slide import SlidePlan, plan_slide
 
 __all__ = ["is_whole_slide", "plan_whole_slide"]
 
 
 def is_whole_slide(path, config: RunConfig) -> bool:
-    """True for TIFFs with pyramid levels or at least ``config.whole_slide_min_px`` pixels (read from the header only)."""
+    """True for scanner formats, and for TIFFs with pyramid levels or at least ``config.whole_slide_min_px`` pixels.
+
+    A scanner file (:data:`~pellet_analysis.readers.SCANNER_SUFFIXES`) is
+    always read window by window through its reader; a TIFF's main series
+    (:func:`~pellet_analysis.readers.main_series`) is judged from its header only.
+    """
     import tifffile
 
     path = Path(path)
-    if path.suffix.lower() not in (".tif", ".tiff", ".svs", ".btf"):
+    suffix = path.suffix.lower()
+    if suffix in SCANNER_SUFFIXES or suffix in UNREADABLE_FORMATS:
+        return True
+    if suffix not in TIFF_FORMATS:
         return False
     try:
         with tifffile.TiffFile(path) as tif:
-            series = tif.series[0]
+            series = tif.series[main_series(tif)]
             shape = series.levels[0].shape
             plane = shape[-3:-1] if len(shape) >= 3 and shape[-1] in (3, 4) else shape[-2:]
             return len(series.levels) > 1 or math.prod(plane) >= config.whole_slide_min_px

@@ -36,7 +36,7 @@ ARRAY = {
 }
 LAYERS = [
     ARRAY,
-    {"config", "io", "synthetic", "synthetic_he"},
+    {"config", "io", "readers", "synthetic", "synthetic_he"},
     {"slide", "wholeslide"},
     {"records", "bookkeeping"},
     {"tasks", "scheduling", "workers", "_server_exit", "iron_calibration", "review", "study", "stats"},
