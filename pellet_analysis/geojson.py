@@ -8,12 +8,17 @@ import numpy as np
 
 from .measure import outline_polygon
 
-__all__ = ["pellet_outline", "ring_collection"]
+__all__ = ["pellet_outline", "polygon_ring", "ring_collection"]
 
 
 def pellet_outline(mask, *, offset=(0, 0), tolerance_px: float = 0.75) -> list[list[float]]:
     """Closed outer outline of the largest part of ``mask`` as ``[x, y]`` (column, row) pixel coordinates (:func:`~pellet_analysis.measure.outline_polygon`)."""
-    return [[float(c + offset[1]), float(r + offset[0])] for r, c in outline_polygon(mask, tolerance_px=tolerance_px)]
+    return polygon_ring(outline_polygon(mask, tolerance_px=tolerance_px), offset=offset)
+
+
+def polygon_ring(polygon, *, offset=(0, 0)) -> list[list[float]]:
+    """A polygon of (row, col) vertices as the ``[x, y]`` (column, row) ring :func:`pellet_outline` gives, shifted by ``offset`` (rows, cols)."""
+    return [[float(c + offset[1]), float(r + offset[0])] for r, c in polygon]
 
 
 def _json_value(value):

@@ -210,8 +210,11 @@ def classify_pellet_window(
     )
 
 
-def measure_pellet_classes(part: PelletClasses, *, pixel_size_um: float, config: RunConfig) -> dict:
-    """The measurements of one classified pellet (the second part of :func:`analyze_pellet`); centroids in full-image pixels."""
+def measure_pellet_classes(part: PelletClasses, *, pixel_size_um: float, config: RunConfig, outlines: dict | None = None) -> dict:
+    """The measurements of one classified pellet (the second part of :func:`analyze_pellet`); centroids in full-image pixels.
+
+    ``outlines`` receives ``{1: outline polygon}`` in the pellet's box (:func:`~pellet_analysis.measure.measure_pellets`).
+    """
     (row,) = measure_pellets(
         np.asarray(part.inside, dtype=bool).view(np.uint8),
         part.classes,
@@ -220,6 +223,7 @@ def measure_pellet_classes(part: PelletClasses, *, pixel_size_um: float, config:
         proteoglycan_od=part.proteoglycan_od,
         iron_cell_distance_um=config.iron.cell_distance_um,
         rim_width_um=config.pellets.rim_width_um,
+        outlines=outlines,
     )
     row["centroid_row_px"] += part.box[0].start
     row["centroid_col_px"] += part.box[1].start

@@ -30,7 +30,7 @@ import numpy as np
 from .bookkeeping import config_hash, failure, image_pixel_size, jsonable, pixel_size_unknown, slide_pixel_size, study_metadata, unexpected_failure
 from .config import RunConfig
 from .gates import NotASectionError, section_problem
-from .geojson import pellet_outline, ring_collection
+from .geojson import polygon_ring, ring_collection
 from .io import ImageReadError, open_lazy, read_image, read_pixel_size_um, read_window, sha256_file, write_json, write_label_pyramid, write_label_tiff
 from .iron_calibration import ControlLevels, control_levels
 from .labels import LABEL_DTYPES
@@ -222,9 +222,10 @@ def measure_task(classified, planned: PlannedImage, config: RunConfig) -> Pellet
     started = time.time()
     try:
         part = _load(classified)
-        row = measure_pellet_classes(part, pixel_size_um=planned.plan.pixel_size_um, config=config)
+        outlines = {}  # the outline the circularity is measured on is the one written: traced once
+        row = measure_pellet_classes(part, pixel_size_um=planned.plan.pixel_size_um, config=config, outlines=outlines)
         origin = (part.box[0].start, part.box[1].start)
-        outline = pellet_outline(part.inside, offset=origin)
+        outline = polygon_ring(outlines[1], offset=origin)
         box = next(iter(pellet_boxes(part.inside, origin).values()))
     except Exception as error:
         return _pellet_error(planned, classified.index, error)
