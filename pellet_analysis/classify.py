@@ -25,7 +25,7 @@ from skimage.segmentation import watershed
 
 from .filters import gaussian_radius_px, smooth_channels
 from .labels import CLASS_CODES
-from .morphology import expansion, DISTANCE_STEPS_PER_PX, quantised_distance, remove_small_objects, white_tophat_disk, binary_dilation_disk, binary_opening_disk, fill_holes, h_maxima, median_by_label
+from .morphology import expansion, DISTANCE_STEPS_PER_PX, quantised_distance, remove_small_objects, white_tophat_disk, binary_dilation_disk, binary_opening_disk, fill_holes, fill_label_holes, h_maxima, median_by_label
 from .params import ClassifyParams, IronParams, NucleiParams
 from .stains import MATRIX_ROLES, StainSet, unmix
 
@@ -207,14 +207,7 @@ def _trim_below_fraction_of_median(instances, signal, *, fraction: float) -> np.
         return out
     median = median_by_label(signal, out, n)
     keep = signal >= np.float32(fraction) * median[out]
-    trimmed = np.where(keep, out, 0).astype(np.uint32)
-    for k, box in enumerate(ndi.find_objects(trimmed), start=1):
-        if box is None:
-            continue
-        own = trimmed[box] == k
-        filled = fill_holes(own) & (out[box] == k)
-        trimmed[box][filled & ~own] = k
-    return trimmed
+    return fill_label_holes(np.where(keep, out, 0).astype(np.uint32), out)
 
 
 def merge_convex_pairs(instances, *, min_solidity: float, max_area_px: float) -> np.ndarray:

@@ -11,8 +11,9 @@ import functools
 
 import cv2
 import numpy as np
+from scipy import ndimage as ndi
 
-__all__ = ["expansion", "within_distance", "quantised_distance", "DISTANCE_STEPS_PER_PX", "remove_small_objects", "white_tophat_disk", "disk_sequence", "fill_holes", "distance_transform", "binary_opening_disk", "binary_dilation_disk", "h_maxima", "median_by_label", "expand_labels"]
+__all__ = ["expansion", "within_distance", "quantised_distance", "DISTANCE_STEPS_PER_PX", "remove_small_objects", "white_tophat_disk", "disk_sequence", "fill_holes", "fill_label_holes", "distance_transform", "binary_opening_disk", "binary_dilation_disk", "h_maxima", "median_by_label", "expand_labels"]
 
 _SQUARE = np.ones((3, 3), np.uint8)
 
@@ -105,6 +106,32 @@ def fill_holes(mask) -> np.ndarray:
         border[edge] = True
     border[0] = True  # label 0: the mask itself
     return ~border[background] | mask
+
+
+def fill_label_holes(labels, allowed) -> np.ndarray:
+    """Fill each label's holes (:func:`fill_holes` of its pixels, in its bounding box) with the background pixels where ``allowed`` holds that label (uint32).
+
+    Only labels with such a pixel strictly
+    inside their bounding box can have one filled (a hole never reaches the
+    box's edge): those are found for all labels at once, and only they are
+    filled one by one.
+    """
+    out = np.array(labels, dtype=np.uint32)
+    allowed = np.asarray(allowed)
+    boxes = ndi.find_objects(out)
+    if not boxes:
+        return out
+    rows, cols = np.nonzero((allowed != 0) & (out == 0) & (allowed <= len(boxes)))
+    ids = allowed[rows, cols].astype(np.int64)
+    # each label's box as arrays (an empty box for a label absent from ``labels``)
+    bounds = np.array([(b[0].start, b[0].stop, b[1].start, b[1].stop) if b is not None else (0, 0, 0, 0) for b in boxes], np.int64)
+    r0, r1, c0, c1 = (bounds[ids - 1, k] for k in range(4))
+    inner = (rows > r0) & (rows < r1 - 1) & (cols > c0) & (cols < c1 - 1)
+    for k in np.unique(ids[inner]).tolist():
+        box = boxes[k - 1]
+        own = out[box] == k
+        out[box][fill_holes(own) & (out[box] == 0) & (allowed[box] == k)] = k
+    return out
 
 
 def binary_opening_disk(mask, radius: int) -> np.ndarray:
