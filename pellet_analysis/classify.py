@@ -1070,7 +1070,7 @@ def classify_maps(
             align_arrays=False,
         ).compute(scheduler=get_sync)[..., 0]
         classes, instances = _decode(packed)
-    pg_od = np.where(inside, maps[..., 1], 0).astype(np.float32) if "proteoglycan" in stains.roles else np.zeros(inside.shape, np.float32)
+    pg_od = np.where(inside, maps[..., 1], np.float32(0)).astype(np.float32, copy=False) if "proteoglycan" in stains.roles else np.zeros(inside.shape, np.float32)
     return ClassResult(classes=classes, nuclei=instances, proteoglycan_od=pg_od)
 
 
