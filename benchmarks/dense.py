@@ -286,6 +286,10 @@ STAGE_NOTES = (
 )
 
 
+#: Clocks of the stage profile: wall time, or CPU time of the (one) thread running the steps.
+CLOCKS = {"wall": time.perf_counter, "cpu": time.thread_time}
+
+
 class StageClock:
     """Exclusive wall time of named functions, charged to the innermost one running (one thread).
 
@@ -294,7 +298,8 @@ class StageClock:
     name, or its class for a method), and put back by :meth:`restore`.
     """
 
-    def __init__(self, targets):
+    def __init__(self, targets, clock=time.perf_counter):
+        self.clock = clock
         self.seconds: dict[str, float] = {}
         self.calls: dict[str, int] = {}
         self._stack: list[list[float]] = []
@@ -305,12 +310,12 @@ class StageClock:
     def _wrap(self, target: str, function):
         @functools.wraps(function)
         def wrapper(*args, **kwargs):
-            frame = [time.perf_counter(), 0.0]  # start, time spent in the wrapped functions it called
+            frame = [self.clock(), 0.0]  # start, time spent in the wrapped functions it called
             self._stack.append(frame)
             try:
                 return function(*args, **kwargs)
             finally:
-                elapsed = time.perf_counter() - frame[0]
+                elapsed = self.clock() - frame[0]
                 self._stack.pop()
                 self.seconds[target] = self.seconds.get(target, 0.0) + elapsed - frame[1]
                 self.calls[target] = self.calls.get(target, 0) + 1
@@ -325,7 +330,9 @@ class StageClock:
         *path, name = qualname.split(".")
         for part in path:
             owner = getattr(owner, part)
-        function = getattr(owner, name)
+        function = getattr(owner, name, None)
+        if function is None:  # a step an older tree does not have (the profile also times earlier commits)
+            return
         wrapper = self._wrap(target, function)
         holders = [owner] if path else [m for n, m in list(sys.modules.items()) if n.split(".")[0] == "pellet_analysis"]
         for holder in holders:
@@ -340,7 +347,7 @@ class StageClock:
         self._patched.clear()
 
 
-def stage_profile(image: Path, work: Path) -> dict:
+def stage_profile(image: Path, work: Path, clock_name: str = "wall") -> dict:
     """Where the time of one image goes in its tasks (``run_image``), one OpenCV thread, after a warm-up pass (run in a fresh process)."""
     from pellet_analysis.config import RunConfig
     from pellet_analysis.records import ImageJob
@@ -353,24 +360,24 @@ def stage_profile(image: Path, work: Path) -> dict:
         shutil.rmtree(out, ignore_errors=True)
         run_image(ImageJob(image), config, out)  # warm-up: first-use imports, code and allocator paths
         shutil.rmtree(out, ignore_errors=True)
-        clock = StageClock([t for targets in STAGES.values() for t in targets])
+        clock = StageClock([t for targets in STAGES.values() for t in targets], CLOCKS[clock_name])
         try:
-            t0 = time.perf_counter()
+            t0 = clock.clock()
             summary = run_image(ImageJob(image), config, out)
-            total = time.perf_counter() - t0
+            total = clock.clock() - t0
         finally:
             clock.restore()
     if not summary.ok:
         raise RuntimeError(f"{image}: {summary.reason}")
     stages = {stage: sum(clock.seconds.get(t, 0.0) for t in targets) for stage, targets in STAGES.items()}
     stages["other"] = total - sum(stages.values())
-    return {"image": str(image), "seconds": total, "stages_s": stages, "functions_s": clock.seconds, "calls": clock.calls}
+    return {"image": str(image), "clock": clock_name, "seconds": total, "stages_s": stages, "functions_s": clock.seconds, "calls": clock.calls}
 
 
-def run_stage_profile(image: Path, work: Path) -> dict:
+def run_stage_profile(image: Path, work: Path, clock: str = "wall") -> dict:
     """:func:`stage_profile` in a fresh process, with one BLAS thread as the pipeline's workers have."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    cmd = [sys.executable, __file__, "--stages-of", str(image), "--work", str(work)]
+    cmd = [sys.executable, __file__, "--stages-of", str(image), "--work", str(work), "--stage-clock", clock]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if done.returncode != 0:
         raise RuntimeError(f"stage profile of {image} failed:\n{done.stderr[-3000:]}")
@@ -438,7 +445,7 @@ def measure_size(size_px: int, args, matrix) -> dict:
     for label, result in settings.items():
         result["vs_skimage"] = base / result["marginal_s"] if result["marginal_s"] > 0 else float("nan")
     print(f"  stage profile of {Path(images[0]['path']).name}", flush=True)
-    entry["stages"] = run_stage_profile(Path(images[0]["path"]), args.work)
+    entry["stages"] = run_stage_profile(Path(images[0]["path"]), args.work, args.stage_clock)
     return entry
 
 
@@ -473,7 +480,7 @@ def markdown(results: dict) -> str:
         if any(r["marginal_s"] <= 0 for r in entry["settings"].values()):
             lines += ["A marginal time at or below 0 (n/a): the runs varied more than n images take; raise --n or the size.", ""]
         stages = entry["stages"]
-        lines += [f"Stages of {Path(stages['image']).name}, one thread, {stages['seconds']:.2f} s:", "", "| stage | s | % |", "|---|---|---|"]
+        lines += [f"Stages of {Path(stages['image']).name}, one thread, {stages['seconds']:.2f} s ({stages.get('clock', 'wall')} time):", "", "| stage | s | % |", "|---|---|---|"]
         for stage, seconds in stages["stages_s"].items():
             lines.append(f"| {stage} | {seconds:.3f} | {100 * seconds / stages['seconds']:.1f} |")
         top = sorted(stages["functions_s"].items(), key=lambda kv: -kv[1])[:8]
@@ -490,12 +497,14 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=3, help="runs of every setting and batch; the median difference counts (default 3)")
     parser.add_argument("--pause-s", type=float, default=5.0, dest="pause_s", help="seconds of rest before each run (default 5)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/pellet-dense"), help="folder for images and outputs")
+    parser.add_argument("--stage-clock", choices=sorted(CLOCKS), default="wall", dest="stage_clock",
+                        help="what the stage profile charges: wall time, or the thread's CPU time (steadier on a shared machine; default wall)")
     parser.add_argument("--stages-of", type=Path, dest="stages_of", help=argparse.SUPPRESS)  # the stage profile's own process
     args = parser.parse_args(argv)
     args.work = args.work.resolve()
     args.work.mkdir(parents=True, exist_ok=True)
     if args.stages_of is not None:
-        print(json.dumps(stage_profile(args.stages_of, args.work)))
+        print(json.dumps(stage_profile(args.stages_of, args.work, args.stage_clock)))
         return
     import cv2
 

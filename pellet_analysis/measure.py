@@ -183,8 +183,12 @@ def _labels_present(labels) -> np.ndarray:
 def _majority_pellet(objects, pellets) -> dict:
     """Map each object label to the pellet label under most of its pixels."""
     sel = objects != 0
-    obj = objects[sel].astype(np.int64)
-    pel = pellets[sel].astype(np.int64)
+    return _majority(objects[sel].astype(np.int64), pellets[sel])
+
+
+def _majority(obj, pel) -> dict:
+    """Object label -> the pellet label most of its pixels have, from the two labels of each object pixel (``obj`` nonzero int64)."""
+    pel = np.asarray(pel).astype(np.int64)
     if obj.size == 0:
         return {}
     n_pel = int(pel.max()) + 1
@@ -194,8 +198,8 @@ def _majority_pellet(objects, pellets) -> dict:
     return dict(zip(present.tolist(), best.tolist()))
 
 
-def _nucleus_shapes(nuclei, ids) -> dict:
-    """id -> (centroid row, centroid col, minor/major axis ratio) for each nucleus.
+def _nucleus_shapes(rr, cc, lab, ids) -> dict:
+    """id -> (centroid row, centroid col, minor/major axis ratio) for each nucleus, from its pixels' rows, columns and labels (int64).
 
     Second moments are summed per label in one pass (no per-object loop); the
     axis ratio is the square root of the ratio of the covariance eigenvalues.
@@ -203,8 +207,6 @@ def _nucleus_shapes(nuclei, ids) -> dict:
     ids = np.asarray(ids)
     if ids.size == 0:
         return {}
-    rr, cc = np.nonzero(nuclei)
-    lab = nuclei[rr, cc].astype(np.int64)
     n = np.bincount(lab, minlength=int(ids.max()) + 1).astype(np.float64)
     def mean(values):
         return np.bincount(lab, weights=values, minlength=n.size) / np.maximum(n, 1)
@@ -275,6 +277,8 @@ def measure_pellets(
         raise ValueError("pellets, classes and nuclei must have the same shape")
     if pixel_size_um <= 0:
         raise ValueError("pixel_size_um must be > 0")
+    if pellets.dtype == bool:
+        pellets = pellets.view(np.uint8)
     ids = _labels_present(pellets)
     if ids.size == 0:
         return []
@@ -284,14 +288,19 @@ def measure_pellets(
     _, iron_labels = cv2.connectedComponents(iron_mask.view(np.uint8), connectivity=8, ltype=cv2.CV_32S)
     near_iron = within_distance(iron_mask, iron_cell_distance_um / pixel_size_um) if iron_mask.any() and nuclei.any() else None
 
-    # nucleus -> pellet by the pellet label under most of its pixels (its centroid may fall in a hole)
-    nucleus_ids = _labels_present(nuclei)
+    # the nuclei's pixels, found once: their pellets, iron contacts and shapes are reductions over them
+    nucleus_rows, nucleus_cols = np.nonzero(nuclei)
+    nucleus_labels = nuclei[nucleus_rows, nucleus_cols].astype(np.int64)
+    if nucleus_labels.size and nucleus_labels.min() < 0:
+        raise ValueError("labels must be non-negative")
+    nucleus_ids = np.flatnonzero(np.bincount(nucleus_labels)) if nucleus_labels.size else np.zeros(0, np.int64)
     nucleus_pellet = {}
     nucleus_positive = {}
     if nucleus_ids.size:
-        nucleus_pellet = _majority_pellet(nuclei, pellets)
+        # nucleus -> pellet by the pellet label under most of its pixels (its centroid may fall in a hole)
+        nucleus_pellet = _majority(nucleus_labels, pellets[nucleus_rows, nucleus_cols])
         if near_iron is not None:
-            touched = np.bincount(nuclei[near_iron & (nuclei != 0)].astype(np.int64), minlength=int(nucleus_ids.max()) + 1)
+            touched = np.bincount(nucleus_labels[near_iron[nucleus_rows, nucleus_cols]], minlength=int(nucleus_ids.max()) + 1)
             nucleus_positive = dict(zip(nucleus_ids.tolist(), (touched[nucleus_ids] > 0).tolist()))
 
     # iron granule -> pellet by majority, likewise
@@ -299,48 +308,63 @@ def measure_pellets(
     if iron_labels.max():
         granule_pellet = _majority_pellet(iron_labels, pellets)
 
-    shapes = _nucleus_shapes(nuclei, nucleus_ids)
-    objects = ndi.find_objects(pellets.astype(np.int64, copy=False))
+    shapes = _nucleus_shapes(nucleus_rows, nucleus_cols, nucleus_labels, nucleus_ids)
+    # one pellet (the pipeline measures each alone): its box from row and column projections, no label-sized copy
+    objects = ndi.find_objects(pellets) if ids.size > 1 else {int(ids[0]) - 1: _nonzero_box(pellets)}
     rows = []
     for pid in ids.tolist():
         sl = objects[pid - 1]
         mask = pellets[sl] == pid
-        n_px = int(mask.sum())
+        n_px = int(np.count_nonzero(mask))
         cls = classes[sl][mask]
-        rr, cc = np.nonzero(mask)
+        # centroid from the row and column sums (integer sums: the same numbers as the mean of the pixels' indices)
+        row_counts, col_counts = np.count_nonzero(mask, axis=1), np.count_nonzero(mask, axis=0)
+        centroid_row = float(np.dot(np.arange(row_counts.size, dtype=np.int64), row_counts)) / n_px
+        centroid_col = float(np.dot(np.arange(col_counts.size, dtype=np.int64), col_counts)) / n_px
         circ = polygon_circularity(outline_polygon(mask))
+        class_counts = np.bincount(cls, minlength=len(CLASS_CODES))
         pg = cls == CLASS_CODES["proteoglycan"]
         mean_od = sd_od = 0.0
-        if proteoglycan_od is not None and pg.any():
+        if proteoglycan_od is not None and class_counts[CLASS_CODES["proteoglycan"]]:
             pg_values = np.asarray(proteoglycan_od)[sl][mask][pg].astype(np.float64)
             mean_od, sd_od = float(pg_values.mean()), float(pg_values.std())
         pellet_nuclei = [n for n, p in nucleus_pellet.items() if p == pid]
         n_nuclei = len(pellet_nuclei)
         area_um2 = n_px * px_area_um2
         positive = sum(1 for n in pellet_nuclei if nucleus_positive.get(n, False))
-        depth_um = cv2.distanceTransform(np.pad(mask, 1).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)[1:-1, 1:-1][mask] * pixel_size_um
+        depth_um = cv2.distanceTransform(np.pad(mask, 1).view(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)[1:-1, 1:-1][mask] * pixel_size_um
         core = depth_um > rim_width_um
+        n_core = int(np.count_nonzero(core))
+        n_pg_core = int(np.count_nonzero(pg & core))
+        n_pg = int(class_counts[CLASS_CODES["proteoglycan"]])
         nn_um, roundness = _nuclei_spacing_and_roundness([shapes[n] for n in pellet_nuclei if n in shapes], pixel_size_um)
         rows.append(
             {
                 "pellet_id": int(pid),
                 "area_um2": area_um2,
-                "centroid_row_px": float(rr.mean() + sl[0].start),
-                "centroid_col_px": float(cc.mean() + sl[1].start),
+                "centroid_row_px": centroid_row + sl[0].start,
+                "centroid_col_px": centroid_col + sl[1].start,
                 "circularity": float(circ),
-                "proteoglycan_area_fraction": _safe_fraction(pg.sum(), n_px),
+                "proteoglycan_area_fraction": _safe_fraction(n_pg, n_px),
                 "proteoglycan_mean_od": mean_od,
-                "collagen_area_fraction": _safe_fraction((cls == CLASS_CODES["collagen"]).sum(), n_px),
+                "collagen_area_fraction": _safe_fraction(class_counts[CLASS_CODES["collagen"]], n_px),
                 "nuclei_count": int(n_nuclei),
                 "nuclei_density_per_mm2": _safe_fraction(n_nuclei, area_um2 / 1e6),
-                "iron_area_fraction": _safe_fraction((cls == CLASS_CODES["iron"]).sum(), n_px),
+                "iron_area_fraction": _safe_fraction(class_counts[CLASS_CODES["iron"]], n_px),
                 "iron_granule_count": int(sum(1 for p in granule_pellet.values() if p == pid)),
                 "iron_positive_cell_fraction": _safe_fraction(positive, n_nuclei),
                 "proteoglycan_od_sd": sd_od,
                 "nuclei_nn_distance_um": nn_um,
                 "nuclei_roundness": roundness,
-                "proteoglycan_core_fraction": _safe_fraction((pg & core).sum(), core.sum()),
-                "proteoglycan_rim_fraction": _safe_fraction((pg & ~core).sum(), (~core).sum()),
+                "proteoglycan_core_fraction": _safe_fraction(n_pg_core, n_core),
+                "proteoglycan_rim_fraction": _safe_fraction(n_pg - n_pg_core, n_px - n_core),
             }
         )
     return rows
+
+
+def _nonzero_box(labels) -> tuple:
+    """The bounding box (pair of slices) of the nonzero pixels of ``labels`` (at least one)."""
+    present = labels != 0
+    rows, cols = np.flatnonzero(present.any(axis=1)), np.flatnonzero(present.any(axis=0))
+    return slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1)

@@ -11,8 +11,9 @@ import functools
 
 import cv2
 import numpy as np
+from scipy import ndimage as ndi
 
-__all__ = ["expansion", "within_distance", "quantised_distance", "DISTANCE_STEPS_PER_PX", "remove_small_objects", "white_tophat_disk", "disk_sequence", "fill_holes", "distance_transform", "binary_opening_disk", "binary_dilation_disk", "h_maxima", "median_by_label", "expand_labels"]
+__all__ = ["expansion", "within_distance", "quantised_distance", "DISTANCE_STEPS_PER_PX", "remove_small_objects", "white_tophat_disk", "disk_sequence", "fill_holes", "fill_label_holes", "distance_transform", "binary_opening_disk", "binary_dilation_disk", "h_maxima", "median_by_label", "expand_labels"]
 
 _SQUARE = np.ones((3, 3), np.uint8)
 
@@ -49,7 +50,9 @@ def white_tophat_disk(image, radius: int, *, decompose: bool = True) -> np.ndarr
     outside are clipped): an order of magnitude faster than a float opening
     with one elliptic kernel, which is what ``decompose=False`` does (OpenCV's
     ellipse of ``2 * radius + 1`` pixels). Outside the array is ignored, as in
-    OpenCV's and scikit-image's defaults.
+    OpenCV's and scikit-image's defaults. Without ``decompose`` an image of
+    up to four channels (rows, cols, channels) is opened channel by channel
+    in one call.
     """
     image = np.ascontiguousarray(image, dtype=np.float32)
     if not decompose:
@@ -105,20 +108,45 @@ def fill_holes(mask) -> np.ndarray:
     return ~border[background] | mask
 
 
+def fill_label_holes(labels, allowed) -> np.ndarray:
+    """Fill each label's holes (:func:`fill_holes` of its pixels, in its bounding box) with the background pixels where ``allowed`` holds that label (uint32).
+
+    Only labels with such a pixel strictly
+    inside their bounding box can have one filled (a hole never reaches the
+    box's edge): those are found for all labels at once, and only they are
+    filled one by one.
+    """
+    out = np.array(labels, dtype=np.uint32)
+    allowed = np.asarray(allowed)
+    boxes = ndi.find_objects(out)
+    if not boxes:
+        return out
+    rows, cols = np.nonzero((allowed != 0) & (out == 0) & (allowed <= len(boxes)))
+    ids = allowed[rows, cols].astype(np.int64)
+    # each label's box as arrays (an empty box for a label absent from ``labels``)
+    bounds = np.array([(b[0].start, b[0].stop, b[1].start, b[1].stop) if b is not None else (0, 0, 0, 0) for b in boxes], np.int64)
+    r0, r1, c0, c1 = (bounds[ids - 1, k] for k in range(4))
+    inner = (rows > r0) & (rows < r1 - 1) & (cols > c0) & (cols < c1 - 1)
+    for k in np.unique(ids[inner]).tolist():
+        box = boxes[k - 1]
+        own = out[box] == k
+        out[box][fill_holes(own) & (out[box] == 0) & (allowed[box] == k)] = k
+    return out
+
+
 def binary_opening_disk(mask, radius: int) -> np.ndarray:
     """Binary opening with a disk, borders treated as in scipy.ndimage.binary_opening (outside is False)."""
     kernel = _disk(radius)
-    padded = np.pad(np.asarray(mask, dtype=np.uint8), radius)
-    eroded = cv2.erode(padded, kernel, borderType=cv2.BORDER_CONSTANT, borderValue=0)
-    opened = cv2.dilate(eroded, kernel, borderType=cv2.BORDER_CONSTANT, borderValue=0)
-    return opened[radius:-radius, radius:-radius].astype(bool)
+    # outside is False for both steps: OpenCV's constant border, no padded copy
+    eroded = cv2.erode(np.asarray(mask, dtype=bool).view(np.uint8), kernel, borderType=cv2.BORDER_CONSTANT, borderValue=0)
+    return cv2.dilate(eroded, kernel, borderType=cv2.BORDER_CONSTANT, borderValue=0).view(bool)
 
 
 def binary_dilation_disk(mask, radius: int) -> np.ndarray:
     """Binary dilation with a disk (outside the array is False)."""
     if radius <= 0:
         return np.asarray(mask, dtype=bool).copy()
-    return cv2.dilate(np.asarray(mask, dtype=np.uint8), _disk(radius), borderType=cv2.BORDER_CONSTANT, borderValue=0).astype(bool)
+    return cv2.dilate(np.asarray(mask, dtype=bool).view(np.uint8), _disk(radius), borderType=cv2.BORDER_CONSTANT, borderValue=0).view(bool)
 
 
 def h_maxima(image, h: float) -> np.ndarray:
@@ -152,15 +180,42 @@ def h_maxima(image, h: float) -> np.ndarray:
     return (image - marker) >= (h - resolution)
 
 
+#: Side (px) of the tiles :func:`_reconstruct` iterates in.
+_RECONSTRUCT_TILE_PX = 256
+
+
 def _reconstruct(marker, image, check_every: int = 4) -> np.ndarray:
-    """Grey reconstruction by dilation of ``marker`` under ``image`` (3 x 3 steps, tested for change every few steps)."""
-    while True:
-        grown = marker
-        for _ in range(check_every):
-            grown = np.minimum(cv2.dilate(grown, _SQUARE, borderType=cv2.BORDER_REPLICATE), image)
-        if np.array_equal(grown, marker):
-            return grown
-        marker = grown
+    """Grey reconstruction by dilation of ``marker`` under ``image`` (3 x 3 steps), in tiles that are iterated while they change.
+
+    Each visit of a tile takes ``check_every`` steps on it and a ring of as
+    many pixels around it (so its own pixels see their true neighbours); a
+    tile that changed wakes itself and its eight neighbours for the next
+    sweep, and the reconstruction is done when a sweep changes nothing. Most
+    objects settle in the first sweeps; only the tiles of the largest keep
+    going, where iterating the whole image took as many whole-image steps as
+    the largest needed. Every step only raises values towards the one
+    smallest fixed point above ``marker`` (it takes maxima and minima of the
+    inputs' own values), so the order of the steps does not change the result.
+    """
+    marker = np.array(marker, copy=True)
+    image = np.asarray(image)
+    rows, cols = marker.shape
+    tile, ring = _RECONSTRUCT_TILE_PX, int(check_every)
+    active = np.ones((-(-rows // tile), -(-cols // tile)), bool)
+    while active.any():
+        changed = np.zeros(active.shape, bool)
+        for i, j in zip(*np.nonzero(active)):
+            r0, r1, c0, c1 = i * tile, min(rows, (i + 1) * tile), j * tile, min(cols, (j + 1) * tile)
+            wr0, wr1, wc0, wc1 = max(0, r0 - ring), min(rows, r1 + ring), max(0, c0 - ring), min(cols, c1 + ring)
+            grown, under = marker[wr0:wr1, wc0:wc1], image[wr0:wr1, wc0:wc1]
+            for _ in range(ring):
+                grown = np.minimum(cv2.dilate(grown, _SQUARE, borderType=cv2.BORDER_REPLICATE), under)
+            own = grown[r0 - wr0 : r1 - wr0, c0 - wc0 : c1 - wc0]
+            if not np.array_equal(own, marker[r0:r1, c0:c1]):
+                marker[r0:r1, c0:c1] = own
+                changed[max(0, i - 1) : i + 2, max(0, j - 1) : j + 2] = True
+        active = changed
+    return marker
 
 
 #: Steps per pixel of :func:`quantised_distance`.

@@ -265,8 +265,12 @@ def table_row(image: str, meta: dict, measurements: dict, pixel_size_um: float, 
 
 def pellet_boxes(pellets, origin=(0, 0)) -> dict:
     """Pellet id (str) -> [row_start, row_stop, col_start, col_stop] of its bounding box in the image."""
+    pellets = np.asarray(pellets)
+    if pellets.dtype == bool:  # one pellet: its box from the row and column projections, no label-sized copy
+        rows, cols = np.flatnonzero(pellets.any(axis=1)), np.flatnonzero(pellets.any(axis=0))
+        return {"1": [int(rows[0]) + origin[0], int(rows[-1]) + 1 + origin[0], int(cols[0]) + origin[1], int(cols[-1]) + 1 + origin[1]]} if rows.size else {}
     boxes = {}
-    for pid, box in enumerate(ndi.find_objects(np.asarray(pellets).astype(np.int64, copy=False)), start=1):
+    for pid, box in enumerate(ndi.find_objects(pellets if pellets.dtype.kind in "ui" else pellets.astype(np.int64)), start=1):
         if box is not None:
             boxes[str(pid)] = [box[0].start + origin[0], box[0].stop + origin[0], box[1].start + origin[1], box[1].stop + origin[1]]
     return boxes

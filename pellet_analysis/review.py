@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from .bern import bern_scores
-from .classify import pixel_maps, pixel_maps_depth_px
+from .classify import pixel_maps_depth_px, stain_maps
 from .config import RunConfig
 from .labels import CLASS_NAMES, LABEL_DTYPES
 from .io import read_image, read_label_window, read_window, write_label_pyramid, write_label_tiff, zarr_levels
@@ -302,10 +302,11 @@ def requantify(run_dir, image: str, pellet_ids=None, *, config: RunConfig | None
         od = illumination.od(rgb[wide] if rgb is not None else _rgb_window(meta, wide), shape, wide)
         pg_od = None
         if "proteoglycan" in pellet_stains.roles:
-            pg_od = pixel_maps(od, pellet_stains, pixel_size_um=px, classify=config.classify.params(), nuclei=config.nuclei.params(), granules=False)[inner][..., 1]
+            pg_od = stain_maps(od, pellet_stains, pixel_size_um=px, classify=config.classify.params(), nuclei=config.nuclei.params())["proteoglycan"][inner]
+        del od
         pellets = load_label_window(run_dir, image, "pellets", box, automatic=automatic)
         (row,) = measure_pellets(
-            np.where(pellets == pid, pid, 0),
+            pellets * (pellets == pid),  # this pellet alone, in the label image's own dtype
             load_label_window(run_dir, image, "classes", box, automatic=automatic),
             load_label_window(run_dir, image, "nuclei", box, automatic=automatic),
             pixel_size_um=px,
