@@ -492,8 +492,8 @@ class CartilageConfig(_Section):
     )
     clear_fraction: float = Field(
         0.5, gt=0, le=1,
-        description="A pixel is clear (a lacuna's halo) when its matrix stain and its whole OD are both below this fraction of "
-        "their local levels in the stained matrix.",
+        description="A pixel is clear (a lacuna's halo) when its whole OD is below this fraction of the local level in the stained "
+        "matrix (and its matrix stain is pale): colourless, where a cytoplasm holds a counterstain.",
     )
     open_fraction: float = Field(
         0.35, gt=0, le=1,

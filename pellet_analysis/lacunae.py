@@ -5,8 +5,9 @@ as a clear (unstained) halo around the cell. Whether a pixel is clear is read
 against the stained matrix around it, never against an absolute OD: a pixel
 is *open* (not matrix: cytoplasm or lacuna) when its matrix stain is below
 ``open_fraction`` of the local matrix level, and *clear* when, in addition,
-its whole optical density is below ``clear_fraction`` of the local level of
-the stained matrix's optical density. The local levels are Gaussian-weighted
+its optical density in every colour channel (their largest) is below
+``clear_fraction`` of the local level of the stained matrix's: colourless,
+where a counterstained cytoplasm absorbs strongly in one channel. The local levels are Gaussian-weighted
 means over the stained matrix within ``neighbourhood_um``, so a pale zone and
 a dark one are each judged against themselves.
 
@@ -52,13 +53,13 @@ def local_level(values, weights, *, sigma_px: float) -> np.ndarray:
     return out
 
 
-def open_and_clear(total_od, matrix_od, inside, nuclei, *, pixel_size_um: float, params: CartilageParams):
+def open_and_clear(channel_max_od, matrix_od, inside, nuclei, *, pixel_size_um: float, params: CartilageParams):
     """The pellet's open (non-matrix) and clear pixels, each judged against the stained matrix around it.
 
     Parameters
     ----------
-    total_od : ndarray of float, shape (rows, cols)
-        Optical density summed over the colour channels.
+    channel_max_od : ndarray of float, shape (rows, cols)
+        The largest of the colour channels' optical densities.
     matrix_od : ndarray of float, shape (rows, cols)
         Matrix stain concentration: proteoglycan plus collagen (OD).
     inside : ndarray of bool, shape (rows, cols)
@@ -72,20 +73,20 @@ def open_and_clear(total_od, matrix_od, inside, nuclei, *, pixel_size_um: float,
     open_, clear, stained : ndarray of bool
         ``open_``: matrix stain below ``params.open_fraction`` of the local
         matrix level (cytoplasm or lacuna), where the neighbourhood is
-        stained matrix; ``clear``: matrix stain and whole OD both below
-        ``params.clear_fraction`` of their local stained-matrix levels;
-        ``stained``: tissue (no nucleus) whose matrix stain reaches
-        ``params.clear_fraction`` of the local level.
+        stained matrix; ``clear``: matrix stain below ``params.pale_fraction``
+        and largest channel OD below ``params.clear_fraction`` of their local
+        stained-matrix levels; ``stained``: tissue (no nucleus) whose matrix
+        stain reaches ``params.pale_fraction`` of the local level.
     """
     inside = np.asarray(inside, dtype=bool)
     tissue = inside & (np.asarray(nuclei) == 0)
     matrix_od = np.maximum(np.asarray(matrix_od, dtype=np.float32), 0)
-    total_od = np.asarray(total_od, dtype=np.float32)
+    channel_max_od = np.asarray(channel_max_od, dtype=np.float32)
     sigma_px = params.neighbourhood_um / float(pixel_size_um)
     first = local_level(matrix_od, tissue, sigma_px=sigma_px)
     stained = tissue & (matrix_od >= params.stained_fraction * first)
     matrix_level = local_level(matrix_od, stained, sigma_px=sigma_px)
-    od_level = local_level(total_od, stained, sigma_px=sigma_px)
+    od_level = local_level(channel_max_od, stained, sigma_px=sigma_px)
     strong = float(np.percentile(matrix_od[tissue], 90)) if tissue.any() else 0.0
     # a cell's outline shows only inside stained matrix: where most of the neighbourhood is stained, and strongly enough
     share = local_level(stained, tissue, sigma_px=params.share_sigma_um / float(pixel_size_um))
@@ -93,8 +94,8 @@ def open_and_clear(total_od, matrix_od, inside, nuclei, *, pixel_size_um: float,
         tissue & (matrix_od < params.open_fraction * matrix_level)
         & (matrix_level >= params.min_level_fraction * strong) & (share >= params.min_stained_share)
     )
-    pale = matrix_od < params.clear_fraction * matrix_level
-    clear = tissue & pale & (total_od < params.clear_fraction * od_level)
+    pale = matrix_od < params.pale_fraction * matrix_level
+    clear = tissue & pale & (channel_max_od < params.clear_fraction * od_level)
     return open_, clear, tissue & ~pale
 
 
@@ -208,7 +209,7 @@ def lacunae_from_clear(clear, nuclei, stained, *, pixel_size_um: float, params: 
     return _relabel_raster(np.where(keep[comps], comps, 0))
 
 
-def find_lacunae(total_od, matrix_od, inside, nuclei, *, pixel_size_um: float, params: CartilageParams):
+def find_lacunae(channel_max_od, matrix_od, inside, nuclei, *, pixel_size_um: float, params: CartilageParams):
     """Lacunae and open (non-matrix) pixels of one pellet from its optical density and matrix stain.
 
     :func:`open_and_clear`, then :func:`lacunae_from_clear` with the stained
@@ -221,7 +222,7 @@ def find_lacunae(total_od, matrix_od, inside, nuclei, *, pixel_size_um: float, p
         Open pixels and the lacunae: where cell territories may grow.
     """
     inside = np.asarray(inside, dtype=bool)
-    open_, clear, stained = open_and_clear(total_od, matrix_od, inside, nuclei, pixel_size_um=pixel_size_um, params=params)
+    open_, clear, stained = open_and_clear(channel_max_od, matrix_od, inside, nuclei, pixel_size_um=pixel_size_um, params=params)
     lacunae = lacunae_from_clear(clear, nuclei, stained, pixel_size_um=pixel_size_um, params=params)
     return lacunae, open_ | ((lacunae != 0) & (np.asarray(nuclei) == 0))
 

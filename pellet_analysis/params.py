@@ -196,6 +196,11 @@ class CartilageParams:
         Fraction (0-1) of the local mean matrix stain above which a pixel is
         taken as stained matrix when the local level of the stained matrix
         itself is measured (a first pass that keeps cells and lacunae out of it).
+    pale_fraction : float
+        Fraction (0-1) of the local matrix level below which a pixel's
+        matrix stain is pale: a clear pixel must be pale, and a lacuna's
+        ring must not be (Safranin O leaves a faint tint in lacunae, so
+        this is looser than ``clear_fraction``).
     lacuna_ring_um : float
         Width (µm) of the ring around a clear region whose pixels must be
         stained matrix for it to be a lacuna.
@@ -230,6 +235,7 @@ class CartilageParams:
     profile_band_um: float
     uniformity_patch_um: float
     stained_fraction: float = 0.5
+    pale_fraction: float = 0.5
     lacuna_ring_um: float = 1.0
     min_level_fraction: float = 0.3
     nucleus_gap_um: float = 1.5

@@ -197,15 +197,16 @@ def classify_pellet_window(
     # objects and measurements need only the pellet's bounding box and a ring of background around it
     # (the same labels: every object lies inside the pellet, and the ring stands for all outside it)
     box = _grown_box(inside)
-    total_od = od[box].sum(axis=-1, dtype=np.float32)  # lacunae are clear in every channel
+    # a lacuna is colourless: clear in every channel, where a counterstained cytoplasm absorbs strongly in one
+    channel_max_od = od[box].max(axis=-1).astype(np.float32)
     del od  # the largest array of the window: freed before the object step
     inside_box = inside[box]
     result = classify_maps(maps[box], inside_box, stains, **kwargs)
     matrix_od = maps[box][..., 1] + maps[box][..., 2]
     lacunae, open_pixels = find_lacunae(
-        total_od, matrix_od, inside_box, result.nuclei * inside_box, pixel_size_um=px, params=config.cartilage.params()
+        channel_max_od, matrix_od, inside_box, result.nuclei * inside_box, pixel_size_um=px, params=config.cartilage.params()
     )
-    del total_od, matrix_od
+    del channel_max_od, matrix_od
     levels = None
     if iron_levels:
         levels = np.zeros(0, np.float64)

@@ -592,10 +592,11 @@ def make_section(params: SectionParams | None = None, **overrides) -> SyntheticS
     outlined = within_distance(pg_region | (collagen_region & tissue), 3.0 / px)
     room = (cytoplasm & outlined) | halo
     territories = cell_territories(nuclei, room, max_distance_px=TRUTH_TERRITORY_UM / px)
-    # the exact halos, with the nuclei that touch them as the pipeline assigns them (no size or enclosure test)
+    # the exact halos, with the nuclei that touch them as the pipeline assigns them (no size, enclosure or
+    # shape test, and no blurred nucleus edge to bridge)
     exact = replace(
         CartilageConfig().params(), lacuna_min_area_um2=0.0, lacuna_max_area_um2=np.inf, lacuna_min_enclosure=0.0, lacuna_reach_um=TRUTH_TERRITORY_UM,
-        lacuna_min_solidity=0.0,
+        lacuna_min_solidity=0.0, nucleus_gap_um=0.0,
     )
     lacunae = lacunae_from_clear(halo & ~iron, nuclei, tissue & ~room & ~nuclei_mask, pixel_size_um=px, params=exact)
     return SyntheticSection(
