@@ -46,8 +46,19 @@ def local_level(values, weights, *, sigma_px: float) -> np.ndarray:
         0 where no weight lies within reach.
     """
     w = np.asarray(weights, dtype=np.float32)
-    num = gaussian(np.asarray(values, dtype=np.float32) * w, sigma_px)
-    den = gaussian(w.copy(), sigma_px)
+    weighted = np.asarray(values, dtype=np.float32) * w
+    # a level of many pixels' reach is smooth: blurred on a copy reduced by a quarter of sigma, then
+    # brought back by linear interpolation (a wide kernel at full resolution costs its width per pixel)
+    factor = max(1, int(sigma_px // 4))
+    if factor > 1 and min(w.shape) > 2 * factor:
+        small = (max(1, w.shape[1] // factor), max(1, w.shape[0] // factor))
+        num = gaussian(cv2.resize(weighted, small, interpolation=cv2.INTER_AREA), sigma_px / factor)
+        den = gaussian(cv2.resize(w, small, interpolation=cv2.INTER_AREA), sigma_px / factor)
+        num = cv2.resize(num, w.shape[::-1], interpolation=cv2.INTER_LINEAR)
+        den = cv2.resize(den, w.shape[::-1], interpolation=cv2.INTER_LINEAR)
+    else:
+        num = gaussian(weighted, sigma_px)
+        den = gaussian(w.copy(), sigma_px)
     out = np.zeros(w.shape, np.float32)
     np.divide(num, den, out=out, where=den > 1e-6)
     return out
