@@ -492,7 +492,7 @@ class CartilageConfig(_Section):
     )
     clear_fraction: float = Field(
         0.5, gt=0, le=1,
-        description="A pixel is clear (a lacuna's halo) when its whole OD is below this fraction of the local level in the stained "
+        description="A pixel is clear (a lacuna's halo) when its largest colour-channel OD is below this fraction of the local level in the stained "
         "matrix (and its matrix stain is pale): colourless, where a cytoplasm holds a counterstain.",
     )
     open_fraction: float = Field(
