@@ -2,7 +2,7 @@
 
     PYTHONPATH=. .venv/bin/python docs/make_lacunae_overlay.py
 
-Top: two 240 x 240 px details of the real scan at full resolution (0.6 µm per pixel assumed), the
+Top: two 180 x 180 px details of the real scan at full resolution (0.6 µm per pixel assumed), the
 proteoglycan-rich core and the fast-green fibrous rim, each lacuna outlined in black. Bottom: a
 synthetic day-28 AB/VG section (0.5 µm per pixel), the lacunae found outlined in magenta just
 outside their edge and the generator's true lacunae in green just inside theirs, beside the same
@@ -36,20 +36,20 @@ def _enlarged(tile, side_px: int) -> np.ndarray:
     return cv2.resize(tile, (side_px, side_px), interpolation=cv2.INTER_NEAREST)
 
 
-def main(side_px: int = 480) -> Path:
+def main(side_px: int = 360) -> Path:
     rgb = read_image(SOURCE)[0][..., :3]
     found = analyze_image(rgb, pixel_size_um=0.6, config=RunConfig(stains={"preset": "safranin-o"}))
     real = _outlined(rgb, found.lacunae, (0, 0, 0))
-    core = _enlarged(real[400:640, 560:800], side_px)
-    rim = _enlarged(real[20:260, 250:490], side_px)
+    core = _enlarged(real[430:610, 590:770], side_px)
+    rim = _enlarged(real[50:230, 280:460], side_px)
     section = make_section(day=28, seed=68, pixel_size_um=0.5, pellet_diameter_um=(320, 400))
     synthetic = analyze_image(section.image, pixel_size_um=0.5, config=RunConfig())
     both = section.image.copy()
     both[find_boundaries(section.lacunae, mode="inner")] = (0, 170, 0)  # truth: just inside its edge
     both[find_boundaries(synthetic.lacunae, mode="outer") & (synthetic.lacunae == 0)] = (255, 0, 255)  # found: just outside its edge
-    r0, c0 = both.shape[0] // 2 - 240, both.shape[1] // 2 - 240
-    synth = _enlarged(both[r0 : r0 + 240, c0 : c0 + 240], side_px)
-    rows = np.vstack([np.hstack([core, rim]), np.hstack([synth, _enlarged(section.image[r0 : r0 + 240, c0 : c0 + 240], side_px)])])
+    r0, c0 = both.shape[0] // 2 - 180, both.shape[1] // 2 - 180
+    synth = _enlarged(both[r0 : r0 + 180, c0 : c0 + 180], side_px)
+    rows = np.vstack([np.hstack([core, rim]), np.hstack([synth, _enlarged(section.image[r0 : r0 + 180, c0 : c0 + 180], side_px)])])
     out = HERE / "lacunae_overlay.png"
     cv2.imwrite(str(out), rows[..., ::-1])
     return out
