@@ -34,7 +34,11 @@ def class_features(classes):
 
 
 def pellet_layers(crop: dict, *, name: str = "", row: dict | None = None) -> list[tuple]:
-    """napari LayerData tuples: section image, classes, nuclei, pellet outline (physical units, µm)."""
+    """napari LayerData tuples: section image, classes, nuclei, pellet outline and lacunae (physical units, µm).
+
+    The lacunae layer (each clear halo with the nuclei it holds) comes last and
+    is left out for a crop without lacunae (a run made before they were measured).
+    """
     from napari.utils.colormaps import DirectLabelColormap
 
     px = crop["pixel_size_um"]
@@ -54,4 +58,4 @@ def pellet_layers(crop: dict, *, name: str = "", row: dict | None = None) -> lis
         (crop["nuclei"], {"name": f"{prefix}nuclei", "opacity": 0.6, **common}, "labels"),
         (crop["pellets"], {"name": f"{prefix}pellet", "opacity": 0.4,
                            **({"features": pellet_features} if pellet_features is not None else {}), **common}, "labels"),
-    ]
+    ] + ([(crop["lacunae"], {"name": f"{prefix}lacunae", "opacity": 0.5, **common}, "labels")] if "lacunae" in crop else [])

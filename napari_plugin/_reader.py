@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-LABEL_SUFFIXES = ("_pellets", "_classes", "_nuclei")
+LABEL_SUFFIXES = ("_pellets", "_classes", "_nuclei", "_lacunae")
 
 
 def _is_run_folder(path: Path) -> bool:

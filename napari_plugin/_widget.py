@@ -240,6 +240,8 @@ class ReviewWidget(QWidget):
                 self._layers.append(getattr(self.viewer, f"add_{kind}")(data, **meta))
             self.layer("nuclei").contour = 1
             self.layer("pellet").contour = 3
+            if self.layer("lacunae") is not None:
+                self.layer("lacunae").contour = 2
             self.current = {"image": image, "pellet_id": pellet_id, "crop": crop}
             self.viewer.reset_view()
             self.viewer.layers.selection.active = self.layer("classes")
@@ -255,8 +257,8 @@ class ReviewWidget(QWidget):
         self._layers = []
 
     def layer(self, kind: str):
-        names = {"section": 0, "classes": 1, "nuclei": 2, "pellet": 3}
-        return self._layers[names[kind]] if self._layers else None
+        names = {"section": 0, "classes": 1, "nuclei": 2, "pellet": 3, "lacunae": 4}
+        return self._layers[names[kind]] if len(self._layers) > names[kind] else None
 
     def _table_row(self, image, pellet_id) -> dict:
         match = self.table[(self.table.image == image) & (self.table.pellet_id == pellet_id)]

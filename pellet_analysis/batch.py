@@ -1,7 +1,7 @@
 """The batch runner: every image of a folder through the same tasks, and the run's contract files::
 
-    pellets.csv, pellets.parquet, failures.csv, run.json, iron_calibration.json,
-    labels/<image>_pellets.tif, labels/<image>_classes.tif, labels/<image>_nuclei.tif,
+    pellets.csv, pellets.parquet, profiles.csv, failures.csv, run.json, iron_calibration.json,
+    labels/<image>_pellets.tif, labels/<image>_classes.tif, labels/<image>_nuclei.tif, labels/<image>_lacunae.tif,
     geojson/<image>.geojson, parts/<image>.json, logs/<image>.traceback.txt
 
 A run goes in steps, each one Dask computation: the nuclei of the images
@@ -36,6 +36,7 @@ from .io import sha256_file, write_json, write_tables
 from .iron_calibration import CALIBRATION_FILE, ControlLevels, calibrate_iron, calibration_outcome, control_levels, fixed_threshold, known_calibration
 from .measure import MEASUREMENT_COLUMNS
 from .metadata import METADATA_FIELDS
+from .profiles import PROFILE_COLUMNS
 from .records import ImageFailure, ImageJob, ImageSummary
 from .scheduling import compute
 from .tasks import PlannedImage, calibration_pass, image_graph, nucleus_sizes_task, plan_task, without_iron_levels
@@ -301,8 +302,24 @@ def _table(results) -> pd.DataFrame:
     return table.sort_values(["image", "pellet_id"], kind="stable").reset_index(drop=True)
 
 
+def profile_table(results) -> pd.DataFrame:
+    """profiles.csv: one row per depth band of each pellet (image, pellet, study metadata, :data:`~pellet_analysis.profiles.PROFILE_COLUMNS`)."""
+    import pandas as pd
+
+    columns = ["image", "pellet_id", *METADATA_FIELDS, *PROFILE_COLUMNS]
+    rows = [
+        {"image": row["image"], "pellet_id": row["pellet_id"], **{k: row.get(k) for k in METADATA_FIELDS}, **band}
+        for r in results
+        for row in r.rows
+        for band in row.get("depth_profile") or ()
+    ]
+    table = pd.DataFrame(rows, columns=columns)
+    table["day"] = pd.array(table["day"], dtype="Int64")
+    return table.sort_values(["image", "pellet_id", "band"], kind="stable").reset_index(drop=True)
+
+
 def write_run_outputs(results, config: RunConfig, output_dir, *, started: float, images, iron_calibration: dict | None = None) -> dict:
-    """Write pellets.csv/.parquet, failures.csv and run.json from the images' records (atomically).
+    """Write pellets.csv/.parquet, profiles.csv, failures.csv and run.json from the images' records (atomically).
 
     ``iron_calibration``: the batch's iron threshold and how it was found
     (:func:`~pellet_analysis.iron_calibration.calibrate_iron`), recorded as run.json's ``iron_calibration``.
@@ -333,5 +350,6 @@ def write_run_outputs(results, config: RunConfig, output_dir, *, started: float,
     write_json(output_dir / "run.json", record)
     # reviewer corrections and exclusions made on an earlier run of this folder are kept
     table = apply_review(table, output_dir, config=config)
-    write_tables(output_dir, {"pellets": table, "failures": failures}, parquet=("pellets",))
-    return {**record, "table": table, "failures": failures}
+    profiles = profile_table(results)
+    write_tables(output_dir, {"pellets": table, "profiles": profiles, "failures": failures}, parquet=("pellets",))
+    return {**record, "table": table, "profiles": profiles, "failures": failures}

@@ -14,7 +14,7 @@ from typing import ClassVar, Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .params import BernParams, ClassifyParams, IronParams, NucleiParams, PelletParams, StainParams
+from .params import BernParams, CartilageParams, ClassifyParams, IronParams, NucleiParams, PelletParams, StainParams
 
 __all__ = [
     "ConfigError",
@@ -478,6 +478,59 @@ class BernConfig(_Section):
         return value
 
 
+class CartilageConfig(_Section):
+    """Lacunae, cell territories and roundness, and depth profiles from the pellet surface inward (docs/bern.md).
+
+    Clear and open pixels are judged against the stained matrix around them (a
+    Gaussian-weighted mean within ``neighbourhood_um``), not against OD constants.
+    """
+
+    params_class: ClassVar[type] = CartilageParams
+
+    neighbourhood_um: float = Field(
+        15.0, gt=0, description="Gaussian sigma (µm) of the local matrix level that open and clear pixels are judged against."
+    )
+    clear_fraction: float = Field(
+        0.5, gt=0, le=1,
+        description="A pixel is clear (a lacuna's halo) when its largest colour-channel OD is below this fraction of the local level in the stained "
+        "matrix (and its matrix stain is pale): colourless, where a cytoplasm holds a counterstain.",
+    )
+    open_fraction: float = Field(
+        0.35, gt=0, le=1,
+        description="A pixel is open (cytoplasm or lacuna, not matrix) when its matrix stain (proteoglycan plus collagen) is below "
+        "this fraction of the local matrix level.",
+    )
+    lacuna_min_area_um2: float = Field(4.0, ge=0, description="Smallest clear region (µm², nuclei not counted) that is a lacuna.")
+    lacuna_max_area_um2: float = Field(
+        1500.0, gt=0, description="Largest clear region (µm²) that is a lacuna; larger ones are tears or lumina."
+    )
+    lacuna_min_enclosure: float = Field(
+        0.5, ge=0, le=1, description="Share (0-1) of the ring around a clear region that must be stained matrix for it to be a lacuna."
+    )
+    lacuna_reach_um: float = Field(
+        10.0, gt=0, description="Farthest (µm) a lacuna's clear halo reaches from its nucleus; clear matrix beyond it is a pale zone, not a lacuna."
+    )
+    lacuna_min_solidity: float = Field(
+        0.7, ge=0, le=1,
+        description="Smallest solidity (area over convex hull, 0-1) of a lacuna: the gaps between a fibrous capsule's fibres are ragged.",
+    )
+    nucleus_contact_fraction: float = Field(
+        0.25, ge=0, le=1,
+        description="Share (0-1) of the one-pixel ring around a nucleus that a clear region must hold for the nucleus to sit in it.",
+    )
+    territory_max_um: float = Field(
+        12.0, gt=0, description="Farthest (µm) a cell's territory reaches from its nucleus into open (non-matrix) pixels."
+    )
+    rounded_min_axis_ratio: float = Field(
+        0.6, gt=0, le=1,
+        description="A cell is rounded (chondrocyte-like) when its territory's minor/major axis ratio reaches this; spindle below.",
+    )
+    profile_band_um: float = Field(25.0, gt=0, description="Width (µm) of the depth bands of profiles.csv, from the pellet surface inward.")
+    uniformity_patch_um: float = Field(
+        100.0, gt=0, description="Side (µm) of the square patches over which stain uniformity (stain_patch_cv) is measured."
+    )
+
+
 class RunConfig(_Strict):
     """Everything a run needs."""
 
@@ -552,6 +605,7 @@ class RunConfig(_Strict):
     nuclei: NucleiConfig = NucleiConfig()
     iron: IronConfig = IronConfig()
     bern: BernConfig = BernConfig()
+    cartilage: CartilageConfig = CartilageConfig()
     sample_sheet: Optional[Path] = Field(
         None,
         description="CSV or Excel workbook (.xlsx/.xlsm: its first sheet, the header its first non-empty row) "

@@ -19,7 +19,19 @@ import pandas as pd
 
 from .io import atomic_write
 
-__all__ = ["CONDITION_STYLE", "FIGURE_DPI", "plot_over_days", "plot_labeling_efficiency", "plot_pellet_sizes", "save_figure"]
+__all__ = [
+    "CONDITION_STYLE", "FIGURE_DPI", "PROFILE_METRICS", "plot_over_days", "plot_labeling_efficiency", "plot_pellet_sizes", "plot_depth_profiles",
+    "save_figure",
+]
+
+#: The depth-profile measures the report plots against depth: column -> (label, unit).
+PROFILE_METRICS = {
+    "proteoglycan_area_fraction": ("Proteoglycan area fraction", "fraction"),
+    "proteoglycan_mean_od": ("Proteoglycan mean OD", "OD"),
+    "nuclei_density_per_mm2": ("Cell density", "nuclei / mm²"),
+    "rounded_cell_fraction": ("Rounded (chondrocyte-like) cells", "fraction of cells"),
+    "lacuna_cell_fraction": ("Cells in lacunae", "fraction of cells"),
+}
 
 #: Colour (colour-blind safe orange/blue pair) and line style per condition, the same in every figure.
 CONDITION_STYLE = {
@@ -108,6 +120,63 @@ def plot_over_days(donors: pd.DataFrame, metrics: dict, guessed_keys=frozenset()
     fig.suptitle("One line per donor and condition (donor means of section means)", fontsize=10, x=0.01, ha="left")
     fig.tight_layout()
     return fig, pd.DataFrame(tidy, columns=["donor", "condition", "day", "metric", "value", "pixel_size_guessed"])
+
+
+def plot_depth_profiles(profiles: pd.DataFrame, metrics: dict):
+    """Each measure against depth from the pellet surface: one row of panels per measure, one column per day, a line per condition.
+
+    Parameters
+    ----------
+    profiles : DataFrame
+        profiles.csv rows (``condition``, ``day``, ``depth_from_um``,
+        ``depth_to_um``, ``area_um2`` and the metric columns), pellets
+        excluded by review already left out.
+    metrics : dict
+        Column -> (label, unit).
+
+    Returns
+    -------
+    fig, DataFrame
+        The tidy table: day, condition, metric, depth_um (band middle), value
+        (mean over the pellets' bands weighted by what the measure is a
+        fraction of: band area, proteoglycan area or cells), n_pellets.
+    """
+    plt = _pyplot()
+    data = profiles.dropna(subset=["day", "condition"])
+    days = sorted(int(d) for d in data["day"].unique()) or [None]
+    fig, axes = plt.subplots(len(metrics), len(days), figsize=(3.6 * len(days), 2.6 * len(metrics)), squeeze=False, sharex=True)
+    tidy = []
+    for col, day in enumerate(days):
+        at_day = data[data["day"] == day] if day is not None else data
+        for row, (metric, (label, unit)) in enumerate(metrics.items()):
+            ax = axes[row, col]
+            for condition, sub in at_day.groupby("condition"):
+                sub = sub[sub["area_um2"] > 0]
+                # each mean over what it is a fraction of: pixels, proteoglycan pixels, or cells (a band without cells has no value)
+                weights = {
+                    "proteoglycan_mean_od": sub["area_um2"] * sub["proteoglycan_area_fraction"],
+                    "rounded_cell_fraction": sub["nuclei_count"],
+                    "lacuna_cell_fraction": sub["nuclei_count"],
+                }.get(metric, sub["area_um2"])
+                grouped = (sub.assign(_w=weights, _wv=weights * sub[metric]).groupby("depth_from_um")
+                           .agg(w=("_w", "sum"), wv=("_wv", "sum"), n=("pellet_id", "size"), to=("depth_to_um", "first")))
+                grouped = grouped[grouped["w"] > 0]
+                depth = (grouped.index.to_numpy(float) + grouped["to"].to_numpy(float)) / 2
+                value = (grouped["wv"] / grouped["w"]).to_numpy(float)
+                ax.plot(depth, value, **_style(condition))
+                tidy += [{"day": day, "condition": condition, "metric": metric, "depth_um": float(d), "value": float(v), "n_pellets": int(n)}
+                         for d, v, n in zip(depth, value, grouped["n"])]
+            if row == 0:
+                ax.set_title(f"day {day}" if day is not None else "", fontsize=10)
+            if col == 0:
+                ax.set_ylabel(f"{label}\n({unit})", fontsize=8)
+            if row == len(metrics) - 1:
+                ax.set_xlabel("depth from the surface (µm)")
+            ax.grid(alpha=0.3)
+    _legend_in_headroom(axes[0, 0], _condition_handles(data["condition"]))
+    fig.suptitle("Depth profiles: band means over pellets (weighted by area, proteoglycan area or cells), surface at 0", fontsize=10, x=0.01, ha="left")
+    fig.tight_layout()
+    return fig, pd.DataFrame(tidy, columns=["day", "condition", "metric", "depth_um", "value", "n_pellets"])
 
 
 def plot_labeling_efficiency(efficiency: pd.DataFrame, metrics: dict):

@@ -23,5 +23,11 @@ CLASS_CODES = {
 CLASS_NAMES = {code: name for name, code in CLASS_CODES.items()}
 
 #: Pixel type of each kind of label image: ``<image>_pellets.tif`` (pellet ids),
-#: ``<image>_classes.tif`` (:data:`CLASS_CODES`) and ``<image>_nuclei.tif`` (nucleus instances).
-LABEL_DTYPES = {"pellets": np.dtype(np.uint16), "classes": np.dtype(np.uint8), "nuclei": np.dtype(np.uint32)}
+#: ``<image>_classes.tif`` (:data:`CLASS_CODES`), ``<image>_nuclei.tif`` (nucleus instances) and
+#: ``<image>_lacunae.tif`` (lacunae: each clear halo with the nuclei it holds; runs before issue 24 lack it).
+LABEL_DTYPES = {
+    "pellets": np.dtype(np.uint16),
+    "classes": np.dtype(np.uint8),
+    "nuclei": np.dtype(np.uint32),
+    "lacunae": np.dtype(np.uint32),
+}

@@ -13,6 +13,8 @@ from scipy.spatial import cKDTree
 
 from .labels import CLASS_CODES
 from .morphology import within_distance
+from .params import CartilageParams
+from .profiles import CARTILAGE_COLUMNS, cell_features, pellet_cartilage
 
 __all__ = [
     "MEASUREMENT_COLUMNS",
@@ -47,6 +49,7 @@ MEASUREMENT_COLUMNS = [
     "nuclei_roundness",
     "proteoglycan_core_fraction",
     "proteoglycan_rim_fraction",
+    *CARTILAGE_COLUMNS,
 ]
 
 
@@ -242,6 +245,9 @@ def measure_pellets(
     proteoglycan_od=None,
     iron_cell_distance_um: float = 5.0,
     rim_width_um: float = 50.0,
+    lacunae=None,
+    territories=None,
+    cartilage: CartilageParams | None = None,
 ) -> list[dict]:
     """Measure every pellet of a label image.
 
@@ -264,11 +270,22 @@ def measure_pellets(
     rim_width_um : float, keyword-only
         Pixels within this distance (µm) of the pellet's edge form its rim,
         the rest its core; proteoglycan fractions are given for each zone.
+    lacunae : ndarray of int, optional, keyword-only
+        Lacuna labels (:mod:`~pellet_analysis.lacunae`); none when omitted.
+    territories : ndarray of int, optional, keyword-only
+        Cell territories carrying the nucleus ids (:mod:`~pellet_analysis.territories`);
+        the nuclei themselves when omitted.
+    cartilage : CartilageParams, optional, keyword-only
+        Rounded-cell threshold, depth bands and patches; without it the
+        cartilage columns (:data:`~pellet_analysis.profiles.CARTILAGE_COLUMNS`)
+        are NaN and the profile empty.
 
     Returns
     -------
     list of dict
-        One dict per pellet with :data:`MEASUREMENT_COLUMNS`, ordered by id.
+        One dict per pellet with :data:`MEASUREMENT_COLUMNS`, ordered by id,
+        and ``depth_profile``: a list of dicts, one per depth band
+        (:data:`~pellet_analysis.profiles.PROFILE_COLUMNS`).
     """
     pellets = np.asarray(pellets)
     classes = np.asarray(classes)
@@ -309,6 +326,10 @@ def measure_pellets(
         granule_pellet = _majority_pellet(iron_labels, pellets)
 
     shapes = _nucleus_shapes(nucleus_rows, nucleus_cols, nucleus_labels, nucleus_ids)
+    features = lacuna_pellet = None
+    if cartilage is not None:
+        features = cell_features(nuclei, lacunae, territories, rounded_min_axis_ratio=cartilage.rounded_min_axis_ratio)
+        lacuna_pellet = _majority_pellet(np.asarray(lacunae), pellets) if lacunae is not None and np.any(lacunae) else {}
     # one pellet (the pipeline measures each alone): its box from row and column projections, no label-sized copy
     objects = ndi.find_objects(pellets) if ids.size > 1 else {int(ids[0]) - 1: _nonzero_box(pellets)}
     rows = []
@@ -332,7 +353,8 @@ def measure_pellets(
         n_nuclei = len(pellet_nuclei)
         area_um2 = n_px * px_area_um2
         positive = sum(1 for n in pellet_nuclei if nucleus_positive.get(n, False))
-        depth_um = cv2.distanceTransform(np.pad(mask, 1).view(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)[1:-1, 1:-1][mask] * pixel_size_um
+        depth_map_um = cv2.distanceTransform(np.pad(mask, 1).view(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)[1:-1, 1:-1] * pixel_size_um
+        depth_um = depth_map_um[mask]
         core = depth_um > rim_width_um
         n_core = int(np.count_nonzero(core))
         n_pg_core = int(np.count_nonzero(pg & core))
@@ -360,6 +382,23 @@ def measure_pellets(
                 "proteoglycan_rim_fraction": _safe_fraction(n_pg - n_pg_core, n_px - n_core),
             }
         )
+        if cartilage is None:
+            rows[-1].update({c: float("nan") for c in CARTILAGE_COLUMNS}, depth_profile=[])
+            continue
+        cells = np.asarray([(n, shapes[n][0] - sl[0].start, shapes[n][1] - sl[1].start) for n in pellet_nuclei if n in shapes], np.float64)
+        extra, profile = pellet_cartilage(
+            mask,
+            depth_map_um,
+            classes[sl] == CLASS_CODES["proteoglycan"],
+            None if proteoglycan_od is None else np.asarray(proteoglycan_od)[sl],
+            cells,
+            np.asarray([k for k, p in lacuna_pellet.items() if p == pid], np.int64),
+            _shifted(features, sl),
+            pixel_size_um=pixel_size_um,
+            rim_width_um=rim_width_um,
+            params=cartilage,
+        )
+        rows[-1].update(extra, depth_profile=profile)
     return rows
 
 
@@ -368,3 +407,10 @@ def _nonzero_box(labels) -> tuple:
     present = labels != 0
     rows, cols = np.flatnonzero(present.any(axis=1)), np.flatnonzero(present.any(axis=0))
     return slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1)
+
+
+def _shifted(features, sl):
+    """``features`` with the lacuna centroids in the coordinates of the box ``sl``."""
+    from dataclasses import replace
+
+    return replace(features, lacuna_row=features.lacuna_row - sl[0].start, lacuna_col=features.lacuna_col - sl[1].start)

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-__all__ = ["StainParams", "PelletParams", "ClassifyParams", "NucleiParams", "IronParams", "BernParams"]
+__all__ = ["StainParams", "PelletParams", "ClassifyParams", "NucleiParams", "IronParams", "BernParams", "CartilageParams"]
 
 
 @dataclass(frozen=True)
@@ -184,3 +184,60 @@ class BernParams:
     stain_max_cv: float
     matrix_nn_distance_um_thresholds: tuple
     morphology_roundness_thresholds: tuple
+
+
+@dataclass(frozen=True)
+class CartilageParams:
+    """Lacunae, cell territories and depth profiles: :class:`~pellet_analysis.config.CartilageConfig`'s fields and the tuning values below.
+
+    Attributes
+    ----------
+    stained_fraction : float
+        Fraction (0-1) of the local mean matrix stain above which a pixel is
+        taken as stained matrix when the local level of the stained matrix
+        itself is measured (a first pass that keeps cells and lacunae out of it).
+    pale_fraction : float
+        Fraction (0-1) of the local matrix level below which a pixel's
+        matrix stain is pale: a clear pixel must be pale, and a lacuna's
+        ring must not be (Safranin O leaves a faint tint in lacunae, so
+        this is looser than ``clear_fraction``).
+    lacuna_ring_um : float
+        Width (µm) of the ring around a clear region whose pixels must be
+        stained matrix for it to be a lacuna.
+    min_stained_share : float
+        Share (0-1) of the tissue around a pixel (Gaussian of ``share_sigma_um``)
+        that must be stained matrix for it to be open: at the edge of a pale
+        zone the matrix level is high but the pale matrix is no cell's.
+    share_sigma_um : float
+        Gaussian sigma (µm) of that share: a few cell diameters.
+    nucleus_gap_um : float
+        Width (µm) of a nucleus's blurred edge, between it and a clear halo:
+        contact with the halo is read on the ring just past it, and a
+        nucleus in a halo claims it.
+    min_level_fraction : float
+        Fraction (0-1) of the pellet's strong matrix stain (its 90th
+        percentile over the tissue) that the local matrix level must reach
+        for anything there to be open: in unstained matrix a cell's outline
+        does not show, and noise would.
+    """
+
+    neighbourhood_um: float
+    clear_fraction: float
+    open_fraction: float
+    lacuna_min_area_um2: float
+    lacuna_max_area_um2: float
+    lacuna_min_enclosure: float
+    lacuna_reach_um: float
+    lacuna_min_solidity: float
+    nucleus_contact_fraction: float
+    territory_max_um: float
+    rounded_min_axis_ratio: float
+    profile_band_um: float
+    uniformity_patch_um: float
+    stained_fraction: float = 0.5
+    pale_fraction: float = 0.5
+    lacuna_ring_um: float = 1.0
+    min_level_fraction: float = 0.3
+    nucleus_gap_um: float = 1.5
+    min_stained_share: float = 0.5
+    share_sigma_um: float = 8.0

@@ -19,7 +19,7 @@ from .batch import TABLE_COLUMNS, list_images, run_batch
 from .config import RunConfig, load_config
 from .gates import check_section
 from .pellets import Illumination
-from .slide import analyze_pellet, number_pieces, paste_pieces, plan_image
+from .slide import analyze_pellet, number_pieces, paste_lacunae, paste_pieces, plan_image
 from .stains import StainSet, configured_stains
 
 __all__ = ["TABLE_COLUMNS", "ImageAnalysis", "analyze_image", "list_images", "run_batch", "BatchCancelled", "batch_config", "run_cancellable_batch"]
@@ -38,6 +38,7 @@ class ImageAnalysis:
     illumination: Illumination
     timings_s: dict
     stains_info: list = field(default_factory=list)  # per pellet: which vectors were used and why (choose_stains)
+    lacunae: np.ndarray | None = None  # uint32 lacunae (pellet_analysis.lacunae)
 
 
 def analyze_image(rgb, *, pixel_size_um: float, config: RunConfig, stains: StainSet | None = None, outlines=None) -> ImageAnalysis:
@@ -87,7 +88,10 @@ def analyze_image(rgb, *, pixel_size_um: float, config: RunConfig, stains: Stain
     pieces = number_pieces(analyze_pellet(rgb[w], plan, k, config=config, stains=stains) for k, w in enumerate(plan.windows, start=1))
     t["pellets"] = time.perf_counter() - t0
     pellets, classes, nuclei, pg_od = paste_pieces(pieces, rgb.shape[:2])
-    return ImageAnalysis(pellets, classes, nuclei, pg_od, [p.row for p in pieces], stains, plan.illumination, t, [p.stains_info for p in pieces])
+    return ImageAnalysis(
+        pellets, classes, nuclei, pg_od, [p.row for p in pieces], stains, plan.illumination, t, [p.stains_info for p in pieces],
+        paste_lacunae(pieces, rgb.shape[:2]),
+    )
 
 
 class BatchCancelled(Exception):

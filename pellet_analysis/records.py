@@ -86,7 +86,7 @@ class ClassifiedPellet:
     box : tuple of slice
         What the files hold: the pellet's bounding box in the image, grown by one pixel.
     files : dict
-        ``inside``, ``classes``, ``nuclei``, ``proteoglycan_od`` -> ``.npy`` path.
+        ``inside``, ``classes``, ``nuclei``, ``proteoglycan_od``, ``lacunae``, ``open_pixels`` -> ``.npy`` path.
     n_nuclei : int
         The largest nucleus id inside the pellet (ids are 1..n within it).
     stains_info : dict
@@ -97,6 +97,8 @@ class ClassifiedPellet:
     iron_levels : ndarray or None
         Per nucleus, the highest granule threshold leaving it iron-positive
         (only when the iron calibration asked for it).
+    n_lacunae : int
+        The largest lacuna id inside the pellet (ids are 1..n within it).
     """
 
     index: int
@@ -108,6 +110,7 @@ class ClassifiedPellet:
     started_wall: float
     seconds: float
     iron_levels: np.ndarray | None = field(default=None, compare=False)
+    n_lacunae: int = 0
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from . import __version__
-from .figures import plot_labeling_efficiency, plot_over_days, plot_pellet_sizes, save_figure
+from .figures import PROFILE_METRICS, plot_depth_profiles, plot_labeling_efficiency, plot_over_days, plot_pellet_sizes, save_figure
 from .io import atomic_write, write_tables
 from .measure import SHAPE_COLUMNS
 from .overlay import render_overlay
@@ -354,6 +354,17 @@ def _render(context: dict) -> str:
     return env.get_template("report.html.j2").render(**context)
 
 
+def _kept_profiles(run_dir: Path, table: pd.DataFrame) -> pd.DataFrame:
+    """profiles.csv without the pellets review excluded; empty for a run without it (made before issue 24)."""
+    path = run_dir / "profiles.csv"
+    if not path.is_file():
+        return pd.DataFrame()
+    profiles = pd.read_csv(path)
+    excluded = {(str(r.image), int(r.pellet_id)) for r in table.itertuples() if bool(r.excluded)}
+    keep = [(str(i), int(p)) not in excluded for i, p in zip(profiles["image"], profiles["pellet_id"])]
+    return profiles[keep]
+
+
 def make_report(run_dir, *, seed: int = 0, thumbnails: bool = True) -> dict:
     """Write summary.csv/.parquet, statistics.csv, figures/ and report.html for a run folder.
 
@@ -418,6 +429,10 @@ def make_report(run_dir, *, seed: int = 0, thumbnails: bool = True) -> dict:
     if len(kept):
         add_plot(plot_pellet_sizes(kept, is_guessed[kept.index], SIZE_METRICS), "pellet_sizes", "Pellet sizes",
                  "pellet area and nuclei density", "size-plots")
+    profiles = _kept_profiles(run_dir, table)
+    if len(profiles):
+        add_plot(plot_depth_profiles(profiles, PROFILE_METRICS), "depth_profiles", "Depth profiles",
+                 "proteoglycan, cell density, rounded cells and cells in lacunae against depth from the pellet surface", "depth-profiles")
 
     n_images = run.get("n_images", table["image"].nunique())
     counts = (

@@ -313,6 +313,9 @@ def requantify(run_dir, image: str, pellet_ids=None, *, config: RunConfig | None
             proteoglycan_od=pg_od,
             iron_cell_distance_um=config.iron.cell_distance_um,
             rim_width_um=config.pellets.rim_width_um,
+            # the open pixels are not kept: re-quantified territories are the nuclei themselves
+            lacunae=_label_window_or_zeros(run_dir, image, "lacunae", box, automatic=automatic),
+            cartilage=config.cartilage.params(),
         )
         row["centroid_row_px"] += box[0].start
         row["centroid_col_px"] += box[1].start
@@ -350,6 +353,13 @@ def _rgb_window(meta: ImageSummary, window) -> np.ndarray:
     if meta.whole_slide:
         return read_window(meta.path, window)
     return read_image(meta.path)[0][window]
+
+
+def _label_window_or_zeros(run_dir, image: str, kind: str, window, *, automatic: bool = False) -> np.ndarray:
+    """:func:`load_label_window`, or zeros for a kind the run did not write (lacunae, before issue 24)."""
+    if kind == "lacunae" and not label_path(run_dir, image, kind).is_file() and not label_path(run_dir, image, kind, corrected=True).is_file():
+        return np.zeros(tuple(s.stop - s.start for s in window), LABEL_DTYPES[kind])
+    return load_label_window(run_dir, image, kind, window, automatic=automatic)
 
 
 def load_label_window(run_dir, image: str, kind: str, window, *, automatic: bool = False) -> np.ndarray:
@@ -405,7 +415,7 @@ def pellet_crop(run_dir, image: str, pellet_id: int, *, margin_px: int = 20) -> 
     window = _grown((slice(box[0], box[1]), slice(box[2], box[3])), margin_px, tuple(meta.shape[:2]))
     return {
         "rgb": _rgb_window(meta, window),
-        **{kind: load_label_window(run_dir, image, kind, window) for kind in LABEL_DTYPES},
+        **{kind: _label_window_or_zeros(run_dir, image, kind, window) for kind in LABEL_DTYPES},
         "origin": (int(window[0].start), int(window[1].start)),
         "pixel_size_um": float(meta.pixel_size_um),
         "corrected": any(label_path(run_dir, image, kind, corrected=True).is_file() for kind in LABEL_DTYPES),

@@ -21,6 +21,7 @@ from .classify import classify_maps, deconvolution_stains, pellet_maps, pixel_ma
 from .config import RunConfig
 from .geojson import AnnotationError, fill_rings, outline_bounds, outline_mask
 from .labels import CLASS_CODES
+from .lacunae import find_lacunae
 from .measure import measure_pellets, touches_border
 from .pellets import (
     Illumination,
@@ -35,6 +36,7 @@ from .pellets import (
     working_factor,
 )
 from .stains import StainSet, choose_stains
+from .territories import cell_territories
 
 __all__ = [
     "SlidePlan",
@@ -49,6 +51,7 @@ __all__ = [
     "analyze_pellet",
     "number_pieces",
     "paste_pieces",
+    "paste_lacunae",
 ]
 
 
@@ -80,6 +83,7 @@ class PelletPiece:
     proteoglycan_od: np.ndarray  # float32
     row: dict  # measurements; centroids in full-image pixels
     stains_info: dict  # which stain vectors were used and why (choose_stains)
+    lacunae: np.ndarray | None = None  # uint32, 1..n within this pellet
 
 
 def plan_slide(small_rgb, shape, dtype, *, factor: int, pixel_size_um: float, config: RunConfig, outlines=None) -> SlidePlan:
@@ -193,6 +197,8 @@ class PelletClasses:
     stains_info: dict  # which stain vectors were used and why (choose_stains)
     iron_levels: np.ndarray | None = None  # per nucleus: the highest granule threshold leaving it iron-positive (when asked)
     touches_border: bool = False  # the pellet reaches the image's edge (measure.touches_border)
+    lacunae: np.ndarray | None = None  # uint32, 1..n within this pellet (lacunae.find_lacunae)
+    open_pixels: np.ndarray | None = None  # bool: not matrix (cytoplasm or lacuna), where cell territories grow
 
 
 def classify_pellet_window(
@@ -245,12 +251,19 @@ def classify_pellet_window(
     tile_px = config.tile_px if config.tile_px and max(inside.shape) > config.tile_px else None
     kwargs = dict(pixel_size_um=px, classify=config.classify.params(), nuclei=config.nuclei.params(), iron=config.iron.params(), tile_px=tile_px)
     maps = pellet_maps(od, stains, **kwargs)
-    del od  # the largest array of the window: freed before the object step
     # objects and measurements need only the pellet's bounding box and a ring of background around it
     # (the same labels: every object lies inside the pellet, and the ring stands for all outside it)
     box = _grown_box(inside)
+    # a lacuna is colourless: clear in every channel, where a counterstained cytoplasm absorbs strongly in one
+    channel_max_od = od[box].max(axis=-1).astype(np.float32)
+    del od  # the largest array of the window: freed before the object step
     inside_box = inside[box]
     result = classify_maps(maps[box], inside_box, stains, **kwargs)
+    matrix_od = maps[box][..., 1] + maps[box][..., 2]
+    lacunae, open_pixels = find_lacunae(
+        channel_max_od, matrix_od, inside_box, result.nuclei * inside_box, pixel_size_um=px, params=config.cartilage.params()
+    )
+    del channel_max_od, matrix_od
     levels = None
     if iron_levels:
         levels = np.zeros(0, np.float64)
@@ -263,20 +276,34 @@ def classify_pellet_window(
     in_image = tuple(slice(w.start + b.start, w.start + b.stop) for w, b in zip(window, box))
     border = touches_border(_grown_box(inside, by=0, offset=(window[0].start, window[1].start)), plan.shape)
     return PelletClasses(
-        index, in_image, inside_box, result.classes, result.nuclei, result.proteoglycan_od, stains_info, levels, touches_border=border
+        index, in_image, inside_box, result.classes, result.nuclei, result.proteoglycan_od, stains_info, levels,
+        touches_border=border, lacunae=lacunae, open_pixels=open_pixels,
     )
 
 
 def measure_pellet_classes(part: PelletClasses, *, pixel_size_um: float, config: RunConfig) -> dict:
-    """The measurements of one classified pellet (the second part of :func:`analyze_pellet`); centroids in full-image pixels."""
+    """The measurements of one classified pellet (the second part of :func:`analyze_pellet`); centroids in full-image pixels.
+
+    Cell territories grow from the nuclei into the pellet's open pixels (:func:`~pellet_analysis.territories.cell_territories`).
+    """
+    inside = np.asarray(part.inside, dtype=bool)
+    cartilage = config.cartilage.params()
+    territories = None
+    if part.open_pixels is not None:
+        territories = cell_territories(
+            np.where(inside, part.nuclei, 0), np.asarray(part.open_pixels) & inside, max_distance_px=cartilage.territory_max_um / pixel_size_um
+        )
     (row,) = measure_pellets(
-        np.asarray(part.inside, dtype=bool).view(np.uint8),
+        inside.view(np.uint8),
         part.classes,
         part.nuclei,
         pixel_size_um=pixel_size_um,
         proteoglycan_od=part.proteoglycan_od,
         iron_cell_distance_um=config.iron.cell_distance_um,
         rim_width_um=config.pellets.rim_width_um,
+        lacunae=part.lacunae,
+        territories=territories,
+        cartilage=cartilage,
     )
     row["centroid_row_px"] += part.box[0].start
     row["centroid_col_px"] += part.box[1].start
@@ -308,7 +335,10 @@ def analyze_pellet(rgb_window, plan: SlidePlan, index: int, *, config: RunConfig
     nuclei[box] = np.where(part.inside, part.nuclei, 0)
     classes[box] = np.where(part.inside, part.classes, 0)
     pg_od[box] = np.where(part.inside, part.proteoglycan_od, 0)
-    return PelletPiece(index, window, inside, classes, nuclei, pg_od, row, part.stains_info)
+    lacunae = np.zeros(shape, np.uint32)
+    if part.lacunae is not None:
+        lacunae[box] = np.where(part.inside, part.lacunae, 0)
+    return PelletPiece(index, window, inside, classes, nuclei, pg_od, row, part.stains_info, lacunae)
 
 
 def _grown_box(inside, by: int = 1, offset=(0, 0)) -> tuple:
@@ -324,14 +354,18 @@ def _grown_box(inside, by: int = 1, offset=(0, 0)) -> tuple:
 
 
 def number_pieces(pieces) -> list[PelletPiece]:
-    """Number the pellets 1..n left to right and make nucleus ids unique across them (in place)."""
+    """Number the pellets 1..n left to right and make nucleus and lacuna ids unique across them (in place)."""
     pieces = sorted((p for p in pieces if p is not None), key=lambda p: p.index)
-    offset = 0
+    offset = lacuna_offset = 0
     for pid, piece in enumerate(pieces, start=1):
         piece.row["pellet_id"] = pid
         n = int(piece.nuclei.max()) if piece.nuclei.size else 0
         piece.nuclei = np.where(piece.nuclei > 0, piece.nuclei + np.uint32(offset), 0).astype(np.uint32)
         offset += n
+        if piece.lacunae is not None:
+            m = int(piece.lacunae.max()) if piece.lacunae.size else 0
+            piece.lacunae = np.where(piece.lacunae > 0, piece.lacunae + np.uint32(lacuna_offset), 0).astype(np.uint32)
+            lacuna_offset += m
     return pieces
 
 
@@ -348,3 +382,12 @@ def paste_pieces(pieces, shape) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.
         nuclei[w][inside] = piece.nuclei[inside]
         pg_od[w][inside] = piece.proteoglycan_od[inside]
     return pellets, classes, nuclei, pg_od
+
+
+def paste_lacunae(pieces, shape) -> np.ndarray:
+    """Full-size lacunae (uint32) from numbered pieces."""
+    lacunae = np.zeros(shape, np.uint32)
+    for piece in pieces:
+        if piece.lacunae is not None:
+            lacunae[piece.window][piece.inside] = piece.lacunae[piece.inside]
+    return lacunae

@@ -23,7 +23,7 @@ committed demo study (images/), whose truth :func:`study_sections` keeps.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import cv2
@@ -31,8 +31,12 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage.draw import disk, ellipse, polygon
 
+from .config import CartilageConfig
 from .labels import CLASS_CODES
+from .lacunae import lacunae_from_clear
 from .measure import measure_pellets
+from .morphology import within_distance
+from .territories import cell_territories
 from .stains import PRESETS, StainSet, od_to_rgb
 
 __all__ = [
@@ -71,6 +75,10 @@ class SectionParams:
     #: cytoplasm, and small dark flat nuclei in the fibrous rim; "simple": the smooth dark ellipses,
     #: each in a pale cytoplasm ring, of the committed demo study (images/).
     nuclei_model: str = "varied"
+    #: With the "varied" nuclei: chondrocytes in lacunae (clear halos in the proteoglycan matrix, some
+    #: holding two or more cells), more of them with day, and spindle-shaped cells with a long
+    #: cytoplasm in the outer zone, fewer with day. Drawn from a random stream of their own.
+    cartilage: bool = True
 
 
 @dataclass
@@ -87,6 +95,10 @@ class SyntheticSection:
     background_rgb: np.ndarray
     params: SectionParams
     metadata: dict = field(default_factory=dict)
+    #: lacunae (uint32: each clear halo with the nuclei it holds) and cell territories (uint32, nucleus
+    #: ids: each nucleus with its cytoplasm or lacuna), exact
+    lacunae: np.ndarray | None = None
+    territories: np.ndarray | None = None
 
 
 def proteoglycan_target(day: int, labeled: bool, donor_offset: float = 0.0) -> float:
@@ -275,6 +287,98 @@ def _varied_weigert(nuclei, n_cells, px, rng) -> np.ndarray:
     return (level[nuclei] * np.clip(texture, 0.3, None)).astype(np.float32)
 
 
+#: Share of the chondrocytes in proteoglycan-rich matrix that sit in a lacuna, by day (three quarters of it in labeled pellets).
+LACUNA_SHARE = {7: 0.25, 14: 0.5, 28: 0.75}
+#: Share of the outer zone's cells (relative depth below 0.5) that are spindle-shaped, by day.
+SPINDLE_SHARE = {7: 0.7, 14: 0.5, 28: 0.3}
+#: Truth territories reach at most this far from their nucleus (µm): past every drawn cytoplasm and halo.
+TRUTH_TERRITORY_UM = 30.0
+
+
+def _ellipse_mask(shape, r, c, a, b, angle) -> tuple[np.ndarray, np.ndarray]:
+    """Pixels (rows, cols) of an ellipse of semi-axes ``a``, ``b`` (px), ``a`` along ``angle`` as :func:`_draw_nucleus` draws it."""
+    theta = np.linspace(0, 2 * np.pi, 48, endpoint=False)
+    u, v = max(a, 0.8) * np.cos(theta), max(b, 0.8) * np.sin(theta)
+    return polygon(r + u * np.sin(angle) + v * np.cos(angle), c + u * np.cos(angle) - v * np.sin(angle), shape=shape)
+
+
+def _cartilage_cells(centres, reach, nuclei, *, in_matrix, in_fibrous, rel_depth, day, labeled, px, rng):
+    """Halos (lacunae) and spindle cytoplasm around the cells: two bool masks, before nuclei are cut out.
+
+    A cell whose centre lies in proteoglycan-rich matrix (``in_matrix``) sits in
+    a lacuna with the day's :data:`LACUNA_SHARE`; a touching neighbour joins
+    its lacuna (a chondron) with probability 0.35. The halo is a near-round
+    ellipse 1.5-3.5 µm wider than the nucleus, the nucleus off its centre by
+    up to a third of that; a halo that would come within 1.5 µm of another
+    lacuna or cover another cell's nucleus is not drawn (that cell stays in
+    the matrix). Of the other cells of the outer zone (relative
+    depth below 0.5) that lie in stained matrix (proteoglycan, or the fibrous
+    capsule and strands: ``in_fibrous``), the day's :data:`SPINDLE_SHARE` get
+    a cytoplasm 2.2-3 times the nucleus's length along its long axis; in
+    unstained matrix a cell's outline would not show, whatever its shape.
+    """
+    from scipy.spatial import cKDTree
+
+    shape = nuclei.shape
+    halo = np.zeros(shape, bool)
+    spindle = np.zeros(shape, bool)
+    if not centres:
+        return halo, spindle
+    arr = np.asarray([c[:2] for c in centres])
+    share = LACUNA_SHARE.get(int(day), float(np.interp(day, DAYS, [LACUNA_SHARE[d] for d in DAYS]))) * (0.75 if labeled else 1.0)
+    ri = np.clip(np.rint(arr).astype(int), 0, np.array(shape) - 1)
+    candidate = in_matrix[ri[:, 0], ri[:, 1]]
+    wanted = candidate & (rng.random(len(centres)) < share)
+    tree = cKDTree(arr)
+    owner = np.zeros(shape, np.int32)  # which lacuna (1..) each halo pixel belongs to
+    chosen = np.zeros(len(centres), bool)
+    wall = 1.5 / px  # the matrix left between two lacunae, and between a lacuna and another cell
+
+    def draw(k, group) -> bool:
+        r, c = centres[k][:2]
+        gap = rng.uniform(1.5, 3.5) / px
+        big, ratio, turn = reach[k] + gap, rng.uniform(0.8, 1.0), rng.uniform(-np.pi, np.pi)
+        t, off = rng.uniform(0, 2 * np.pi), rng.uniform(0, gap / 3)
+        r0, c0 = r + off * np.sin(t), c + off * np.cos(t)
+        rr, cc = _ellipse_mask(shape, r0, c0, big + wall, (big + wall) * ratio, turn)
+        others = owner[rr, cc]
+        cells = nuclei[rr, cc]
+        if np.any((others != 0) & (others != group)) or np.any((cells != 0) & ~np.isin(cells, members[group])):
+            return False
+        rr, cc = _ellipse_mask(shape, r0, c0, big, big * ratio, turn)
+        owner[rr, cc] = group
+        chosen[k] = True
+        return True
+
+    members: dict = {}
+    for i in np.flatnonzero(wanted).tolist():
+        if chosen[i]:
+            continue
+        group = len(members) + 1
+        # a touching neighbour shares the lacuna a third of the time (a chondron of two or more cells)
+        partners = [
+            j for j in tree.query_ball_point(arr[i], reach[i] * 2.5)
+            if j != i and not chosen[j] and candidate[j] and np.hypot(*(arr[j] - arr[i])) < (reach[i] + reach[j]) * 1.15 and rng.random() < 0.35
+        ]
+        members[group] = [i + 1, *(j + 1 for j in partners)]
+        if not draw(i, group):
+            del members[group]
+            continue
+        for j in partners:
+            if not draw(j, group):
+                members[group].remove(j + 1)
+    halo = owner > 0
+    spindle_share = SPINDLE_SHARE.get(int(day), float(np.interp(day, DAYS, [SPINDLE_SHARE[d] for d in DAYS])))
+    for k, (r, c, a, b, ang) in enumerate(centres):
+        if (
+            not chosen[k] and rel_depth[ri[k, 0], ri[k, 1]] < 0.5 and b / a < 0.85
+            and (in_matrix[ri[k, 0], ri[k, 1]] or in_fibrous[ri[k, 0], ri[k, 1]]) and rng.random() < spindle_share
+        ):
+            rr, cc = _ellipse_mask(shape, r, c, a * rng.uniform(2.2, 3.0), b + rng.uniform(0.5, 1.0) / px, ang)
+            spindle[rr, cc] = True
+    return halo, spindle & ~halo
+
+
 def make_section(params: SectionParams | None = None, **overrides) -> SyntheticSection:
     """Render one synthetic AB/VG section.
 
@@ -384,21 +488,45 @@ def make_section(params: SectionParams | None = None, **overrides) -> SyntheticS
     target = proteoglycan_target(p.day, p.labeled, p.donor_offset) + rng.normal(0, 0.02)
     matrix = tissue & ~nuclei_mask & ~cytoplasm
     score = _smooth_noise(shape, 30.0 / px, rng) + 2.2 * rel_depth
-    ab_soft = np.zeros(shape, np.float32)
-    pg_region = np.zeros(shape, bool)
-    for k in range(p.n_pellets):
-        sel = pellets == k + 1
-        vals = score[sel & matrix & ~collagen_region]
-        n_sel = sel.sum()
-        if vals.size == 0:
-            continue
-        # threshold so that PG pixels are `target` of the pellet's pixels
-        frac_of_matrix = np.clip(target * n_sel / max(vals.size, 1), 0, 1)
-        thr = np.quantile(vals, 1 - frac_of_matrix)
-        ab_soft[sel] = 1 / (1 + np.exp(-(score[sel] - thr) * 12.0))
-        pg_region[sel] = score[sel] >= thr
+
+    def pg_fields(matrix_, collagen_):
+        """The soft proteoglycan field and region, thresholded so that the region is ``target`` of each pellet."""
+        soft = np.zeros(shape, np.float32)
+        region = np.zeros(shape, bool)
+        for k in range(p.n_pellets):
+            sel = pellets == k + 1
+            vals = score[sel & matrix_ & ~collagen_]
+            n_sel = sel.sum()
+            if vals.size == 0:
+                continue
+            # threshold so that PG pixels are `target` of the pellet's pixels
+            frac_of_matrix = np.clip(target * n_sel / max(vals.size, 1), 0, 1)
+            thr = np.quantile(vals, 1 - frac_of_matrix)
+            soft[sel] = 1 / (1 + np.exp(-(score[sel] - thr) * 12.0))
+            region[sel] = score[sel] >= thr
+        return soft, region
+
+    ab_soft, pg_region = pg_fields(matrix, collagen_region)
     ab_level = {7: 0.42, 14: 0.55, 28: 0.70}.get(int(p.day), 0.55) * rng.uniform(0.9, 1.1)
     texture = 1 + 0.15 * _smooth_noise(shape, 4.0 / px, rng)
+
+    # ---- lacunae (clear halos: no stain at all) and spindle cells' cytoplasm (picric only), carved out
+    # of the matrix before the proteoglycan threshold is set, so the pellet keeps its target fraction
+    halo = np.zeros(shape, bool)
+    if varied and p.cartilage:
+        halo, spindle = _cartilage_cells(
+            centres[:n_cells], reach[:n_cells], nuclei, in_matrix=ab_soft > 0.5, in_fibrous=rim | strands, rel_depth=rel_depth,
+            day=p.day, labeled=p.labeled, px=px, rng=np.random.default_rng([p.seed, 24]),
+        )
+        halo &= tissue & ~nuclei_mask
+        spindle &= tissue & ~nuclei_mask
+        cleared = halo | spindle
+        fuchsin[cleared] = 0.03
+        collagen_region &= ~cleared
+        cytoplasm = (cytoplasm | spindle) & ~halo
+        matrix &= ~cleared
+        ab_soft, pg_region = pg_fields(matrix, collagen_region)
+
     ab_conc = (ab_level * ab_soft * texture * matrix).astype(np.float32)
     pg_region &= matrix & ~collagen_region
 
@@ -410,6 +538,7 @@ def make_section(params: SectionParams | None = None, **overrides) -> SyntheticS
     # ---- picric acid: cytoplasm yellow, matrix pale yellow
     picric = np.where(cytoplasm, rng.uniform(0.28, 0.36), np.where(tissue, 0.14, 0.0)).astype(np.float32)
     picric[nuclei_mask] = 0.05
+    picric[halo] = 0.02
 
     # ---- Weigert's hematoxylin in nuclei, with chromatin texture
     weigert = np.zeros(shape, np.float32)
@@ -459,6 +588,17 @@ def make_section(params: SectionParams | None = None, **overrides) -> SyntheticS
     classes[pg_region] = CLASS_CODES["proteoglycan"]
     classes[nuclei_mask] = CLASS_CODES["nuclei"]
     classes[iron] = CLASS_CODES["iron"]
+    # a cell's cytoplasm is its territory where stained matrix outlines it (in pale matrix no outline shows)
+    outlined = within_distance(pg_region | (collagen_region & tissue), 3.0 / px)
+    room = (cytoplasm & outlined) | halo
+    territories = cell_territories(nuclei, room, max_distance_px=TRUTH_TERRITORY_UM / px)
+    # the exact halos, with the nuclei that touch them as the pipeline assigns them (no size, enclosure or
+    # shape test, and no blurred nucleus edge to bridge)
+    exact = replace(
+        CartilageConfig().params(), lacuna_min_area_um2=0.0, lacuna_max_area_um2=np.inf, lacuna_min_enclosure=0.0, lacuna_reach_um=TRUTH_TERRITORY_UM,
+        lacuna_min_solidity=0.0, nucleus_gap_um=0.0,
+    )
+    lacunae = lacunae_from_clear(halo & ~iron, nuclei, tissue & ~room & ~nuclei_mask, pixel_size_um=px, params=exact)
     return SyntheticSection(
         image=image,
         pellets=pellets,
@@ -469,11 +609,17 @@ def make_section(params: SectionParams | None = None, **overrides) -> SyntheticS
         stains=stains,
         background_rgb=tint,
         params=p,
+        lacunae=lacunae,
+        territories=territories,
     )
 
 
-def truth_table(section: SyntheticSection, *, iron_cell_distance_um: float = 5.0) -> list[dict]:
-    """Measure the ground truth with the pipeline's own measurement code."""
+def truth_table(section: SyntheticSection, *, iron_cell_distance_um: float = 5.0, cartilage=None) -> list[dict]:
+    """Measure the ground truth with the pipeline's own measurement code.
+
+    ``cartilage``: :class:`~pellet_analysis.params.CartilageParams` of the
+    rounded-cell threshold, bands and patches (the config's defaults when None).
+    """
     return measure_pellets(
         section.pellets,
         section.classes,
@@ -481,6 +627,9 @@ def truth_table(section: SyntheticSection, *, iron_cell_distance_um: float = 5.0
         pixel_size_um=section.pixel_size_um,
         proteoglycan_od=section.proteoglycan_od,
         iron_cell_distance_um=iron_cell_distance_um,
+        lacunae=section.lacunae,
+        territories=section.territories,
+        cartilage=cartilage if cartilage is not None else CartilageConfig().params(),
     )
 
 

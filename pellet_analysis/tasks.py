@@ -61,7 +61,7 @@ __all__ = [
 NO_PELLET = "no pellet section found (no tissue object above pellets.tissue_min_od and pellets.min_pellet_area_um2)"
 
 #: The arrays a classified pellet leaves in its image's scratch folder.
-_PELLET_ARRAYS = ("inside", "classes", "nuclei", "proteoglycan_od")
+_PELLET_ARRAYS = ("inside", "classes", "nuclei", "proteoglycan_od", "lacunae", "open_pixels")
 
 
 @dataclass(frozen=True)
@@ -121,6 +121,7 @@ class NumberedPellets:
 
     kept: tuple
     nuclei_offsets: tuple
+    lacuna_offsets: tuple = ()
 
 
 def plan_task(job: ImageJob, config: RunConfig, output_dir, config_hash: str) -> PlannedImage | ImageFailure:
@@ -206,6 +207,7 @@ def classify_task(planned: PlannedImage, index: int, config: RunConfig, *, iron_
         box=part.box,
         files=files,
         n_nuclei=int(part.nuclei.max(initial=0, where=part.inside)),
+        n_lacunae=int(part.lacunae.max(initial=0, where=part.inside)),
         stains_info=part.stains_info,
         touches_border=part.touches_border,
         started_wall=started,
@@ -250,18 +252,21 @@ def number_task(classified) -> NumberedPellets | PelletError:
         return errors[0]
     kept = sorted((c for c in classified if c is not None), key=lambda c: c.index)
     offsets = np.concatenate([[0], np.cumsum([c.n_nuclei for c in kept])]).astype(int).tolist()
-    return NumberedPellets(tuple(kept), tuple(offsets[:-1]))
+    lacuna_offsets = np.concatenate([[0], np.cumsum([c.n_lacunae for c in kept])]).astype(int).tolist()
+    return NumberedPellets(tuple(kept), tuple(offsets[:-1]), tuple(lacuna_offsets[:-1]))
 
 
 def _label_pieces(numbered: NumberedPellets, kind: str) -> list:
     """``(box, values, inside, offset)`` per kept pellet for a label image of ``kind`` (:data:`~pellet_analysis.labels.LABEL_DTYPES`)."""
     pieces = []
-    for pid, (c, offset) in enumerate(zip(numbered.kept, numbered.nuclei_offsets), start=1):
+    lacuna_offsets = numbered.lacuna_offsets or (0,) * len(numbered.kept)
+    for pid, (c, offset, lacuna_offset) in enumerate(zip(numbered.kept, numbered.nuclei_offsets, lacuna_offsets), start=1):
         inside = np.load(c.files["inside"], mmap_mode="r")
         if kind == "pellets":
             pieces.append((c.box, inside, inside, pid - 1))
         else:
-            pieces.append((c.box, np.load(c.files[kind], mmap_mode="r"), inside, offset if kind == "nuclei" else 0))
+            shift = {"nuclei": offset, "lacunae": lacuna_offset}.get(kind, 0)
+            pieces.append((c.box, np.load(c.files[kind], mmap_mode="r"), inside, shift))
     return pieces
 
 
@@ -369,7 +374,7 @@ def _finish(planned: PlannedImage, numbered, measured, written, config: RunConfi
 #: that pixel: measuring a pellet, and writing each label image. On the 40k benchmark slide
 #: (2026-12-02) a pellet's classification took 2.0-3.3 s, its measurements 0.5-0.7 s, the nucleus
 #: label image 0.6 s and the other two 0.3 s each for the six pellets.
-_SMALL_TASK_SHARES = {"measure": 0.2, "nuclei": 0.03, "classes": 0.015, "pellets": 0.015}
+_SMALL_TASK_SHARES = {"measure": 0.2, "nuclei": 0.03, "classes": 0.015, "pellets": 0.015, "lacunae": 0.03}
 
 
 def image_graph(planned: PlannedImage, config: RunConfig, sha256, done=None, *, finish_first=False):

@@ -48,7 +48,7 @@ def validate_section(params: dict, config: RunConfig | None = None, *, nuclei_mo
     config = config or RunConfig()
     section = make_section(**params, nuclei_model=nuclei_model)
     found = analyze_image(section.image, pixel_size_um=section.pixel_size_um, config=config)
-    truth = truth_table(section)
+    truth = truth_table(section, cartilage=config.cartilage.params())
     iron_true = section.classes == CLASS_CODES["iron"]
     iron_found = found.classes == CLASS_CODES["iron"]
     nuclei_f1 = instance_f1(found.nuclei, section.nuclei)
@@ -75,8 +75,39 @@ def validate_section(params: dict, config: RunConfig | None = None, *, nuclei_mo
                 "iron_positive_cell_fraction_true": t["iron_positive_cell_fraction"],
                 "iron_positive_cell_fraction_found": r["iron_positive_cell_fraction"],
                 "iron_granule_count_found": r["iron_granule_count"],
+                **_cartilage_pair(t, r),
             })
     return image, pellets
+
+
+def _cartilage_pair(truth: dict, found: dict) -> dict:
+    """Lacunae, rounded cells and the depth profile of one pellet, truth beside found (issue 24's figures)."""
+    out = {}
+    for col in ("lacuna_count", "lacuna_cell_fraction", "lacuna_mean_area_um2", "chondron_count", "rounded_cell_fraction"):
+        out[f"{col}_true"], out[f"{col}_found"] = truth[col], found[col]
+    bands_t, bands_f = truth.get("depth_profile", []), found.get("depth_profile", [])
+    # bands by depth from the surface: the found pellet's outline sits within a pixel of the truth's
+    errors = [100 * (f["proteoglycan_area_fraction"] - t["proteoglycan_area_fraction"]) for t, f in zip(bands_t, bands_f) if t["area_um2"] > 0]
+    out["profile_band_error_pp_max_abs"] = float(np.max(np.abs(errors))) if errors else float("nan")
+    out["profile_band_error_pp_mean_abs"] = float(np.mean(np.abs(errors))) if errors else float("nan")
+    return out
+
+
+def _cartilage_summary(pellets: pd.DataFrame) -> dict:
+    """The lacuna, rounded-cell and depth-profile figures of the validation."""
+    if not len(pellets) or "lacuna_count_true" not in pellets:
+        return {}
+    true, found = pellets.lacuna_count_true.astype(float), pellets.lacuna_count_found.astype(float)
+    many = true >= 20
+    return {
+        "lacuna_count_error_total": float((found.sum() - true.sum()) / max(true.sum(), 1)),
+        "lacuna_count_error_mean_abs_20_or_more": float(((found - true).abs() / true)[many].mean()) if many.any() else float("nan"),
+        "lacuna_cell_fraction_error_max_abs": float((pellets.lacuna_cell_fraction_found - pellets.lacuna_cell_fraction_true).abs().max()),
+        "rounded_cell_fraction_error_mean_abs": float((pellets.rounded_cell_fraction_found - pellets.rounded_cell_fraction_true).abs().mean()),
+        "rounded_cell_fraction_error_max_abs": float((pellets.rounded_cell_fraction_found - pellets.rounded_cell_fraction_true).abs().max()),
+        "profile_band_error_pp_mean_abs": float(pellets.profile_band_error_pp_mean_abs.mean()),
+        "profile_band_error_pp_max_abs": float(pellets.profile_band_error_pp_max_abs.max()),
+    }
 
 
 def _direction_check(pellets: pd.DataFrame) -> dict:
@@ -111,6 +142,7 @@ def summarize(images: pd.DataFrame, pellets: pd.DataFrame) -> dict:
         "unlabeled_iron_positive_cell_fraction_max": _unlabeled(pellets, "iron_positive_cell_fraction_found", "max"),
         "unlabeled_iron_granule_count_max": _unlabeled(pellets, "iron_granule_count_found", "max"),
         "labeled_vs_unlabeled_direction_correct_by_day": _direction_check(pellets) if len(pellets) else {},
+        **_cartilage_summary(pellets),
     }
 
 

@@ -32,7 +32,7 @@ GUI = {"napari", "qtpy", "PyQt5", "PyQt6", "PySide2", "PySide6", "magicgui", "na
 
 ARRAY = {
     "labels", "filters", "morphology", "stains", "classify", "pellets", "bern", "scale", "metrics", "measure",
-    "calibrate", "gates", "geojson", "overlay", "metadata", "params",
+    "calibrate", "gates", "geojson", "overlay", "metadata", "params", "lacunae", "territories", "profiles",
 }
 LAYERS = [
     ARRAY,

@@ -69,7 +69,8 @@ def test_reader_accepts_only_our_files(run_dir, tmp_path):
     tifffile.imwrite(fake, np.zeros((4, 4, 3), np.uint8), photometric="rgb")
     assert get_reader(str(fake)) is None  # right name, not a label image
     layers = get_reader(str(run_dir))(str(run_dir))  # no viewer: the first pellet's layers
-    assert [kind for _, _, kind in layers] == ["image", "labels", "labels", "labels"]
+    assert [kind for _, _, kind in layers] == ["image", "labels", "labels", "labels", "labels"]  # section, classes, nuclei, pellet, lacunae
+    assert layers[4][1]["name"].endswith("lacunae") and layers[4][0].dtype == np.uint32
     assert layers[0][1]["scale"] == (1.5, 1.5)
     pellet = layers[3][0]
     assert 0 < np.count_nonzero(pellet) < 0.1 * pellet.size  # an outline, not a filled pellet over the classes
@@ -185,14 +186,15 @@ def test_a_run_folder_opens_once_whether_by_the_reader_or_the_widget(make_napari
     viewer.open(str(run_dir), plugin="pellet-analysis")  # File > Open Folder
     _, widget = viewer.window.add_plugin_dock_widget("pellet-analysis", "Review pellets")  # the docked one
     qtbot.waitUntil(lambda: widget.current is not None and widget.progress.maximum() == 1, timeout=30000)
-    assert len(viewer.layers) == 4 and widget._layers == list(viewer.layers)
+    # section, classes, nuclei, pellet and lacunae
+    assert len(viewer.layers) == 5 and widget._layers == list(viewer.layers)
     assert widget.layer("pellet").contour > 0 and widget.layer("nuclei").contour > 0  # outlines over the classes
     first = (widget.current["image"], widget.current["pellet_id"])
     assert first == ("P1_labeled_d14_s1", 1)
     widget.worker = None
     widget.open_run(run_dir, show_first=True)  # and again from the widget: still one set of layers
-    qtbot.waitUntil(lambda: widget.current is not None and len(viewer.layers) == 4 and widget.progress.maximum() == 1, timeout=30000)
-    assert len(viewer.layers) == 4 and widget._layers == list(viewer.layers)
+    qtbot.waitUntil(lambda: widget.current is not None and len(viewer.layers) == 5 and widget.progress.maximum() == 1, timeout=30000)
+    assert len(viewer.layers) == 5 and widget._layers == list(viewer.layers)
     origins = {tuple(layer.translate) for layer in viewer.layers}
     assert len(origins) == 1  # every layer of the pellet at one offset
 

@@ -76,9 +76,19 @@ def test_measurements_are_valid_on_random_labels(seed, rows, cols, px):
     classes = np.where(pellets > 0, rng.integers(1, 6, size=(rows, cols)), 0).astype(np.uint8)
     nuclei = np.where(classes == 4, rng.integers(1, 5, size=(rows, cols)), 0).astype(np.uint32)
     od = rng.uniform(0, 2, size=(rows, cols)).astype(np.float32)
-    for row in measure_pellets(pellets, classes, nuclei, pixel_size_um=px, proteoglycan_od=od):
-        assert set(MEASUREMENT_COLUMNS) == set(row)
+    from pellet_analysis.config import CartilageConfig
+
+    lacunae = np.where(classes == 1, rng.integers(0, 3, size=(rows, cols)), 0).astype(np.uint32)
+    rows_found = measure_pellets(
+        pellets, classes, nuclei, pixel_size_um=px, proteoglycan_od=od, lacunae=lacunae, territories=nuclei, cartilage=CartilageConfig().params()
+    )
+    for row in rows_found:
+        assert set(MEASUREMENT_COLUMNS) | {"depth_profile"} == set(row)
+        for band in row.pop("depth_profile"):
+            assert all(0 <= band[k] <= 1 for k in band if k.endswith("fraction")), band
         for key, value in row.items():
+            if key in ("stain_band_cv", "stain_patch_cv") and np.isnan(value):
+                continue  # fewer than two bands or patches
             assert np.isfinite(value), key
             if key.endswith("fraction"):
                 assert 0 <= value <= 1, key

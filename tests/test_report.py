@@ -107,10 +107,10 @@ def _png_dpi(path):
 
 
 def test_figures_hold_svg_png_and_exactly_the_plotted_numbers(study):
-    out, _, written, *_ = study
+    out, table, written, *_ = study
     figures = out / "figures"
     names = {p.stem for p in figures.iterdir()}
-    assert names == {"measurements_over_days", "labeling_efficiency", "pellet_sizes"}
+    assert names == {"measurements_over_days", "labeling_efficiency", "pellet_sizes", "depth_profiles"}
     for name in names:
         svg = (figures / f"{name}.svg").read_text()
         assert svg.lstrip().startswith("<?xml")
@@ -129,6 +129,17 @@ def test_figures_hold_svg_png_and_exactly_the_plotted_numbers(study):
     # both metrics and conditions of every donor and day with both conditions (the excluded pellet's pair is left out)
     assert len(merged) == len(efficiency) == 4 * len(written["efficiency"]) == 4 * 5  # 3 donors x 2 days, less one pair
     np.testing.assert_allclose(merged.value, merged.summary.astype(float))
+    # the depth profiles: each point the area-weighted mean of the kept pellets' bands in profiles.csv
+    drawn = pd.read_csv(figures / "depth_profiles.csv")
+    profiles = pd.read_csv(out / "profiles.csv")
+    excluded = set(zip(table.image[table.excluded], table.pellet_id[table.excluded]))
+    assert len(excluded) == 1
+    profiles = profiles[[(i, p) not in excluded for i, p in zip(profiles.image, profiles.pellet_id)]]
+    point = drawn[drawn.metric == "proteoglycan_area_fraction"].iloc[0]
+    band = profiles[(profiles.day == point.day) & (profiles.condition == point.condition)
+                    & ((profiles.depth_from_um + profiles.depth_to_um) / 2 == point.depth_um)]
+    assert point.n_pellets == len(band) > 0
+    assert point.value == pytest.approx(np.average(band.proteoglycan_area_fraction, weights=band.area_um2))
 
 
 def test_review_compares_automatic_and_corrected_values(study):

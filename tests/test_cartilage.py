@@ -1,0 +1,183 @@
+"""Lacunae, cell territories and roundness, depth profiles (issue 24): by hand, on the generator's truth, and on a real section."""
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from skimage.draw import disk, ellipse
+
+from pellet_analysis.config import CartilageConfig, RunConfig
+from pellet_analysis.labels import CLASS_CODES
+from pellet_analysis.lacunae import lacunae_from_clear, nucleus_lacuna
+from pellet_analysis.measure import measure_pellets
+from pellet_analysis.pipeline import analyze_image
+from pellet_analysis.profiles import band_index
+from pellet_analysis.synthetic import make_section, truth_table
+from pellet_analysis.territories import axis_ratios, cell_territories
+
+from .conftest import REAL_IMAGES
+
+PARAMS = CartilageConfig().params()
+
+
+# ---- by hand ----
+
+def _matrix_with_cells(shape=(120, 200)):
+    """Stained matrix (True) with nuclei (labels) and clear halos carved in it."""
+    nuclei = np.zeros(shape, np.int32)
+    clear = np.zeros(shape, bool)
+    # 1: a nucleus in a round halo
+    clear[disk((30, 30), 10, shape=shape)] = True
+    nuclei[disk((30, 30), 4, shape=shape)] = 1
+    # 2 and 3: two nuclei in one halo (a chondron)
+    clear[ellipse(30, 90, 10, 18, shape=shape)] = True
+    nuclei[disk((30, 80), 4, shape=shape)] = 2
+    nuclei[disk((30, 100), 4, shape=shape)] = 3
+    # 4: a nucleus in the matrix itself, no halo
+    nuclei[disk((90, 30), 4, shape=shape)] = 4
+    # 5: a nucleus in a wide clear zone (a pale zone of the matrix, not a lacuna)
+    clear[75:120, 70:200] = True
+    nuclei[disk((100, 130), 4, shape=shape)] = 5
+    clear &= nuclei == 0
+    stained = ~clear & (nuclei == 0)
+    return nuclei, clear, stained
+
+
+def test_lacunae_by_hand():
+    nuclei, clear, stained = _matrix_with_cells()
+    lacunae = lacunae_from_clear(clear, nuclei, stained, pixel_size_um=1.0, params=PARAMS)
+    host = nucleus_lacuna(nuclei, lacunae)
+    assert lacunae.dtype == np.uint32 and lacunae.max() == 2
+    assert host[1] != 0 and host[2] == host[3] != 0 and host[1] != host[2]  # a lone cell and a chondron
+    assert host[4] == 0  # no halo
+    assert host[5] == 0  # the clear pixels it reaches are not ringed by matrix
+    # a lacuna holds its halo and its nuclei
+    halo_and_nucleus = np.zeros(nuclei.shape, bool)
+    halo_and_nucleus[disk((30, 30), 10, shape=nuclei.shape)] = True
+    assert np.array_equal(lacunae == host[1], halo_and_nucleus)
+
+
+def test_a_ragged_clear_region_is_no_lacuna():
+    shape = (60, 60)
+    nuclei = np.zeros(shape, np.int32)
+    nuclei[disk((30, 30), 3, shape=shape)] = 1
+    clear = np.zeros(shape, bool)
+    clear[28:33, 12:48] = True  # a cross of clear gaps, as between a capsule's fibres
+    clear[12:48, 28:33] = True
+    clear &= nuclei == 0
+    stained = ~clear & (nuclei == 0)
+    assert lacunae_from_clear(clear, nuclei, stained, pixel_size_um=1.0, params=PARAMS).max() == 0
+    assert lacunae_from_clear(clear, nuclei, stained, pixel_size_um=1.0, params=replace(PARAMS, lacuna_min_solidity=0.0)).max() == 1
+
+
+def test_territories_follow_the_open_pixels_and_read_rounded_or_spindle():
+    shape = (80, 80)
+    nuclei = np.zeros(shape, np.int32)
+    nuclei[disk((20, 20), 3, shape=shape)] = 1
+    nuclei[disk((60, 40), 3, shape=shape)] = 2
+    room = np.zeros(shape, bool)
+    room[disk((20, 20), 8, shape=shape)] = True  # a round halo
+    room[ellipse(60, 40, 3, 20, shape=shape)] = True  # a long cytoplasm along the columns
+    territories = cell_territories(nuclei, room, max_distance_px=30)
+    ratio = axis_ratios(territories)
+    assert ratio[1] > 0.9 and ratio[2] < 0.3
+    assert set(np.unique(territories)) == {0, 1, 2}
+    # the reach limit cuts the long cytoplasm
+    short = axis_ratios(cell_territories(nuclei, room, max_distance_px=4))
+    assert short[2] > ratio[2]
+
+
+def test_depth_bands_and_profile_by_hand():
+    assert band_index([0, 24.9, 25, 50, 74.99], 25).tolist() == [0, 0, 1, 2, 2]
+    # a round pellet, proteoglycan only deeper than 50 µm
+    shape = (260, 260)
+    pellets = np.zeros(shape, np.uint16)
+    rr, cc = disk((130, 130), 120, shape=shape)
+    pellets[rr, cc] = 1
+    from scipy import ndimage as ndi
+
+    depth = ndi.distance_transform_edt(pellets > 0)
+    classes = np.where(pellets > 0, CLASS_CODES["other_tissue"], 0).astype(np.uint8)
+    classes[depth > 50] = CLASS_CODES["proteoglycan"]
+    nuclei = np.zeros(shape, np.uint32)
+    (row,) = measure_pellets(pellets, classes, nuclei, pixel_size_um=1.0, cartilage=replace(PARAMS, profile_band_um=25.0))
+    fractions = [b["proteoglycan_area_fraction"] for b in row["depth_profile"]]
+    assert fractions[0] == fractions[1] == 0.0 and all(f > 0.97 for f in fractions[3:])
+    assert row["stain_band_cv"] > 0.5  # proteoglycan only in the core: uneven over bands
+    (plain,) = measure_pellets(pellets, classes, nuclei, pixel_size_um=1.0)
+    assert np.isnan(plain["lacuna_count"]) and plain["depth_profile"] == []
+
+
+# ---- the generator's truth ----
+
+def test_generator_cartilage_leaves_the_rest_of_the_section_alone():
+    with_cartilage = make_section(day=28, seed=4, pixel_size_um=1.0, pellet_diameter_um=(300, 300))
+    without = make_section(day=28, seed=4, pixel_size_um=1.0, pellet_diameter_um=(300, 300), cartilage=False)
+    assert np.array_equal(with_cartilage.nuclei, without.nuclei) and np.array_equal(with_cartilage.pellets, without.pellets)
+    assert without.lacunae.max() == 0 and with_cartilage.lacunae.max() > 10
+    # a lacuna is a clear halo and the nuclei it holds: no matrix class in it
+    inside = with_cartilage.classes[with_cartilage.lacunae > 0]
+    assert set(np.unique(inside)) <= {CLASS_CODES["other_tissue"], CLASS_CODES["nuclei"], CLASS_CODES["iron"]}
+    host = nucleus_lacuna(with_cartilage.nuclei, with_cartilage.lacunae)
+    assert set(np.unique(with_cartilage.lacunae)) - {0} == set(np.unique(host)) - {0}  # every lacuna holds a cell
+
+
+def test_generator_lacunae_rise_with_day_fewer_when_labeled_and_rounded_cells_sit_deeper():
+    rows = {}
+    for day in (7, 14, 28):
+        for labeled in (False, True):
+            s = make_section(day=day, labeled=labeled, seed=day, pixel_size_um=1.0, pellet_diameter_um=(400, 400))
+            rows[day, labeled] = truth_table(s)[0]
+    for labeled in (False, True):
+        cells = [rows[d, labeled]["lacuna_cell_fraction"] for d in (7, 14, 28)]
+        assert cells[0] < cells[1] < cells[2], cells
+    assert rows[28, True]["lacuna_cell_fraction"] < rows[28, False]["lacuna_cell_fraction"]
+    for day in (14, 28):
+        r = rows[day, False]
+        assert r["rounded_cell_fraction_core"] > r["rounded_cell_fraction_rim"] + 0.1
+        assert r["chondron_count"] >= 1
+
+
+# ---- found against the truth ----
+
+@pytest.fixture(scope="module")
+def found_and_truth():
+    pairs = []
+    for day, labeled, px in ((14, False, 0.5), (28, False, 0.5), (28, True, 0.75)):
+        s = make_section(day=day, labeled=labeled, seed=40 + day, pixel_size_um=px, pellet_diameter_um=(320, 400))
+        found = analyze_image(s.image, pixel_size_um=px, config=RunConfig())
+        assert len(found.rows) == 1
+        pairs.append((found.rows[0], truth_table(s)[0]))
+    return pairs
+
+
+def test_lacunae_and_rounded_cells_against_the_truth(found_and_truth):
+    true_total = sum(t["lacuna_count"] for _, t in found_and_truth)
+    found_total = sum(f["lacuna_count"] for f, _ in found_and_truth)
+    assert abs(found_total - true_total) / true_total <= 0.15, (found_total, true_total)
+    for f, t in found_and_truth:
+        assert abs(f["lacuna_cell_fraction"] - t["lacuna_cell_fraction"]) <= 0.1
+        assert abs(f["rounded_cell_fraction"] - t["rounded_cell_fraction"]) <= 0.1
+
+
+def test_depth_profile_against_the_truth(found_and_truth):
+    for f, t in found_and_truth:
+        errors = [100 * (a["proteoglycan_area_fraction"] - b["proteoglycan_area_fraction"]) for a, b in zip(f["depth_profile"], t["depth_profile"])]
+        assert np.mean(np.abs(errors)) <= 3.0, errors
+
+
+# ---- a real Safranin-O pellet ----
+
+@pytest.mark.skipif(not REAL_IMAGES.is_dir(), reason="../shared/real-images is not here")
+def test_real_pellet_core_holds_more_lacunae_and_rounder_cells_than_the_fibrous_rim():
+    from pellet_analysis.io import read_image
+
+    rgb, _ = read_image(REAL_IMAGES / "mbs_pellet_whole_section.tif")
+    found = analyze_image(rgb[..., :3], pixel_size_um=0.6, config=RunConfig(stains={"preset": "safranin-o"}))
+    (row,) = found.rows
+    assert row["lacuna_density_core_per_mm2"] > 1.5 * row["lacuna_density_rim_per_mm2"], row
+    assert row["rounded_cell_fraction_core"] > row["rounded_cell_fraction_rim"] + 0.05, row
+    assert found.lacunae.dtype == np.uint32 and found.lacunae.max() == row["lacuna_count"]
+    # the proteoglycan-rich core: the profile rises from the fast-green rim inward
+    pg = [b["proteoglycan_area_fraction"] for b in row["depth_profile"]]
+    assert max(pg[:2]) < 0.05 and min(pg[-4:]) > 0.4, pg
