@@ -10,7 +10,10 @@ Iron granules are spots of green and blue OD above a granule-sized top-hat
 (brown granules absorb those channels most), outside and not on the rim of a
 nucleus, brown on average (blue above green, red not far below blue) and
 isolated (their half-maximum does not run on into a fibre or a wider dark
-object). Other presets take nuclei from the deconvolved nuclear stain."""
+object), less dark in their least-absorbed channel than in green and blue
+(not a small near-neutral nucleus), not joined to a nucleus by its darkness,
+and near a nucleus (iron lies in cells). Other presets take nuclei from the
+deconvolved nuclear stain."""
 
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ from scipy import ndimage as ndi
 from skimage.filters import threshold_otsu
 from skimage.segmentation import watershed
 
-from .filters import gaussian_radius_px, smooth_channels
+from .filters import gaussian, gaussian_radius_px, smooth_channels
 from .labels import CLASS_CODES
 from .morphology import expansion, DISTANCE_STEPS_PER_PX, quantised_distance, remove_small_objects, white_tophat_disk, binary_dilation_disk, binary_opening_disk, fill_holes, fill_label_holes, h_maxima, median_by_label
 from .params import ClassifyParams, IronParams, NucleiParams
@@ -345,7 +348,7 @@ def _faint_weigert_nuclei(
     """
     px = float(pixel_size_um)
     level = thresholds.dark / nuclei.dark_otsu_fraction  # the pellet's nuclear level: the same in every tile
-    smooth = cv2.GaussianBlur(np.asarray(spots, np.float32), (0, 0), nuclei.dark_pale_sigma_um / px) if nuclei.dark_pale_sigma_um / px > 0.3 else spots
+    smooth = gaussian(np.ascontiguousarray(spots, dtype=np.float32), nuclei.dark_pale_sigma_um / px)
     candidates = inside & (smooth > nuclei.dark_pale_fraction * level) & ~binary_dilation_disk(nuclear, max(1, round(nuclei.dark_pale_gap_um / px)))
     pale = _compact_objects(candidates, min_radius_px=min_radius_px, min_area_px=min_area_px)
     granular = granule_map > nuclei.dark_pale_max_granule_fraction * level
@@ -366,12 +369,11 @@ def _without_matrix_islands(objects, matrix, inside, *, ring_px: int, tolerance:
     """
     n, labels, stats, _ = cv2.connectedComponentsWithStats(objects.view(np.uint8), connectivity=4, ltype=cv2.CV_32S)
     out = np.zeros(objects.shape, bool)
-    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * ring_px + 1, 2 * ring_px + 1))
     for k in range(1, n):
         c, r, w, h = (int(stats[k, i]) for i in (cv2.CC_STAT_LEFT, cv2.CC_STAT_TOP, cv2.CC_STAT_WIDTH, cv2.CC_STAT_HEIGHT))
         box = _grown_box((slice(r, r + h), slice(c, c + w)), objects.shape, by=ring_px)
         obj = labels[box] == k
-        ring = cv2.dilate(obj.view(np.uint8), kernel).astype(bool) & ~objects[box] & inside[box]
+        ring = binary_dilation_disk(obj, ring_px) & ~objects[box] & inside[box]
         if not ring.any() or float(matrix[box][obj].mean()) <= float(matrix[box][ring].mean()) + tolerance:
             out[box] |= obj
     return out
@@ -392,6 +394,37 @@ def _grow_to_half_maximum(instances, signal, inside, *, distance_px: int):
     keep = inside[rows, cols] & (signal[rows, cols] >= 0.5 * median[values])
     out[rows[keep], cols[keep]] = values[keep]
     return out
+
+
+def _nuclear_bodies(instances, signal, exclude, *, fraction: float, distance_px: int) -> np.ndarray:
+    """Each nucleus with the pixels within ``distance_px`` of it, outside ``exclude``, of at least ``fraction`` of its median signal that connect to it."""
+    out = np.asarray(instances).astype(np.uint32)
+    n = int(out.max())
+    nuclear = out > 0
+    if n == 0:
+        return nuclear
+    median = median_by_label(signal, out, n)
+    rows, cols, values = expansion(out, distance_px)
+    keep = ~exclude[rows, cols] & (signal[rows, cols] >= fraction * median[values])
+    plateau = nuclear.copy()
+    plateau[rows[keep], cols[keep]] = True
+    _, parts = cv2.connectedComponents(plateau.view(np.uint8), connectivity=4, ltype=cv2.CV_32S)
+    held = np.zeros(int(parts.max()) + 1, bool)
+    held[parts[nuclear]] = True
+    held[0] = False
+    return held[parts]
+
+
+def _near_nuclei(objects, nuclear, *, distance_px: int) -> np.ndarray:
+    """The 8-connected objects of ``objects`` with a pixel within ``distance_px`` of ``nuclear``."""
+    objects = np.asarray(objects, dtype=bool)
+    if not objects.any():
+        return objects
+    n, labels = cv2.connectedComponents(objects.view(np.uint8), connectivity=8, ltype=cv2.CV_32S)
+    keep = np.zeros(n, bool)
+    keep[labels[binary_dilation_disk(nuclear, distance_px) & objects]] = True
+    keep[0] = False
+    return keep[labels]
 
 
 def _drop_small_instances(instances, min_area_px: int) -> np.ndarray:
@@ -433,17 +466,64 @@ def brown_objects(
     -------
     ndarray of bool
     """
+
+    def brown(n, ids, candidates):
+        sums = [np.bincount(ids, weights=colour[..., k][candidates], minlength=n) for k in range(3)]
+        keep = (sums[2] >= min_blue_green * sums[1]) & (sums[0] >= min_red_blue * sums[2]) & (sums[2] > 0)
+        if iron_colour is not None and nucleus_colour is not None and np.any(nucleus_colour):
+            keep &= _nearer_to_iron(np.stack(sums, 1), iron_colour, nucleus_colour, margin_deg=margin_deg)
+        return keep
+
+    return _objects_kept(candidates, brown)
+
+
+def _objects_kept(candidates, decide) -> np.ndarray:
+    """The 8-connected objects of ``candidates`` that ``decide(n, ids, candidates)`` keeps.
+
+    ``ids`` are the object numbers (1..n-1) of the candidate pixels in raster
+    order; ``decide`` returns a bool per object number (index 0 ignored).
+    """
     candidates = np.asarray(candidates, dtype=bool)
     n, labels = cv2.connectedComponents(candidates.view(np.uint8), connectivity=8, ltype=cv2.CV_32S)
     if n <= 1:
         return candidates
-    ids = labels[candidates]
-    sums = [np.bincount(ids, weights=colour[..., k][candidates], minlength=n) for k in range(3)]
-    keep = (sums[2] >= min_blue_green * sums[1]) & (sums[0] >= min_red_blue * sums[2]) & (sums[2] > 0)
-    if iron_colour is not None and nucleus_colour is not None and np.any(nucleus_colour):
-        keep &= _nearer_to_iron(np.stack(sums, 1), iron_colour, nucleus_colour, margin_deg=margin_deg)
+    keep = np.asarray(decide(n, labels[candidates], candidates), dtype=bool)
     keep[0] = False
     return keep[labels]
+
+
+def _not_neutral(candidates, darkness, contrast, *, max_ratio: float) -> np.ndarray:
+    """The 8-connected objects of ``candidates`` whose peak ``darkness`` is at most ``max_ratio`` times their peak ``contrast``.
+
+    ``darkness`` is the least-absorbed channel's OD above the matrix at
+    nucleus scale (:func:`dark_spots`), ``contrast`` the green-blue granule
+    contrast (:func:`granule_contrast`). Brown iron is dark in red about
+    half as much as in blue, so its darkness stays well below its green-blue
+    contrast; a small nucleus of near-neutral Weigert's black is dark in
+    every channel, and the nucleus-scale top-hat sees all of it where the
+    granule-scale one sees only its centre. The ratio compares two maps of
+    the same object, so it does not depend on how dark the section is
+    stained.
+
+    Parameters
+    ----------
+    candidates : ndarray of bool
+    darkness, contrast : ndarray of float
+    max_ratio : float, keyword-only
+
+    Returns
+    -------
+    ndarray of bool
+    """
+
+    def not_neutral(n, ids, candidates):
+        peak_dark = np.zeros(n, np.float32)
+        peak_contrast = np.zeros(n, np.float32)
+        np.maximum.at(peak_dark, ids, np.asarray(darkness, np.float32)[candidates])
+        np.maximum.at(peak_contrast, ids, np.asarray(contrast, np.float32)[candidates])
+        return peak_dark <= np.float32(max_ratio) * peak_contrast
+
+    return _objects_kept(candidates, not_neutral)
 
 
 def _unit(v) -> np.ndarray:
@@ -637,9 +717,15 @@ def pixel_maps_depth_px(*, pixel_size_um: float, classify: ClassifyParams, nucle
 
 
 def objects_depth_px(*, pixel_size_um: float, nuclei: NucleiParams, iron: IronParams) -> int:
-    """Overlap (px) of the object step: a clump of two of the largest nuclei plus the growth and gap margins."""
+    """Overlap (px) of the object step: a clump of two of the largest nuclei plus the growth and gap margins.
+
+    At least a largest nucleus beyond the reach of a granule's tests that
+    look at the nuclei around it (``iron.nucleus_body_um``,
+    ``iron.max_nucleus_distance_um``), so those nuclei are whole in the block.
+    """
     px = float(pixel_size_um)
-    return int(math.ceil((2 * nuclei.max_diameter_um + iron.nucleus_gap_um + 2.0) / px)) + 2
+    reach_um = max(iron.nucleus_gap_um, iron.nucleus_body_um if iron.nucleus_body_fraction is not None else 0.0, iron.max_nucleus_distance_um or 0.0)
+    return int(math.ceil((max(2 * nuclei.max_diameter_um + iron.nucleus_gap_um, nuclei.max_diameter_um + reach_um) + 2.0) / px)) + 2
 
 
 def pixel_maps(
@@ -859,6 +945,8 @@ def classify_objects(
             iron_colour=stains.vector("iron") if iron.colour_margin_deg is not None else None, nucleus_colour=thresholds.nucleus_colour,
             margin_deg=iron.colour_margin_deg or 0.0,
         )
+        if iron.max_neutral_ratio is not None:  # a small nucleus of near-neutral Weigert's black, not brown iron
+            brown = _not_neutral(brown, spots, granule_map, max_ratio=iron.max_neutral_ratio)
         iron_mask = _granules(
             brown & ~nuclear,
             nuclear,
@@ -902,10 +990,16 @@ def classify_objects(
         n_granules, granules = cv2.connectedComponents((iron_mask & ~nuclear).view(np.uint8), connectivity=8, ltype=cv2.CV_32S)
         on_rim = np.zeros(n_granules, bool)
         on_rim[granules[binary_dilation_disk(nuclear, max(1, round(iron.nucleus_gap_um / px)))]] = True
+        if iron.nucleus_body_fraction is not None:
+            # a granule joined to a nucleus by its darkness is chromatin of that nucleus, found only in part
+            body = _nuclear_bodies(instances, spots, granules > 0, fraction=iron.nucleus_body_fraction, distance_px=max(1, round(iron.nucleus_body_um / px)))
+            on_rim[granules[binary_dilation_disk(body, 1)]] = True
         on_rim[0] = True
         granules[on_rim[granules]] = 0
         grown = _grow_to_half_maximum(granules, granule_map, inside & ~nuclear, distance_px=max(1, round(iron.grow_um / px)))
         iron_mask = grown > 0
+        if iron.max_nucleus_distance_um is not None:
+            iron_mask = _near_nuclei(iron_mask, nuclear, distance_px=max(1, round(iron.max_nucleus_distance_um / px)))
     classes = np.zeros(inside.shape, np.uint8)
     classes[inside] = CLASS_CODES["other_tissue"]
     if "collagen" in stains.roles:

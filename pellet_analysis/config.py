@@ -411,6 +411,38 @@ class IronConfig(_Section):
         "within 3-5 degrees of iron on some synthetic sections at 1 µm per pixel, which then lose most of their iron "
         "(docs/iron.md).",
     )
+    max_neutral_ratio: float | None = Field(
+        1.4,
+        gt=0,
+        description="Largest neutral darkness of an iron granule: the peak of the nuclei's darkness map over the object (the "
+        "least-absorbed channel's OD above the matrix, a nucleus-scale top-hat) over its peak granule contrast (mean green "
+        "and blue OD, a granule-scale top-hat). Brown iron absorbs red about half as much as blue, so its darkness stays "
+        "below its green-blue contrast (the ab-vg vector: 0.62); a small nucleus of near-neutral Weigert's black is as "
+        "dark in its least-absorbed channel as in green and blue, and the nucleus-scale top-hat sees all of it where the "
+        "granule-scale one sees only its centre, so its ratio is about 1 or more. Both maps are of the same object: the "
+        "ratio does not change with the strength of the stain. Lower values drop more small nuclei and more iron mixed "
+        "with a nucleus's blur. null: off.",
+    )
+    nucleus_body_fraction: float | None = Field(
+        0.5,
+        gt=0,
+        description="A granule candidate joined to a nucleus (within nucleus_body_um of it) by pixels at least this "
+        "fraction of the nucleus's own median darkness is part of that nucleus (chromatin of a nucleus found only in "
+        "part, or of a faint nucleus touching a dark one), not iron. The fraction is of each nucleus's own level, so it "
+        "holds for pale and dark stains alike; a granule beside a nucleus is parted from it by paler matrix. null: off.",
+    )
+    nucleus_body_um: float = Field(
+        3.0, gt=0, description="How far (µm) from a nucleus its body is followed for nucleus_body_fraction."
+    )
+    max_nucleus_distance_um: float | None = Field(
+        10.0,
+        gt=0,
+        description="Iron of labeled cells lies in their cytoplasm: a granule with no pixel within this distance (µm) of a "
+        "nucleus is not counted (dark fibre knots of a collagen network, far from any cell, pass the colour and form "
+        "tests). At least cell_distance_um, so the iron-positive cell fraction is unchanged by it; iron of cells whose "
+        "nucleus lies outside the section and farther than this from every other nucleus is lost from the area and "
+        "granule count. null: off.",
+    )
     max_granule_diameter_um: float = Field(
         3.5, gt=0, description="Largest granule (equivalent diameter, µm); clusters up to three times its area are kept."
     )
@@ -433,6 +465,12 @@ class IronConfig(_Section):
     calibrate_max_positive_fraction: float = Field(
         0.01, ge=0, le=1, description="Largest iron-positive cell fraction (0-1) the calibrated threshold leaves in the controls."
     )
+
+    @model_validator(mode="after")
+    def _granules_reach_the_cells_they_mark(self):
+        if self.max_nucleus_distance_um is not None and self.max_nucleus_distance_um < self.cell_distance_um:
+            raise ValueError("iron.max_nucleus_distance_um must be at least iron.cell_distance_um (else iron that makes a cell positive is dropped)")
+        return self
 
     @field_validator("calibrate", mode="before")
     @classmethod

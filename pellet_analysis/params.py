@@ -165,6 +165,10 @@ class IronParams:
     min_blue_green_ratio: float
     min_red_blue_ratio: float
     colour_margin_deg: float | None
+    max_neutral_ratio: float | None
+    nucleus_body_fraction: float | None
+    nucleus_body_um: float
+    max_nucleus_distance_um: float | None
     max_granule_diameter_um: float
     nucleus_gap_um: float
     cell_distance_um: float

@@ -7,10 +7,11 @@ issue's target in the comment (docs/accuracy.md, "AB/VG nuclei and iron beyond o
 import glob
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
-from pellet_analysis.classify import brown_objects
+from pellet_analysis.classify import _near_nuclei, _not_neutral, _nuclear_bodies, brown_objects, pixel_maps
 from pellet_analysis.config import RunConfig
 from pellet_analysis.labels import CLASS_CODES
 from pellet_analysis.metrics import instance_f1, pixel_f1
@@ -99,10 +100,10 @@ def test_varied_unlabeled_pellets_hold_almost_no_iron_positive_cells(varied):
             # issue target: labeled iron pixel F1 >= 0.8 (not reached on the varied model, see docs)
             assert pixel_f1(found.classes == CLASS_CODES["iron"], s.classes == CLASS_CODES["iron"]) >= 0.6
         else:
-            # issue target <= 0.02; looser here: small rim nuclei and the chromatin of faint nuclei touching a
-            # dark one still give a few granules
-            assert row["iron_positive_cell_fraction"] <= 0.09, row
-            assert row["iron_granule_count"] <= 14, row
+            # issue target <= 0.02 (measured 0 and 0.043); looser here: at 1 µm per pixel under JPEG a few small rim
+            # nuclei take their collagen's chroma and read as brown and not neutral
+            assert row["iron_positive_cell_fraction"] <= 0.05, row
+            assert row["iron_granule_count"] <= 6, row
 
 
 @pytest.mark.skipif(not glob.glob(str(IMAGES / "*unlabeled*.tif")), reason="the demo images are not here")
@@ -115,10 +116,10 @@ def test_demo_unlabeled_pellets_read_few_iron_positive_cells():
         found = analyze_image(rgb, pixel_size_um=px or 1.0, config=RunConfig())
         fractions += [row["iron_positive_cell_fraction"] for row in found.rows]
     fractions = np.array(fractions)
-    # issue target: each <= 0.02; the max is looser (dense Alcian blue pinched between two pale cytoplasm rings
-    # reads as a granule)
-    assert fractions.max() <= 0.06, fractions
-    assert np.mean(fractions) <= 0.018, fractions
+    # issue target: each <= 0.02 (measured max 0.0553, mean 0.0166); the max is looser: faint spots barely above the
+    # granule threshold between the day-28 pellets' pale cytoplasm rings, as brown as iron and not neutral enough
+    assert fractions.max() <= 0.056, fractions
+    assert np.mean(fractions) <= 0.017, fractions
 
 
 @pytest.mark.skipif(not (REAL_IMAGES / "psr_liver_tile02.jpg").is_file(), reason="../shared/real-images is not here")
@@ -132,16 +133,73 @@ def test_picrosirius_liver_tile_has_little_iron_and_its_collagen_agrees():
     tissue = found.pellets > 0
     assert tissue.mean() > 0.95  # the tile is tissue to its edges: whole tile and tissue are the same pixels
     iron = (found.classes == CLASS_CODES["iron"]) & tissue
-    # issue target: <= 0.5 %; looser here (dark red fibre knots and small dark nuclei remain)
-    assert iron.sum() / tissue.sum() <= 0.02
+    # issue target <= 0.5 % (measured 0.34 %): the fibre knots far from every nucleus are not cells' iron
+    assert iron.sum() / tissue.sum() <= 0.005
     reference = cv2.imread(str(REAL_IMAGES / "psr_liver_tile02_mask_liverquant.jpg"), cv2.IMREAD_GRAYSCALE) >= 128
     assert pixel_f1((found.classes == CLASS_CODES["collagen"]) & tissue, reference & tissue) >= 0.8
+    # without the distance to the nuclei the fibre knots stay: 1.38 % measured
+    anywhere = analyze_image(rgb, pixel_size_um=1.0124, config=RunConfig(iron={"max_nucleus_distance_um": None}))
+    assert ((anywhere.classes == CLASS_CODES["iron"]) & tissue).sum() > 2 * iron.sum()
     # the optional colour test relative to the section's own nuclei (iron.colour_margin_deg: 0, the absolute ratios
-    # off): this tile's small dark nuclei are the colour of iron under picric yellow and are dropped. Measured 0.58 %
-    # (issue target 0.5 %); off by default, as it also drops iron on synthetic sections whose nuclei read near iron
+    # off): this tile's small dark nuclei are the colour of iron under picric yellow and are dropped (0.19 % measured);
+    # off by default, as it also drops iron on synthetic sections whose nuclei read near iron
     relative = analyze_image(
         rgb, pixel_size_um=1.0124, config=RunConfig(iron={"colour_margin_deg": 0.0, "min_blue_green_ratio": 0.0, "min_red_blue_ratio": 0.0})
     )
     relative_iron = (relative.classes == CLASS_CODES["iron"]) & tissue
-    assert relative_iron.sum() / tissue.sum() <= 0.007 and relative_iron.sum() < 0.5 * iron.sum()
+    assert relative_iron.sum() / tissue.sum() <= 0.003 and relative_iron.sum() < iron.sum()
     assert pixel_f1((relative.classes == CLASS_CODES["collagen"]) & tissue, reference & tissue) >= 0.8
+
+
+def _disk_mask(shape, centre, radius_px):
+    rows, cols = np.mgrid[: shape[0], : shape[1]]
+    return (rows - centre[0]) ** 2 + (cols - centre[1]) ** 2 <= radius_px**2
+
+
+@pytest.mark.parametrize("background", ["acid_fuchsin", "picric_acid"])
+def test_neutral_darkness_parts_a_small_weigert_nucleus_from_an_iron_granule(background):
+    """A 2 µm iron granule and a 3.6 µm nucleus of Weigert's black (displacing the matrix), blurred.
+
+    On red collagen the nucleus's contrast is as brown as iron (it displaces a matrix that absorbs green most) and
+    passes the colour test; its neutral darkness gives it away, on picric yellow too. (On dense Alcian blue neither
+    test parts them: docs/iron.md, known limits.)
+    """
+    stains = PRESETS["ab-vg"]
+    px = 0.5
+    config = RunConfig()
+    shape = (60, 120)
+    od = np.broadcast_to(0.5 * stains.vector(background), shape + (3,)).astype(np.float32).copy()
+    granule = _disk_mask(shape, (30, 30), 1.0 / px)
+    nucleus = _disk_mask(shape, (30, 90), 1.8 / px)
+    od[granule] += 1.6 * stains.vector("iron")
+    od[nucleus] = 1.5 * stains.vector("weigert_hematoxylin")
+    intensity = cv2.GaussianBlur(10.0 ** (-od), (0, 0), 0.5 / px)  # optics blur light, not OD
+    od = -np.log10(intensity).astype(np.float32)
+    maps = pixel_maps(od, stains, pixel_size_um=px, classify=config.classify.params(), nuclei=config.nuclei.params(), iron=config.iron.params())
+    candidates = maps[..., 3] > config.iron.granule_min_od
+    assert candidates[30, 30] and candidates[30, 90]
+    colour_test = brown_objects(candidates, maps[..., 4:7], min_blue_green=config.iron.min_blue_green_ratio, min_red_blue=config.iron.min_red_blue_ratio)
+    assert colour_test[30, 30]
+    if background == "acid_fuchsin":
+        assert colour_test[30, 90]  # as brown as iron by the colour ratios
+    kept = _not_neutral(candidates, maps[..., 0], maps[..., 3], max_ratio=config.iron.max_neutral_ratio)
+    assert kept[30, 30] and not kept[30, 90]
+
+
+def test_granules_far_from_every_nucleus_and_on_a_nucleus_body_are_not_iron():
+    nuclei = np.zeros((40, 80), np.uint32)
+    nuclei[10:20, 10:20] = 1
+    granules = np.zeros((40, 80), bool)
+    granules[14:16, 26:28] = True  # 6 px from the nucleus
+    granules[30:32, 70:72] = True  # 50 px away
+    near = _near_nuclei(granules, nuclei > 0, distance_px=10)
+    assert near[14, 26] and not near[30, 70]
+    # the nucleus's own darkness (median 1) runs on at 0.6 to a clump: its body; a clump across paler matrix (0.2) is not
+    darkness = np.where(nuclei > 0, 1.0, 0.2).astype(np.float32)
+    darkness[14:16, 20:26] = 0.6
+    body = _nuclear_bodies(nuclei, darkness, granules, fraction=0.5, distance_px=8)
+    assert body[14, 25] and not body[30, 70]
+    darkness[14:16, 20:26] = 0.3
+    assert not _nuclear_bodies(nuclei, darkness, granules, fraction=0.5, distance_px=8)[14, 25]
+    with pytest.raises(ValueError, match="cell_distance_um"):
+        RunConfig(iron={"max_nucleus_distance_um": 3.0, "cell_distance_um": 5.0})
