@@ -251,7 +251,7 @@ def test_batch_widget_runs_a_folder_shows_progress_and_opens_the_review(make_nap
     assert review is existing  # the Review widget already docked, not a second one
     qtbot.waitUntil(lambda: review.current is not None and review.progress.maximum() == 1, timeout=30000)
     assert review.run_dir == run_dir.parent / "from-napari" and review.grid.rowCount() == len(cli) == 3
-    assert (review.current["image"], review.current["pellet_id"]) == ("P1_labeled_d14_s1", 1) and len(viewer.layers) == 4
+    assert (review.current["image"], review.current["pellet_id"]) == ("P1_labeled_d14_s1", 1) and len(viewer.layers) == 5
     assert widget.run_button.isEnabled() and not widget.cancel_button.isEnabled()
 
 
