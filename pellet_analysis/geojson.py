@@ -24,7 +24,7 @@ import uuid
 
 import numpy as np
 
-from .measure import outline_rings
+from .measure import _shoelace, outline_rings
 
 __all__ = [
     "QUPATH_HALF_PIXEL",
@@ -55,11 +55,6 @@ class AnnotationError(ValueError):
 # ---- writing
 
 
-def _signed_area(ring) -> float:
-    r, c = np.asarray(ring, np.float64).T
-    return 0.5 * float(np.dot(r, np.roll(c, -1)) - np.dot(c, np.roll(r, -1)))
-
-
 def _encloses(ring, point) -> bool:
     """Even-odd test: does the closed (row, col) ``ring`` enclose ``point``."""
     r, c = np.asarray(ring, np.float64).T
@@ -84,16 +79,18 @@ def pellet_geometry(mask, *, offset=(0, 0), tolerance_px: float = 0.75) -> dict 
         The mask's (row, col) origin in the full image.
     tolerance_px : float, keyword-only
     """
-    rings = outline_rings(mask, tolerance_px=tolerance_px)
-    outers = sorted((r for r in rings if _signed_area(r) < 0), key=lambda r: _signed_area(r))  # largest first
+    signed = [(_shoelace(r), r) for r in outline_rings(mask, tolerance_px=tolerance_px)]
+    outers = sorted((pair for pair in signed if pair[0] < 0), key=lambda pair: pair[0])  # largest first
     if not outers:
         return None
-    polygons = [[outer] for outer in outers]
-    for hole in (r for r in rings if _signed_area(r) > 0):
+    polygons = [[outer] for _, outer in outers]
+    for area, hole in signed:
+        if area <= 0:
+            continue
         # the smallest part around the hole (a part may lie inside another's hole)
-        around = [k for k, outer in enumerate(outers) if _encloses(outer, hole[0])]
+        around = [k for k, (_, outer) in enumerate(outers) if _encloses(outer, hole[0])]
         if around:
-            polygons[max(around, key=lambda k: _signed_area(outers[k]))].append(hole)
+            polygons[max(around, key=lambda k: outers[k][0])].append(hole)
     shift = np.array([offset[0], offset[1]], np.float64) + QUPATH_HALF_PIXEL
     coordinates = [[[[float(c), float(r)] for r, c in ring + shift] for ring in polygon] for polygon in polygons]
     if len(coordinates) == 1:

@@ -24,10 +24,11 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from .filters import gaussian
+from .morphology import _disk
 from .params import CartilageParams
 from .territories import cell_territories
 
-__all__ = ["local_level", "open_and_clear", "lacunae_from_clear", "find_lacunae", "nucleus_lacuna"]
+__all__ = ["local_level", "local_levels", "open_and_clear", "lacunae_from_clear", "find_lacunae", "nucleus_lacuna"]
 
 
 def local_level(values, weights, *, sigma_px: float) -> np.ndarray:
@@ -45,23 +46,30 @@ def local_level(values, weights, *, sigma_px: float) -> np.ndarray:
     ndarray of float32
         0 where no weight lies within reach.
     """
+    return local_levels([values], weights, sigma_px=sigma_px)[0]
+
+
+def local_levels(values, weights, *, sigma_px: float) -> list:
+    """:func:`local_level` of each array of ``values`` over the same ``weights``, the weights blurred once."""
     w = np.asarray(weights, dtype=np.float32)
-    weighted = np.asarray(values, dtype=np.float32) * w
     # a level of many pixels' reach is smooth: blurred on a copy reduced by a quarter of sigma, then
     # brought back by linear interpolation (a wide kernel at full resolution costs its width per pixel)
     factor = max(1, int(sigma_px // 4))
-    if factor > 1 and min(w.shape) > 2 * factor:
-        small = (max(1, w.shape[1] // factor), max(1, w.shape[0] // factor))
-        num = gaussian(cv2.resize(weighted, small, interpolation=cv2.INTER_AREA), sigma_px / factor)
-        den = gaussian(cv2.resize(w, small, interpolation=cv2.INTER_AREA), sigma_px / factor)
-        num = cv2.resize(num, w.shape[::-1], interpolation=cv2.INTER_LINEAR)
-        den = cv2.resize(den, w.shape[::-1], interpolation=cv2.INTER_LINEAR)
-    else:
-        num = gaussian(weighted, sigma_px)
-        den = gaussian(w.copy(), sigma_px)
-    out = np.zeros(w.shape, np.float32)
-    np.divide(num, den, out=out, where=den > 1e-6)
-    return out
+    reduced = factor > 1 and min(w.shape) > 2 * factor
+    small = (max(1, w.shape[1] // factor), max(1, w.shape[0] // factor))
+
+    def blurred(a):
+        if not reduced:
+            return gaussian(a, sigma_px)
+        return cv2.resize(gaussian(cv2.resize(a, small, interpolation=cv2.INTER_AREA), sigma_px / factor), w.shape[::-1], interpolation=cv2.INTER_LINEAR)
+
+    den = blurred(w.copy())
+    levels = []
+    for v in values:
+        out = np.zeros(w.shape, np.float32)
+        np.divide(blurred(np.asarray(v, dtype=np.float32) * w), den, out=out, where=den > 1e-6)
+        levels.append(out)
+    return levels
 
 
 def open_and_clear(channel_max_od, matrix_od, inside, nuclei, *, pixel_size_um: float, params: CartilageParams):
@@ -96,8 +104,7 @@ def open_and_clear(channel_max_od, matrix_od, inside, nuclei, *, pixel_size_um: 
     sigma_px = params.neighbourhood_um / float(pixel_size_um)
     first = local_level(matrix_od, tissue, sigma_px=sigma_px)
     stained = tissue & (matrix_od >= params.stained_fraction * first)
-    matrix_level = local_level(matrix_od, stained, sigma_px=sigma_px)
-    od_level = local_level(channel_max_od, stained, sigma_px=sigma_px)
+    matrix_level, od_level = local_levels([matrix_od, channel_max_od], stained, sigma_px=sigma_px)
     strong = float(np.percentile(matrix_od[tissue], 90)) if tissue.any() else 0.0
     # a cell's outline shows only inside stained matrix: where most of the neighbourhood is stained, and strongly enough
     share = local_level(stained, tissue, sigma_px=params.share_sigma_um / float(pixel_size_um))
@@ -112,10 +119,7 @@ def open_and_clear(channel_max_od, matrix_od, inside, nuclei, *, pixel_size_um: 
 
 def _outer_ring(labels, width_px: int) -> np.ndarray:
     """Each pixel within ``width_px`` outside a labelled object, labelled with the (largest) object it borders; 0 elsewhere."""
-    size = 2 * int(width_px) + 1
-    r = np.arange(size) - int(width_px)
-    disk = r[:, None] ** 2 + r[None, :] ** 2 <= int(width_px) ** 2
-    grown = ndi.maximum_filter(labels, footprint=disk, mode="constant", cval=0)
+    grown = ndi.maximum_filter(labels, footprint=_disk(int(width_px)).astype(bool), mode="constant", cval=0)
     return np.where(labels == 0, grown, 0)
 
 

@@ -359,7 +359,7 @@ def measure_pellets(
         n_core = int(np.count_nonzero(core))
         n_pg_core = int(np.count_nonzero(pg & core))
         n_pg = int(class_counts[CLASS_CODES["proteoglycan"]])
-        nn_um, roundness = _nuclei_spacing_and_roundness([shapes[n] for n in pellet_nuclei if n in shapes], pixel_size_um)
+        nn_um, roundness = _nuclei_spacing_and_roundness([shapes[n] for n in pellet_nuclei], pixel_size_um)
         rows.append(
             {
                 "pellet_id": int(pid),
@@ -385,7 +385,7 @@ def measure_pellets(
         if cartilage is None:
             rows[-1].update({c: float("nan") for c in CARTILAGE_COLUMNS}, depth_profile=[])
             continue
-        cells = np.asarray([(n, shapes[n][0] - sl[0].start, shapes[n][1] - sl[1].start) for n in pellet_nuclei if n in shapes], np.float64)
+        cells = np.asarray([(n, shapes[n][0] - sl[0].start, shapes[n][1] - sl[1].start) for n in pellet_nuclei], np.float64)
         extra, profile = pellet_cartilage(
             mask,
             depth_map_um,

@@ -138,9 +138,8 @@ def pellet_cartilage(
     proteoglycan : ndarray of bool, shape (rows, cols)
         Proteoglycan class.
     proteoglycan_od : ndarray of float, shape (rows, cols), or None
-    cells : ndarray of int
-        The pellet's nucleus ids; their centroids are read from ``lacunae``'s
-        companion ``features`` via ``centroids`` below.
+    cells : ndarray of float, shape (n, 3)
+        The pellet's nuclei: id, centroid row and column in the pellet's box.
     lacunae : ndarray of int
         The pellet's lacuna ids.
     features : CellFeatures

@@ -260,9 +260,8 @@ def classify_pellet_window(
     inside_box = inside[box]
     result = classify_maps(maps[box], inside_box, stains, **kwargs)
     matrix_od = maps[box][..., 1] + maps[box][..., 2]
-    lacunae, open_pixels = find_lacunae(
-        channel_max_od, matrix_od, inside_box, result.nuclei * inside_box, pixel_size_um=px, params=config.cartilage.params()
-    )
+    nuclei_inside = result.nuclei * inside_box
+    lacunae, open_pixels = find_lacunae(channel_max_od, matrix_od, inside_box, nuclei_inside, pixel_size_um=px, params=config.cartilage.params())
     del channel_max_od, matrix_od
     levels = None
     if iron_levels:
@@ -271,7 +270,7 @@ def classify_pellet_window(
             # the contrast of the granules the detector kept (colour and form tests passed), not of every dark spot:
             # a control's rim nucleus that those tests reject must not raise the batch's threshold
             granules = np.where(result.classes == CLASS_CODES["iron"], maps[box][..., 3], np.float32(0))
-            levels = cell_iron_levels(granules, inside_box, result.nuclei * inside_box, pixel_size_um=px, iron=config.iron.params())
+            levels = cell_iron_levels(granules, inside_box, nuclei_inside, pixel_size_um=px, iron=kwargs["iron"])
     del maps
     in_image = tuple(slice(w.start + b.start, w.start + b.stop) for w, b in zip(window, box))
     border = touches_border(_grown_box(inside, by=0, offset=(window[0].start, window[1].start)), plan.shape)

@@ -117,11 +117,11 @@ class PlannedImage:
 
 @dataclass(frozen=True)
 class NumberedPellets:
-    """The kept pellets of an image in pellet id order (1..n, left to right), and each one's nucleus id offset."""
+    """The kept pellets of an image in pellet id order (1..n, left to right), and each one's nucleus and lacuna id offsets."""
 
     kept: tuple
     nuclei_offsets: tuple
-    lacuna_offsets: tuple = ()
+    lacuna_offsets: tuple
 
 
 def plan_task(job: ImageJob, config: RunConfig, output_dir, config_hash: str) -> PlannedImage | ImageFailure:
@@ -259,8 +259,7 @@ def number_task(classified) -> NumberedPellets | PelletError:
 def _label_pieces(numbered: NumberedPellets, kind: str) -> list:
     """``(box, values, inside, offset)`` per kept pellet for a label image of ``kind`` (:data:`~pellet_analysis.labels.LABEL_DTYPES`)."""
     pieces = []
-    lacuna_offsets = numbered.lacuna_offsets or (0,) * len(numbered.kept)
-    for pid, (c, offset, lacuna_offset) in enumerate(zip(numbered.kept, numbered.nuclei_offsets, lacuna_offsets), start=1):
+    for pid, (c, offset, lacuna_offset) in enumerate(zip(numbered.kept, numbered.nuclei_offsets, numbered.lacuna_offsets), start=1):
         inside = np.load(c.files["inside"], mmap_mode="r")
         if kind == "pellets":
             pieces.append((c.box, inside, inside, pid - 1))
