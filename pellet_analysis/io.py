@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .readers import CZI_FORMATS, ImageReadError, OPENSLIDE_FORMATS, TIFF_FORMATS, UNREADABLE_FORMATS, Levels, main_series, open_reader, tiff_pixel_size_um
+from .readers import CZI_FORMATS, ImageReadError, OPENSLIDE_FORMATS, TIFF_FORMATS, UNREADABLE_FORMATS, Levels, main_series, open_reader, tiff_pixel_size_um, zarr_levels
 
 __all__ = [
     "ImageReadError",
@@ -199,18 +199,6 @@ class LazyImage(Levels):
     levels: list  # dask arrays (rows, cols, 3)
     pixel_size_um: float | None
     format: str = "TIFF"  # the reader's name for it, e.g. "Hamamatsu NDPI"
-
-
-def zarr_levels(path) -> list:
-    """Every level of a TIFF's first series as a zarr array (tiles decoded on access), full resolution first."""
-    import tifffile
-    import zarr
-
-    store = tifffile.imread(Path(path), aszarr=True, series=0)
-    root = zarr.open(store, mode="r")
-    if hasattr(root, "array_keys"):
-        return [root[k] for k in sorted(root.array_keys(), key=int)]
-    return [root]
 
 
 def open_lazy(path, *, max_pixels: int = 100_000_000_000) -> LazyImage:

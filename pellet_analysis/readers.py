@@ -330,38 +330,27 @@ def _qptiff_pixel_size_um(description: str) -> float | None:
     return None
 
 
-def _bif_xmp(tif) -> ElementTree.Element | None:
-    """Ventana BIF: the ``iScan`` element of the first page whose XMP carries one."""
-    for page in tif.pages:
-        xmp = page.tags.get(700)
-        if xmp is None:
-            continue
-        root = _xml_root(xmp.value)
-        if root is None:
-            continue
-        for element in root.iter():
-            if _local(element.tag) == "iScan":
-                return element
-    return None
-
-
-def _bif_pixel_size_um(tif) -> float | None:
-    """Ventana BIF: ``ScanRes`` (µm per pixel) of the ``iScan`` element of the XMP."""
-    iscan = _bif_xmp(tif)
-    return _positive(iscan.get("ScanRes")) if iscan is not None else None
-
-
-def bif_tiles_overlap(tif) -> bool:
-    """True when a BIF's XMP declares overlapping tiles (``TileJointInfo`` with a non-zero ``OverlapX``/``OverlapY``)."""
+def _bif_xmp_elements(tif, tag: str):
+    """Ventana BIF: every XMP element named ``tag`` (namespace dropped), page by page."""
     for page in tif.pages:
         xmp = page.tags.get(700)
         root = _xml_root(xmp.value) if xmp is not None else None
         if root is None:
             continue
-        for element in root.iter():
-            if _local(element.tag) == "TileJointInfo" and any(_positive(element.get(k)) for k in ("OverlapX", "OverlapY")):
-                return True
-    return False
+        yield from (element for element in root.iter() if _local(element.tag) == tag)
+
+
+def _bif_pixel_size_um(tif) -> float | None:
+    """Ventana BIF: ``ScanRes`` (µm per pixel) of the first ``iScan`` element of the XMP."""
+    iscan = next(_bif_xmp_elements(tif, "iScan"), None)
+    return _positive(iscan.get("ScanRes")) if iscan is not None else None
+
+
+def bif_tiles_overlap(tif) -> bool:
+    """True when a BIF's XMP declares overlapping tiles (``TileJointInfo`` with a non-zero ``OverlapX``/``OverlapY``)."""
+    return any(
+        any(_positive(element.get(k)) for k in ("OverlapX", "OverlapY")) for element in _bif_xmp_elements(tif, "TileJointInfo")
+    )
 
 
 def tiff_pixel_size_um(tif, series: int | None = None) -> float | None:
@@ -400,6 +389,18 @@ def tiff_pixel_size_um(tif, series: int | None = None) -> float | None:
     return found or _resolution_pixel_size_um(key)
 
 
+def zarr_levels(path, *, series: int = 0) -> list:
+    """Every level of one series of a TIFF as a zarr array (tiles decoded on access), full resolution first."""
+    import tifffile
+    import zarr
+
+    store = tifffile.imread(Path(path), aszarr=True, series=series)
+    root = zarr.open(store, mode="r")
+    if hasattr(root, "array_keys"):
+        return [root[k] for k in sorted(root.array_keys(), key=int)]
+    return [root]
+
+
 class _OverlappingTiles(Exception):
     """A Ventana BIF whose tiles overlap: read with OpenSlide instead."""
 
@@ -423,7 +424,6 @@ class _TiffLevel:
 class _TiffReader(SlideReader):
     def __init__(self, path: Path, fmt: str):
         import tifffile
-        import zarr
 
         self.path, self.format = path, fmt
         try:
@@ -435,9 +435,7 @@ class _TiffReader(SlideReader):
                 shape = series.levels[0].shape
                 self.pixel_size_um = tiff_pixel_size_um(tif, index)
                 overlapping = tif.is_bif and bif_tiles_overlap(tif)
-            store = tifffile.imread(path, aszarr=True, series=index)
-            root = zarr.open(store, mode="r")
-            arrays = [root[k] for k in sorted(root.array_keys(), key=int)] if hasattr(root, "array_keys") else [root]
+            arrays = zarr_levels(path, series=index)
         except Exception as exc:  # tifffile raises many types on corrupt data
             raise ImageReadError(f"not a readable tiled TIFF ({type(exc).__name__}: {_one_line(exc)})") from None
         if overlapping:
