@@ -32,8 +32,9 @@ image), then measures in one run:
     timed in a fresh process on the first image of each side, one thread
     (as a worker runs), each moment charged to the innermost step running
     (:class:`StageClock`), grouped into the stages read, white point,
-    pellets, separation, pixel classes, nuclei, iron, measurements, label
-    assembly and writing; what no step covers is "other". The first pass
+    pellets, separation, pixel classes, nuclei, iron, lacunae, cell
+    territories, depth profiles, measurements, label assembly and writing;
+    what no step covers is "other". The first pass
     warms the process up; the second is reported.
 
 Results are printed as Markdown tables and saved as ``dense-results.json`` in
@@ -267,7 +268,19 @@ STAGES = {
         "pellet_analysis.classify:_raster_numbered",
     ],
     "iron": ["pellet_analysis.classify:granule_contrast", "pellet_analysis.classify:_granules"],
-    "measurements": ["pellet_analysis.slide:measure_pellet_classes"],
+    "lacunae": [
+        "pellet_analysis.lacunae:find_lacunae",
+        "pellet_analysis.lacunae:open_and_clear",
+        "pellet_analysis.lacunae:lacunae_from_clear",
+    ],
+    # the territories the measurements grow; the lacunae's own halos (cell_territories called in lacunae.py) stay lacunae
+    "cell territories": ["pellet_analysis.territories:cell_territories@pellet_analysis.slide"],
+    "depth profiles": [
+        "pellet_analysis.measure:depth_map",
+        "pellet_analysis.profiles:cell_features",
+        "pellet_analysis.profiles:pellet_cartilage",
+    ],
+    "measurements": ["pellet_analysis.slide:measure_pellet_classes", "pellet_analysis.measure:measure_pellets"],
     "label assembly": ["pellet_analysis.tasks:number_task", "pellet_analysis.tasks:paste_labels"],
     "writing": [
         "pellet_analysis.io:write_label_tiff",
@@ -282,7 +295,10 @@ STAGE_NOTES = (
     "pixel classes holds what pixel_maps, classify_maps and classify_objects do themselves: the fine blur "
     "that darkness and granule contrast share, the stacking of the maps, the thresholds and the class codes; "
     "nuclei holds _grow_to_half_maximum for granules too (classify_objects calls it for both); "
-    "label assembly is numbering the pellets and pasting their arrays into the image's label images"
+    "label assembly is numbering the pellets and pasting their arrays into the image's label images; "
+    "lacunae holds the growth of their halos (a cell_territories call of their own), cell territories the "
+    "territories the measurements grow; depth profiles holds the pellet's depth map, which gives the rim "
+    "fractions too"
 )
 
 
@@ -325,7 +341,10 @@ class StageClock:
         return wrapper
 
     def _patch(self, target: str):
-        module_name, qualname = target.split(":")
+        # "module:qualified name", or "module:name@holder": only the reference the module holder holds
+        # (so one function called from two stages is charged to the stage of one caller)
+        target_name, _, holder_name = target.partition("@")
+        module_name, qualname = target_name.split(":")
         owner = importlib.import_module(module_name)
         *path, name = qualname.split(".")
         for part in path:
@@ -334,7 +353,12 @@ class StageClock:
         if function is None:  # a step an older tree does not have (the profile also times earlier commits)
             return
         wrapper = self._wrap(target, function)
-        holders = [owner] if path else [m for n, m in list(sys.modules.items()) if n.split(".")[0] == "pellet_analysis"]
+        if holder_name:
+            holders = [importlib.import_module(holder_name)]
+        elif path:
+            holders = [owner]
+        else:
+            holders = [m for n, m in list(sys.modules.items()) if n.split(".")[0] == "pellet_analysis"]
         for holder in holders:
             for attribute, value in list(vars(holder).items()):
                 if value is function:
