@@ -404,7 +404,7 @@ def measure_pellets(
 
 
 def depth_map(mask, *, pixel_size_um: float) -> np.ndarray:
-    """Distance (µm) of every pixel of ``mask`` to the nearest pixel outside it (the image's edge counts as outside), float32.
+    """Distance (µm) of every pixel of ``mask`` to the nearest pixel outside it (the image's edge counts as outside).
 
     Parameters
     ----------
@@ -414,8 +414,10 @@ def depth_map(mask, *, pixel_size_um: float) -> np.ndarray:
     Returns
     -------
     ndarray of float32
-        The exact Euclidean distance between pixel centres, times the pixel
-        size; 0 outside ``mask``.
+        The exact Euclidean distance between pixel centres (OpenCV's, float32),
+        times the pixel size; 0 outside ``mask``. NumPy's promotion decides
+        the product's type: float32 for a Python float, float64 for a NumPy
+        float64 pixel size.
     """
     padded = np.pad(np.asarray(mask, dtype=bool), 1).view(np.uint8)
     return cv2.distanceTransform(padded, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)[1:-1, 1:-1] * pixel_size_um
