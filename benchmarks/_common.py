@@ -30,6 +30,8 @@ class PeakMemory:
 
         self.process = psutil.Process(pid)
         self.peak = 0
+        #: pid -> the last CPU seconds (user + system) seen of that process itself, children not counted
+        self.cpu_s: dict[int, float] = {}
         self.interval_s = interval_s
         self.rescan_s = rescan_s
         self._stop = threading.Event()
@@ -51,6 +53,8 @@ class PeakMemory:
             for p in procs:
                 try:
                     total += p.memory_info().rss
+                    times = p.cpu_times()
+                    self.cpu_s[p.pid] = times.user + times.system
                 except psutil.Error:
                     pass
             self.peak = max(self.peak, total)
@@ -85,16 +89,24 @@ def timed(cmd, env=None) -> dict:
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     mem = PeakMemory(proc.pid)
-    out, _ = proc.communicate()
+    out = proc.stdout.read()
+    # waited for here (not by communicate) to read the resources of the command and the children it waited for
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
     wall = time.perf_counter() - t0
     peak = mem.stop()
     cpu1 = cpu_seconds()
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(map(str, cmd))} failed:\n{out[-3000:]}")
+    # the command's own CPU exactly; its descendants' as last sampled (worker processes a process
+    # pool forked from a server are not waited for by the command, so its rusage misses them)
+    descendants = sum(v for pid, v in mem.cpu_s.items() if pid != proc.pid)
     return {
         "seconds": wall,
         "cpu_user_s": round(cpu1[0] - cpu0[0], 2),
         "cpu_system_s": round(cpu1[1] - cpu0[1], 2),
+        "cpu_command_s": round(usage.ru_utime + usage.ru_stime, 2),
+        "cpu_descendants_s": round(descendants, 2),
         "peak_rss_gib": peak / 2**30,
         "output": out[-2000:],
     }

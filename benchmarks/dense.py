@@ -24,7 +24,17 @@ image), then measures in one run:
 
     every setting run ``--repeats`` times, the settings alternating within
     each repeat (and the order of ``n`` and ``2 n`` too), each run after
-    ``--pause-s`` of rest; the median of the per-repeat differences counts;
+    ``--pause-s`` of rest; the median of the per-repeat differences counts.
+    Beside the wall time, the CPU time of each run's process tree (the
+    command's own from ``wait4``, its worker processes' as last sampled) and
+    the machine's load average as it started: on a shared machine the wall
+    time of two workers says little, their CPU time still does.
+    The iron calibration on the control images is off by default
+    (``--calibrate controls`` runs it as a batch does): it classifies the
+    controls in a step of its own before the other images, so a batch of
+    one control and one labelled image runs one image at a time whatever
+    the workers, and the batch of ``2 n`` two at a time; its marginal time
+    on two workers measured that step, not the images;
 (b) the peak resident memory of each run: the sum over the process and its
     children, sampled every 50 ms (``_common.PeakMemory``);
 (c) two workers against one, processes scheduler, from the marginal times;
@@ -32,8 +42,9 @@ image), then measures in one run:
     timed in a fresh process on the first image of each side, one thread
     (as a worker runs), each moment charged to the innermost step running
     (:class:`StageClock`), grouped into the stages read, white point,
-    pellets, separation, pixel classes, nuclei, iron, measurements, label
-    assembly and writing; what no step covers is "other". The first pass
+    pellets, separation, pixel classes, nuclei, iron, lacunae, cell
+    territories, depth profiles, measurements, label assembly and writing;
+    what no step covers is "other". The first pass
     warms the process up; the second is reported.
 
 Results are printed as Markdown tables and saved as ``dense-results.json`` in
@@ -47,6 +58,7 @@ import dataclasses
 import functools
 import importlib
 import json
+import math
 import os
 import platform
 import shutil
@@ -153,14 +165,15 @@ def input_folder(work: Path, size_px: int, images: list[dict]) -> Path:
 # ---------------------------------------------------------------------------- the two programs
 
 
-def run_pipeline(folder: Path, out: Path, scheduler: str, workers: int) -> dict:
-    """`pellet-analysis run` on a folder, as a fresh process writing into a fresh folder."""
+def run_pipeline(folder: Path, out: Path, scheduler: str, workers: int, config: Path | None = None) -> dict:
+    """`pellet-analysis run` on a folder, as a fresh process writing into a fresh folder (with the YAML ``config``, if given)."""
     shutil.rmtree(out, ignore_errors=True)
     cmd = [
         sys.executable, "-m", "pellet_analysis", "run", "--input", str(folder), "--output", str(out),
         "--scheduler", scheduler, "--workers", str(workers), "--pixel-size-um", str(PIXEL_SIZE_UM),
-    ]
+    ] + ([str(config)] if config is not None else [])
     result = timed(cmd)
+    result["cpu_s"] = result["cpu_command_s"] + result["cpu_descendants_s"]  # the run's process tree
     record = json.loads((out / "run.json").read_text())
     result["n_pellets"] = record["n_pellets"]
     result["n_failures"] = record["n_failures"]
@@ -230,6 +243,7 @@ def run_skimage(images: list[dict], out: Path, matrix: list) -> dict:
     shutil.rmtree(out, ignore_errors=True)
     args = {"images": [info["path"] for info in images], "out": str(out), "pixel_size_um": PIXEL_SIZE_UM, "rgb_from_stains": matrix}
     result = timed([sys.executable, "-c", SKIMAGE_WORKFLOW, json.dumps(args)])
+    result["cpu_s"] = result["cpu_command_s"] + result["cpu_descendants_s"]
     result["nuclei"] = int(result["output"].strip().splitlines()[-1].split()[-1])
     return result
 
@@ -267,7 +281,19 @@ STAGES = {
         "pellet_analysis.classify:_raster_numbered",
     ],
     "iron": ["pellet_analysis.classify:granule_contrast", "pellet_analysis.classify:_granules"],
-    "measurements": ["pellet_analysis.slide:measure_pellet_classes"],
+    "lacunae": [
+        "pellet_analysis.lacunae:find_lacunae",
+        "pellet_analysis.lacunae:open_and_clear",
+        "pellet_analysis.lacunae:lacunae_from_clear",
+    ],
+    # the territories the measurements grow; the lacunae's own halos (cell_territories called in lacunae.py) stay lacunae
+    "cell territories": ["pellet_analysis.territories:cell_territories@pellet_analysis.slide"],
+    "depth profiles": [
+        "pellet_analysis.measure:depth_map",
+        "pellet_analysis.profiles:cell_features",
+        "pellet_analysis.profiles:pellet_cartilage",
+    ],
+    "measurements": ["pellet_analysis.slide:measure_pellet_classes", "pellet_analysis.measure:measure_pellets"],
     "label assembly": ["pellet_analysis.tasks:number_task", "pellet_analysis.tasks:paste_labels"],
     "writing": [
         "pellet_analysis.io:write_label_tiff",
@@ -282,7 +308,10 @@ STAGE_NOTES = (
     "pixel classes holds what pixel_maps, classify_maps and classify_objects do themselves: the fine blur "
     "that darkness and granule contrast share, the stacking of the maps, the thresholds and the class codes; "
     "nuclei holds _grow_to_half_maximum for granules too (classify_objects calls it for both); "
-    "label assembly is numbering the pellets and pasting their arrays into the image's label images"
+    "label assembly is numbering the pellets and pasting their arrays into the image's label images; "
+    "lacunae holds the growth of their halos (a cell_territories call of their own), cell territories the "
+    "territories the measurements grow; depth profiles holds the pellet's depth map, which gives the rim "
+    "fractions too"
 )
 
 
@@ -325,7 +354,10 @@ class StageClock:
         return wrapper
 
     def _patch(self, target: str):
-        module_name, qualname = target.split(":")
+        # "module:qualified name", or "module:name@holder": only the reference the module holder holds
+        # (so one function called from two stages is charged to the stage of one caller)
+        target_name, _, holder_name = target.partition("@")
+        module_name, qualname = target_name.split(":")
         owner = importlib.import_module(module_name)
         *path, name = qualname.split(".")
         for part in path:
@@ -334,7 +366,12 @@ class StageClock:
         if function is None:  # a step an older tree does not have (the profile also times earlier commits)
             return
         wrapper = self._wrap(target, function)
-        holders = [owner] if path else [m for n, m in list(sys.modules.items()) if n.split(".")[0] == "pellet_analysis"]
+        if holder_name:
+            holders = [importlib.import_module(holder_name)]
+        elif path:
+            holders = [owner]
+        else:
+            holders = [m for n, m in list(sys.modules.items()) if n.split(".")[0] == "pellet_analysis"]
         for holder in holders:
             for attribute, value in list(vars(holder).items()):
                 if value is function:
@@ -404,6 +441,10 @@ def measure_size(size_px: int, args, matrix) -> dict:
         print(f"  {Path(info['path']).name}: pellet covers {100 * info['coverage']:.1f} % of the image, "
               f"{info['truth_nuclei']} nuclei in truth ({info.get('write_s', '?')} s to write)", flush=True)
     folders = {count: input_folder(args.work, size_px, images[:count]) for count in (args.n, 2 * args.n)}
+    config = None
+    if args.calibrate == "off":
+        config = args.work / "calibrate-off.yaml"
+        config.write_text('iron:\n  calibrate: "off"\n')
     mpx = size_px * size_px / 1e6
     runs = {setting: {count: [] for count in folders} for setting in SETTINGS}
     for repeat in range(args.repeats):
@@ -412,26 +453,33 @@ def measure_size(size_px: int, args, matrix) -> dict:
         for setting in order:
             for count in counts:
                 time.sleep(args.pause_s)
+                load = round(os.getloadavg()[0], 2)  # the machine is shared: what else ran, as the run started
                 kind, workers = setting
                 out = args.work / f"out-{size_px}-{kind}-{workers}w-{count}"
                 if kind == "skimage":
                     run = run_skimage(images[:count], out, matrix)
                 else:
-                    run = run_pipeline(folders[count], out, kind, workers)
+                    run = run_pipeline(folders[count], out, kind, workers, config)
                 run.pop("output")
+                run["load_average"] = load
                 runs[setting][count].append(run)
-                print(f"  repeat {repeat + 1}, {_label(setting)}, {count} image(s): {run['seconds']:.2f} s, "
+                print(f"  repeat {repeat + 1}, {_label(setting)}, {count} image(s): {run['seconds']:.2f} s, CPU {run['cpu_s']:.2f} s, "
                       f"peak {run['peak_rss_gib']:.2f} GiB" + (f", {run['n_failures']} failure(s)" if run.get("n_failures") else ""), flush=True)
     entry = {"megapixels_per_image": mpx, "images": images, "settings": {}}
     n = args.n
     for setting, by_count in runs.items():
         marginal = [b["seconds"] - a["seconds"] for a, b in zip(by_count[n], by_count[2 * n])]
+        marginal_cpu = [b["cpu_s"] - a["cpu_s"] for a, b in zip(by_count[n], by_count[2 * n])]
         median = statistics.median(marginal)
         entry["settings"][_label(setting)] = {
             "seconds_n": [round(r["seconds"], 3) for r in by_count[n]],
             "seconds_2n": [round(r["seconds"], 3) for r in by_count[2 * n]],
+            "cpu_s_n": [round(r["cpu_s"], 3) for r in by_count[n]],
+            "cpu_s_2n": [round(r["cpu_s"], 3) for r in by_count[2 * n]],
             "marginal_s_all": [round(x, 3) for x in marginal],
             "marginal_s": median,
+            "marginal_cpu_s": statistics.median(marginal_cpu),
+            "load_average": [r["load_average"] for r in by_count[n] + by_count[2 * n]],
             "megapixels_per_s": n * mpx / median if median > 0 else float("nan"),
             "peak_rss_gib": max(r["peak_rss_gib"] for r in by_count[n] + by_count[2 * n]),
             "nuclei_2n": by_count[2 * n][0]["nuclei"],
@@ -439,8 +487,9 @@ def measure_size(size_px: int, args, matrix) -> dict:
         }
     settings = entry["settings"]
     entry["truth_nuclei_2n"] = sum(info["truth_nuclei"] for info in images)
-    one, two = settings[_label(("processes", 1))], settings[_label(("processes", 2))]
-    entry["two_vs_one_workers_processes"] = one["marginal_s"] / two["marginal_s"] if two["marginal_s"] > 0 else float("nan")
+    for kind in ("threads", "processes"):
+        one, two = settings[_label((kind, 1))], settings[_label((kind, 2))]
+        entry[f"two_vs_one_workers_{kind}"] = one["marginal_s"] / two["marginal_s"] if two["marginal_s"] > 0 else float("nan")
     base = settings[_label(("skimage", 1))]["marginal_s"]
     for label, result in settings.items():
         result["vs_skimage"] = base / result["marginal_s"] if result["marginal_s"] > 0 else float("nan")
@@ -463,18 +512,25 @@ def markdown(results: dict) -> str:
             f"### {size} x {size} px ({entry['megapixels_per_image']:.1f} MP per image), pellet coverage "
             f"{100 * min(coverage):.0f}-{100 * max(coverage):.0f} %, n = {results['n']}, {results['repeats']} repeat(s)",
             "",
-            "| | t(n) s | t(2n) s | marginal s (median) | MPix/s | vs scikit-image | peak GiB | nuclei (2n images) |",
-            "|---|---|---|---|---|---|---|---|",
+            "| | t(n) s | t(2n) s | marginal s (median) | marginal CPU s | CPU / wall (2n) | MPix/s | vs scikit-image | peak GiB | nuclei (2n images) |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for label, r in entry["settings"].items():
             lines.append(
                 f"| {label} | {statistics.median(r['seconds_n']):.2f} | {statistics.median(r['seconds_2n']):.2f} | {r['marginal_s']:.2f} "
+                f"| {r.get('marginal_cpu_s', float('nan')):.2f} | {statistics.median(c / w for c, w in zip(r.get('cpu_s_2n', [math.nan]), r['seconds_2n'])):.2f} "
                 f"| {_figure(r['megapixels_per_s'], '.1f')} | {_figure(r['vs_skimage'], '.2f', 'x')} | {r['peak_rss_gib']:.2f} | {r['nuclei_2n']} |"
             )
+        loads = [x for r in entry["settings"].values() for x in r.get("load_average", [])]
         lines += [
             "",
-            f"Nuclei in truth (2n images): {entry['truth_nuclei_2n']}. "
-            f"Two workers vs one (processes, marginal): {_figure(entry['two_vs_one_workers_processes'], '.2f', 'x')}.",
+            f"Nuclei in truth (2n images): {entry['truth_nuclei_2n']}. Two workers vs one (marginal wall time): "
+            f"threads {_figure(entry.get('two_vs_one_workers_threads', float('nan')), '.2f', 'x')}, "
+            f"processes {_figure(entry['two_vs_one_workers_processes'], '.2f', 'x')}. "
+            + (f"Load average of the machine before the runs: {min(loads):.1f}-{max(loads):.1f} (on {os.cpu_count()} CPUs). " if loads else "")
+            + f"Iron calibration on the controls: {results.get('calibrate', 'controls')}. CPU / wall: the cores the run's processes "
+            "had on average; where other sessions keep the machine busy it stays near the share the kernel gives the "
+            "benchmark's session (one autogroup), however many workers run.",
             "",
         ]
         if any(r["marginal_s"] <= 0 for r in entry["settings"].values()):
@@ -497,6 +553,8 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=3, help="runs of every setting and batch; the median difference counts (default 3)")
     parser.add_argument("--pause-s", type=float, default=5.0, dest="pause_s", help="seconds of rest before each run (default 5)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/pellet-dense"), help="folder for images and outputs")
+    parser.add_argument("--calibrate", choices=["off", "controls"], default="off",
+                        help="iron calibration on the control (unlabeled) images: off (default), or as configured (controls); see the module's notes")
     parser.add_argument("--stage-clock", choices=sorted(CLOCKS), default="wall", dest="stage_clock",
                         help="what the stage profile charges: wall time, or the thread's CPU time (steadier on a shared machine; default wall)")
     parser.add_argument("--stages-of", type=Path, dest="stages_of", help=argparse.SUPPRESS)  # the stage profile's own process
@@ -511,7 +569,7 @@ def main(argv=None):
     results = {
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
                     "numpy": np.__version__, "opencv": cv2.__version__},
-        "n": args.n, "repeats": args.repeats, "pause_s": args.pause_s, "pixel_size_um": PIXEL_SIZE_UM, "sizes": {},
+        "n": args.n, "repeats": args.repeats, "pause_s": args.pause_s, "pixel_size_um": PIXEL_SIZE_UM, "calibrate": args.calibrate, "sizes": {},
     }
     matrix = skimage_matrix()
     for size_px in args.sizes:

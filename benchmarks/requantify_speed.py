@@ -4,9 +4,14 @@ Writes a synthetic section with one pellet about 2,000 px across, runs the pipel
 paints a correction, then times `review.requantify` (median of 5) side by side with the
 baseline of re-running the whole image through the pipeline.
 
-    .venv/bin/python benchmarks/requantify_speed.py
+    .venv/bin/python benchmarks/requantify_speed.py [--stages]
+
+With ``--stages``, where the time of one re-quantify goes: each moment (wall
+time, and the calling thread's CPU time apart) charged to the innermost of
+the steps in :data:`REQUANTIFY_STEPS` running (dense.py's StageClock), median of five calls.
 """
 
+import argparse
 import statistics
 import tempfile
 import time
@@ -23,7 +28,52 @@ from pellet_analysis.review import label_path, requantify, save_corrections
 from pellet_analysis.synthetic import make_section, write_section
 
 
+#: The steps of a re-quantify timed apart with --stages ("module:qualified name", as dense.STAGES).
+REQUANTIFY_STEPS = [
+    "pellet_analysis.review:_run_record",
+    "pellet_analysis.review:_pellet_boxes",
+    "pellet_analysis.io:read_image",
+    "pellet_analysis.pellets:Illumination.od",
+    "pellet_analysis.classify:dark_spots",
+    "pellet_analysis.classify:stain_concentrations",
+    "pellet_analysis.classify:stain_maps",
+    "pellet_analysis.review:load_label_window",
+    "pellet_analysis.measure:measure_pellets",
+    "pellet_analysis.measure:within_distance",
+    "pellet_analysis.measure:outline_polygon",
+    "pellet_analysis.measure:depth_map",
+    "pellet_analysis.profiles:cell_features",
+    "pellet_analysis.profiles:pellet_cartilage",
+    "pellet_analysis.bern:bern_scores",
+]
+
+
+def step_profile(run_dir, image: str, calls: int = 5) -> dict:
+    """Median over ``calls`` re-quantifies of each step's exclusive wall and CPU time (s), and of the whole call."""
+    from dense import StageClock
+
+    wall, cpu = {}, {}
+    for _ in range(calls):
+        clocks = {name: StageClock(REQUANTIFY_STEPS, clock) for name, clock in (("wall", time.perf_counter), ("cpu", time.thread_time))}
+        # the two clocks wrap each step twice: the inner wrapper's own time is charged to the outer's step, negligibly
+        t0, c0 = time.perf_counter(), time.thread_time()
+        try:
+            requantify(run_dir, image, [1])
+        finally:
+            for clock in reversed(list(clocks.values())):
+                clock.restore()
+        for store, clock, total in ((wall, clocks["wall"], time.perf_counter() - t0), (cpu, clocks["cpu"], time.thread_time() - c0)):
+            for step in REQUANTIFY_STEPS:
+                store.setdefault(step, []).append(clock.seconds.get(step, 0.0))
+            store.setdefault("other", []).append(total - sum(clock.seconds.values()))
+            store.setdefault("total", []).append(total)
+    return {step: (statistics.median(wall[step]), statistics.median(cpu[step])) for step in wall}
+
+
 def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--stages", action="store_true", help="also where the time of one re-quantify goes")
+    args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         section = make_section(day=28, labeled=True, n_pellets=1, pixel_size_um=0.5, pellet_diameter_um=(1000, 1000), seed=3)
@@ -52,6 +102,10 @@ def main():
         print(f"image {rgb.shape[1]} x {rgb.shape[0]} px, pellet {size[1]} x {size[0]} px")
         print(f"re-quantify (reads the image and labels, measures the pellet): median {statistics.median(timings):.3f} s over 5")
         print(f"baseline, the whole pipeline on the image in memory: median {statistics.median(baseline):.3f} s over 2")
+        if args.stages:
+            print("\n| step | wall s | CPU s (this thread) |\n|---|---|---|")
+            for step, (wall_s, cpu_s) in step_profile(tmp / "run", image).items():
+                print(f"| {step.split(':')[-1]} | {wall_s:.3f} | {cpu_s:.3f} |")
 
 
 if __name__ == "__main__":

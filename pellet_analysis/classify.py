@@ -570,8 +570,10 @@ def _granules(candidates, nuclear, contrast_map, *, gap_px: int, max_area_px: fl
         level = (contrast_map[box] >= 0.5 * peaks[k]) & ~near[box]
         own = labels[box] == k
         level |= own
-        _, parts = cv2.connectedComponents(level.view(np.uint8), connectivity=8, ltype=cv2.CV_32S)
-        region = np.isin(parts, np.unique(parts[own]))
+        n_parts, parts = cv2.connectedComponents(level.view(np.uint8), connectivity=8, ltype=cv2.CV_32S)
+        held = np.zeros(n_parts, bool)
+        held[parts[own]] = True  # the parts holding the object's pixels (never part 0: they are all in level)
+        region = held[parts]
         at_edge = region[0].any() or region[-1].any() or region[:, 0].any() or region[:, -1].any()
         if at_edge or region.sum() > max_region_px:
             keep[k] = False

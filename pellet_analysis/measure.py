@@ -24,6 +24,7 @@ __all__ = [
     "outline_rings",
     "polygon_circularity",
     "touches_border",
+    "depth_map",
     "BORDER_REASON",
     "SHAPE_COLUMNS",
 ]
@@ -353,7 +354,7 @@ def measure_pellets(
         n_nuclei = len(pellet_nuclei)
         area_um2 = n_px * px_area_um2
         positive = sum(1 for n in pellet_nuclei if nucleus_positive.get(n, False))
-        depth_map_um = cv2.distanceTransform(np.pad(mask, 1).view(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)[1:-1, 1:-1] * pixel_size_um
+        depth_map_um = depth_map(mask, pixel_size_um=pixel_size_um)
         depth_um = depth_map_um[mask]
         core = depth_um > rim_width_um
         n_core = int(np.count_nonzero(core))
@@ -400,6 +401,26 @@ def measure_pellets(
         )
         rows[-1].update(extra, depth_profile=profile)
     return rows
+
+
+def depth_map(mask, *, pixel_size_um: float) -> np.ndarray:
+    """Distance (µm) of every pixel of ``mask`` to the nearest pixel outside it (the image's edge counts as outside).
+
+    Parameters
+    ----------
+    mask : ndarray of bool, shape (rows, cols)
+    pixel_size_um : float, keyword-only
+
+    Returns
+    -------
+    ndarray of float32
+        The exact Euclidean distance between pixel centres (OpenCV's, float32),
+        times the pixel size; 0 outside ``mask``. NumPy's promotion decides
+        the product's type: float32 for a Python float, float64 for a NumPy
+        float64 pixel size.
+    """
+    padded = np.pad(np.asarray(mask, dtype=bool), 1).view(np.uint8)
+    return cv2.distanceTransform(padded, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)[1:-1, 1:-1] * pixel_size_um
 
 
 def _nonzero_box(labels) -> tuple:

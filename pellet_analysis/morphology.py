@@ -268,38 +268,72 @@ def expand_labels(labels, distance: int) -> np.ndarray:
     return out
 
 
-def expansion(labels, distance: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The background pixels :func:`expand_labels` labels: their rows, columns and new labels.
-
-    Only the pixels within reach are visited.
-    """
-    labels = np.asarray(labels)
-    empty = np.zeros(0, np.intp)
-    if distance <= 0 or not labels.any():
-        return empty, empty, np.zeros(0, labels.dtype)
+@functools.lru_cache(maxsize=32)
+def _expansion_offsets(distance: int) -> tuple:
+    """The offsets (dr, dc) within ``distance`` of :func:`expansion`, in its order of preference, and their squared lengths (int64 arrays)."""
     offsets = sorted(
         (float(np.hypot(dr, dc)), dr, dc)
         for dr in range(-distance, distance + 1)
         for dc in range(-distance, distance + 1)
         if 0 < np.hypot(dr, dc) <= distance
     )
-    n_rows, n_cols = labels.shape
-    reach = binary_dilation_disk(labels != 0, distance) & (labels == 0)
+    dr = np.array([o[1] for o in offsets], np.int64)
+    dc = np.array([o[2] for o in offsets], np.int64)
+    return dr, dc, dr * dr + dc * dc
+
+
+#: Up to this distance (px) :func:`expansion` tries every offset on every pixel in reach; beyond, only
+#: the offsets of each pixel's own nearest distance (a distance transform of the image pays off).
+_EXPANSION_ALL_OFFSETS_PX = 2
+
+
+def expansion(labels, distance: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The background pixels :func:`expand_labels` labels: their rows, columns and new labels.
+
+    Each background pixel within ``distance`` of a label takes the label met
+    first in a fixed order of offsets (nearest first, then by row and column
+    offset). Only the pixels within reach are visited; beyond a short
+    distance each only with the offsets of its own squared distance to the
+    nearest label (from an exact distance transform): the first offset that
+    meets a label is one of those, as no label lies nearer and every farther
+    offset comes later in the order.
+    """
+    labels = np.asarray(labels)
+    empty = np.zeros(0, np.intp)
+    if distance <= 0 or not labels.any():
+        return empty, empty, np.zeros(0, labels.dtype)
+    distance = int(distance)
+    off_r, off_c, off_sq = _expansion_offsets(distance)
+    background = labels == 0
+    reach = binary_dilation_disk(~background, distance) & background
     rr, cc = np.nonzero(reach)
-    found_r, found_c, found_v = [], [], []
-    for _, dr, dc in offsets:
-        src_r, src_c = rr - dr, cc - dc
-        inside = (src_r >= 0) & (src_r < n_rows) & (src_c >= 0) & (src_c < n_cols)
-        values = np.zeros(rr.size, labels.dtype)
-        values[inside] = labels[src_r[inside], src_c[inside]]
-        take = values != 0
-        found_r.append(rr[take])
-        found_c.append(cc[take])
-        found_v.append(values[take])
-        rr, cc = rr[~take], cc[~take]
-        if rr.size == 0:
-            break
-    return np.concatenate(found_r), np.concatenate(found_c), np.concatenate(found_v)
+    # labels padded by the distance: every offset of a pixel in reach falls inside, no bounds to test
+    padded = np.pad(labels, distance).ravel()
+    width = labels.shape[1] + 2 * distance
+    at = (rr + distance) * width + (cc + distance)
+    shifts = off_r * width + off_c
+    if distance <= _EXPANSION_ALL_OFFSETS_PX:
+        groups = [(np.arange(rr.size), np.arange(shifts.size))]
+    else:
+        # squared distance (an integer) to the nearest label; float32 holds it to far below 0.5 at these lengths
+        nearest = cv2.distanceTransform(background.view(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)[rr, cc]
+        nearest_sq = np.rint(nearest.astype(np.float64) ** 2).astype(np.int64)
+        groups = [(np.flatnonzero(nearest_sq == sq), np.flatnonzero(off_sq == sq)) for sq in np.unique(nearest_sq).tolist()]
+    found, found_v = [], []
+    for pixels, offsets in groups:
+        pixels = at[pixels]
+        for k in offsets.tolist():
+            values = padded[pixels - shifts[k]]
+            take = values != 0
+            found.append(pixels[take])
+            found_v.append(values[take])
+            pixels = pixels[~take]
+            if pixels.size == 0:
+                break
+        if pixels.size:  # no label at the pixels' nearest distance: the distance transform was not exact
+            raise AssertionError("expansion: a pixel in reach met no label at its nearest distance")
+    found = np.concatenate(found)
+    return found // width - distance, found % width - distance, np.concatenate(found_v)
 
 
 def remove_small_objects(mask, min_px: int, *, connectivity: int = 4) -> np.ndarray:

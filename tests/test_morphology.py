@@ -16,7 +16,10 @@ def mask():
 
 
 def test_distance_transform_equals_scipy(mask):
-    np.testing.assert_allclose(fast.distance_transform(mask), ndi.distance_transform_edt(mask), atol=1e-4)
+    # to the bit, as float32: a drop-in for ``ndi.distance_transform_edt(mask).astype(np.float32)``
+    np.testing.assert_array_equal(fast.distance_transform(mask), ndi.distance_transform_edt(mask).astype(np.float32))
+    sparse = np.random.default_rng(7).random((400, 500)) > 0.0005  # long distances, many equally near pairs
+    np.testing.assert_array_equal(fast.distance_transform(sparse), ndi.distance_transform_edt(sparse).astype(np.float32))
 
 
 @pytest.mark.parametrize("radius", [1, 2, 5])
@@ -107,6 +110,34 @@ def test_expansion_lists_the_pixels_expand_labels_adds(mask):
     added = (grown != 0) & (labels == 0)
     assert added.sum() == rows.size > 0
     np.testing.assert_array_equal(grown[rows, cols], values)
+
+
+def _first_label_by_offset(labels, distance):
+    """Brute force: each background pixel's label at the first offset, nearest first then by (row, column) offset."""
+    offsets = sorted((float(np.hypot(dr, dc)), dr, dc) for dr in range(-distance, distance + 1) for dc in range(-distance, distance + 1)
+                     if 0 < np.hypot(dr, dc) <= distance)
+    out = np.zeros_like(labels)
+    for r, c in zip(*np.nonzero(labels == 0)):
+        for _, dr, dc in offsets:
+            if 0 <= r - dr < labels.shape[0] and 0 <= c - dc < labels.shape[1] and labels[r - dr, c - dc]:
+                out[r, c] = labels[r - dr, c - dc]
+                break
+    return out
+
+
+@pytest.mark.parametrize("distance", [1, 2, 3, 6, 11])
+def test_expansion_takes_the_label_at_the_first_offset_in_order(distance):
+    rng = np.random.default_rng(distance)
+    # single-pixel labels on a grid with many equally near pairs, and blobs touching the border
+    labels = np.where(rng.random((48, 57)) < 0.02, rng.integers(1, 9, (48, 57)), 0).astype(np.int32)
+    labels[:5, :7] = 9
+    rows, cols, values = fast.expansion(labels, distance)
+    got = np.zeros_like(labels)
+    got[rows, cols] = values
+    assert np.unique(rows * labels.shape[1] + cols).size == rows.size  # each pixel once
+    expected = _first_label_by_offset(labels, distance)
+    assert expected.any()
+    np.testing.assert_array_equal(got, expected)
 
 
 @pytest.mark.parametrize("fraction", [0.1, 0.5, 0.9])
