@@ -179,7 +179,9 @@ def plot_depth_profiles(profiles: pd.DataFrame, metrics: dict):
     return fig, pd.DataFrame(tidy, columns=["day", "condition", "metric", "depth_um", "value", "n_pellets"])
 
 
-def plot_labeling_efficiency(efficiency: pd.DataFrame, metrics: dict, *, title: str = "Labeling efficiency: labeled and unlabeled pellets of each donor, per day"):
+def plot_labeling_efficiency(
+    efficiency: pd.DataFrame, metrics: dict, *, title: str = "Labeling efficiency: labeled and unlabeled pellets of each donor, per day", limits=None
+):
     """Labeled against unlabeled per day, paired by donor: one panel per metric.
 
     Parameters
@@ -191,6 +193,8 @@ def plot_labeling_efficiency(efficiency: pd.DataFrame, metrics: dict, *, title: 
         Column -> (label, unit).
     title : str, keyword-only
         The figure's title.
+    limits : dict, keyword-only, optional
+        Column -> (lowest, highest) of its axis (a grade's whole range); others scale to the data.
 
     Returns
     -------
@@ -216,6 +220,8 @@ def plot_labeling_efficiency(efficiency: pd.DataFrame, metrics: dict, *, title: 
         ax.set_xticklabels([f"day {d}" for d in days])
         ax.set_title(label, fontsize=11)
         ax.set_ylabel(unit)
+        if limits and metric in limits:
+            ax.set_ylim(*limits[metric])
         ax.grid(alpha=0.3)
     plt_handles = [plt.Line2D([], [], linestyle="", color=_style(c)["color"], marker=_style(c)["marker"], label=c) for c in ("labeled", "unlabeled")]
     plt_handles.append(plt.Line2D([], [], color="0.6", lw=0.8, label="same donor"))

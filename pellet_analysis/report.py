@@ -451,7 +451,8 @@ def make_report(run_dir, *, seed: int = 0, thumbnails: bool = True) -> dict:
         add_plot(plot_labeling_efficiency(efficiency, {m: v for m, v in EFFICIENCY_METRICS.items() if f"{m}_labeled" in efficiency}),
                  "labeling_efficiency", "Labeling efficiency", "iron-positive cells and iron area, labeled against unlabeled", "labeling-efficiency-plot")
     if len(bern):
-        add_plot(plot_labeling_efficiency(bern, bern_metrics, title="Bern-like score: labeled and unlabeled pellets of each donor, per day"),
+        limits = {m: (-0.1, 9.3 if m == "bern_score_continuous" else 3.1) for m in bern_metrics}  # the grades' whole range
+        add_plot(plot_labeling_efficiency(bern, bern_metrics, title="Bern-like score: labeled and unlabeled pellets of each donor, per day", limits=limits),
                  "bern_categories", "Bern-like score", "Bern-like score categories, labeled against unlabeled", "bern-plot")
     if len(kept):
         add_plot(plot_pellet_sizes(kept, is_guessed[kept.index], SIZE_METRICS), "pellet_sizes", "Pellet sizes",
