@@ -10,11 +10,13 @@ The synthetic sections: two pellets per day and condition, seed 60 + day, 0.75 u
 import argparse
 from pathlib import Path
 
-from pellet_analysis.bern import BERN_CATEGORIES, bern_scores, cell_spacing_um, chondrocyte_fraction, zone_row
+import numpy as np
+
+from pellet_analysis.bern import BERN_CATEGORIES, BERN_CONTINUOUS_COLUMNS, BERN_GRADE_COLUMNS, bern_scores, cell_spacing_um, chondrocyte_fraction, zone_row
 from pellet_analysis.config import BernConfig, RunConfig
 from pellet_analysis.io import read_image
 from pellet_analysis.pipeline import analyze_image
-from pellet_analysis.synthetic import make_section
+from pellet_analysis.synthetic import make_section, truth_table
 
 P = BernConfig().params()
 
@@ -44,11 +46,19 @@ def main():
     print(_line("  whole section", row))
     if args.no_generator:
         return
+    differences, equal = [], np.zeros(4, np.int64)
     for day in (7, 14, 28):
         for labeled in (False, True):
             s = make_section(day=day, labeled=labeled, seed=60 + day, pixel_size_um=0.75, pellet_diameter_um=(320, 400), n_pellets=2)
-            for i, found in enumerate(analyze_image(s.image, pixel_size_um=0.75, config=RunConfig()).rows, start=1):
+            for i, (found, truth) in enumerate(zip(analyze_image(s.image, pixel_size_um=0.75, config=RunConfig()).rows, truth_table(s)), start=1):
                 print(_line(f"day {day} {'labeled' if labeled else 'unlabeled'} pellet {i}", found))
+                a, b = bern_scores(found, P), bern_scores(truth, P)
+                differences.append([a[c] - b[c] for c in BERN_CONTINUOUS_COLUMNS])
+                equal += [a[c] == b[c] for c in BERN_GRADE_COLUMNS]
+    differences = np.abs(np.array(differences))
+    print(f"found against truth over {len(differences)} pellets, continuous stain / matrix / morphology / total: mean abs "
+          + " / ".join(f"{v:.3f}" for v in differences.mean(axis=0)) + ", max abs " + " / ".join(f"{v:.3f}" for v in differences.max(axis=0))
+          + "; integer grades equal in " + " / ".join(str(int(v)) for v in equal))
 
 
 if __name__ == "__main__":

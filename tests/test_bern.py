@@ -163,13 +163,16 @@ def test_real_pellet_core_grades_as_cartilage_and_the_fibrous_rim_does_not():
 
 def test_generator_day_28_grades_higher_than_day_7():
     from pellet_analysis.pipeline import analyze_image
-    from pellet_analysis.synthetic import make_section
+    from pellet_analysis.synthetic import make_section, truth_table
 
     scores = {}
     for day in (7, 28):
         s = make_section(day=day, seed=60 + day, pixel_size_um=0.75, pellet_diameter_um=(320, 400))
         (row,) = analyze_image(s.image, pixel_size_um=0.75, config=RunConfig()).rows
         scores[day] = row
+        # the rules read off the found measurements against the same rules on the section's truth
+        truth = bern_scores(truth_table(s)[0], P)
+        assert abs(row["bern_score_continuous"] - truth["bern_score_continuous"]) < 0.4, (row, truth)
     assert scores[28]["bern_score_continuous"] > scores[7]["bern_score_continuous"] + 1.5, scores
     assert scores[28]["bern_stain_continuous"] > scores[7]["bern_stain_continuous"]
     assert scores[28]["bern_morphology_continuous"] > scores[7]["bern_morphology_continuous"]
