@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from . import __version__
-from .bern import BERN_COLUMNS
+from .bern import BERN_COLUMNS, BERN_GRADE_COLUMNS
 from .bookkeeping import annotation_file, config_hash, jsonable, pixel_size_choices, with_granule_min_od
 from .config import RunConfig
 from .io import sha256_file, write_json, write_tables
@@ -293,7 +293,7 @@ def _table(results) -> pd.DataFrame:
     table = pd.DataFrame(rows, columns=TABLE_COLUMNS)
     table["pellet_id"] = table["pellet_id"].astype("int64")
     table["day"] = pd.array(table["day"], dtype="Int64")
-    for col in ("nuclei_count", "iron_granule_count", *BERN_COLUMNS):
+    for col in ("nuclei_count", "iron_granule_count", *BERN_GRADE_COLUMNS):
         table[col] = table[col].astype("int64")
     for col in ("excluded", "corrected", "touches_border"):
         table[col] = table[col].astype(bool)

@@ -480,40 +480,77 @@ class IronConfig(_Section):
 
 
 class BernConfig(_Section):
-    """Thresholds of the automated Bern-like score (Grogan et al. 2006), see docs/bern.md.
+    """Thresholds of the automated Bern-like score (Grogan et al. 2006); docs/bern.md derives each from the grade descriptions.
 
-    Each category is the number of its three ascending thresholds the measurement reaches (0-3).
+    Each category is continuous, piecewise linear between its thresholds (it equals the integer grade at each),
+    and the integer grade is its floor.
     """
 
     params_class: ClassVar[type] = BernParams
 
     stain_fraction_thresholds: tuple[float, float, float] = Field(
         (0.10, 0.30, 0.55),
-        description="Proteoglycan area fractions (0-1) for stain scores 1, 2 and 3.",
+        description="Proteoglycan area fractions (0-1) at which the stain's amount reaches grades 1, 2 and 3 (0 at no stain).",
     )
     stain_weak_od: float = Field(
-        0.2, ge=0, description="Mean proteoglycan OD below which staining is weak: the stain score is at most 1."
+        0.2, gt=0, description="Mean proteoglycan OD at which the stain is no longer weak: the darkness reading is 1 at OD 0, 2 here."
+    )
+    stain_dark_od: float = Field(0.4, gt=0, description="Mean proteoglycan OD at which the stain is dark: the darkness reading reaches 3.")
+    stain_even_cv: float = Field(
+        0.25, ge=0,
+        description="Coefficient of variation of the proteoglycan area fraction over depth bands and over patches (the larger) "
+        "at or below which the stain is even: the uniformity reading is 3.",
+    )
+    stain_moderate_cv: float = Field(
+        0.5, gt=0, description="That coefficient of variation at which the stain is moderately even: the uniformity reading is 2."
     )
     stain_max_cv: float = Field(
-        0.6,
-        gt=0,
-        description="Coefficient of variation of proteoglycan OD above which staining is uneven: stain score minus 1.",
+        1.0, gt=0, description="That coefficient of variation at and above which the stain is uneven: the uniformity reading is 1."
     )
-    matrix_nn_distance_um_thresholds: tuple[float, float, float] = Field(
-        (10.0, 13.0, 17.0),
-        description="Mean nearest-neighbour distance between nuclei (µm) for matrix scores 1, 2 and 3.",
+    cell_diameter_um: float = Field(
+        9.5, gt=0,
+        description="Diameter (µm) of a cell as a section shows it (a 12 µm cell cut at random: pi/4 x 12): the unit of the cell "
+        "spacing the matrix category reads.",
     )
-    morphology_roundness_thresholds: tuple[float, float, float] = Field(
-        (0.55, 0.65, 0.75),
-        description="Mean nucleus minor/major axis ratio (1 round) for morphology scores 1, 2 and 3.",
+    matrix_spacing_cells_thresholds: tuple[float, float, float] = Field(
+        (1.25, 1.75, 2.25),
+        description="Mean cell spacing (1 / sqrt(nuclei density), in cell diameters) at which the matrix category reaches 1, 2 "
+        "and 3 (0 at one diameter: cells touching).",
+    )
+    morphology_chondrocyte_fraction_thresholds: tuple[float, float] = Field(
+        (0.3, 0.5),
+        description="Share of chondrocyte-like cells (mean of the rounded and in-lacuna fractions, 0-1) at which the morphology "
+        "category reaches 2 (mixed) and 3 (mostly rounded); 1 at none, with cells.",
     )
 
-    @field_validator("stain_fraction_thresholds", "matrix_nn_distance_um_thresholds", "morphology_roundness_thresholds")
+    @model_validator(mode="before")
+    @classmethod
+    def _retired_keys(cls, values):
+        # a run.json written before the score read lacunae and cell territories still loads; its old thresholds no longer apply
+        if isinstance(values, dict) and any(k in values for k in _RETIRED_BERN_KEYS):
+            values = {k: v for k, v in values.items() if k not in _RETIRED_BERN_KEYS}
+        return values
+
+    @field_validator("stain_fraction_thresholds", "matrix_spacing_cells_thresholds", "morphology_chondrocyte_fraction_thresholds")
     @classmethod
     def _ascending(cls, value):
         if list(value) != sorted(value) or min(value) < 0:
-            raise ValueError("thresholds must be three ascending non-negative numbers")
+            raise ValueError("thresholds must be ascending non-negative numbers")
         return value
+
+    @model_validator(mode="after")
+    def _knots_ascend(self):
+        if not self.stain_weak_od < self.stain_dark_od:
+            raise ValueError("bern.stain_weak_od must be below bern.stain_dark_od")
+        if not self.stain_even_cv < self.stain_moderate_cv < self.stain_max_cv:
+            raise ValueError("bern.stain_even_cv < bern.stain_moderate_cv < bern.stain_max_cv must hold")
+        if not self.matrix_spacing_cells_thresholds[0] > 1.0:
+            raise ValueError("bern.matrix_spacing_cells_thresholds must start above 1 cell diameter (the matrix category is 0 there)")
+        return self
+
+
+#: Keys of the ``bern`` section before it read lacunae and cell territories (dropped when an old run's config is read).
+_RETIRED_BERN_KEYS = ("matrix_nn_distance_um_thresholds", "morphology_roundness_thresholds")
 
 
 class CartilageConfig(_Section):

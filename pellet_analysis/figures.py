@@ -179,7 +179,9 @@ def plot_depth_profiles(profiles: pd.DataFrame, metrics: dict):
     return fig, pd.DataFrame(tidy, columns=["day", "condition", "metric", "depth_um", "value", "n_pellets"])
 
 
-def plot_labeling_efficiency(efficiency: pd.DataFrame, metrics: dict):
+def plot_labeling_efficiency(
+    efficiency: pd.DataFrame, metrics: dict, *, title: str = "Labeling efficiency: labeled and unlabeled pellets of each donor, per day", limits=None
+):
     """Labeled against unlabeled per day, paired by donor: one panel per metric.
 
     Parameters
@@ -189,6 +191,10 @@ def plot_labeling_efficiency(efficiency: pd.DataFrame, metrics: dict):
         (:func:`pellet_analysis.report.labeling_efficiency`).
     metrics : dict
         Column -> (label, unit).
+    title : str, keyword-only
+        The figure's title.
+    limits : dict, keyword-only, optional
+        Column -> (lowest, highest) of its axis (a grade's whole range); others scale to the data.
 
     Returns
     -------
@@ -214,11 +220,13 @@ def plot_labeling_efficiency(efficiency: pd.DataFrame, metrics: dict):
         ax.set_xticklabels([f"day {d}" for d in days])
         ax.set_title(label, fontsize=11)
         ax.set_ylabel(unit)
+        if limits and metric in limits:
+            ax.set_ylim(*limits[metric])
         ax.grid(alpha=0.3)
     plt_handles = [plt.Line2D([], [], linestyle="", color=_style(c)["color"], marker=_style(c)["marker"], label=c) for c in ("labeled", "unlabeled")]
     plt_handles.append(plt.Line2D([], [], color="0.6", lw=0.8, label="same donor"))
     _legend_in_headroom(axes.ravel()[0], plt_handles)
-    fig.suptitle("Labeling efficiency: labeled and unlabeled pellets of each donor, per day", fontsize=10, x=0.01, ha="left")
+    fig.suptitle(title, fontsize=10, x=0.01, ha="left")
     fig.tight_layout()
     return fig, pd.DataFrame(tidy, columns=["donor", "day", "metric", "condition", "x", "value"])
 

@@ -185,9 +185,13 @@ class BernParams:
 
     stain_fraction_thresholds: tuple
     stain_weak_od: float
+    stain_dark_od: float
+    stain_even_cv: float
+    stain_moderate_cv: float
     stain_max_cv: float
-    matrix_nn_distance_um_thresholds: tuple
-    morphology_roundness_thresholds: tuple
+    cell_diameter_um: float
+    matrix_spacing_cells_thresholds: tuple
+    morphology_chondrocyte_fraction_thresholds: tuple
 
 
 @dataclass(frozen=True)

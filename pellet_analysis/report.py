@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from . import __version__
+from .bern import BERN_GRADE_COLUMNS
 from .figures import PROFILE_METRICS, plot_depth_profiles, plot_labeling_efficiency, plot_over_days, plot_pellet_sizes, save_figure
 from .io import atomic_write, write_tables
 from .measure import SHAPE_COLUMNS
@@ -32,14 +33,21 @@ from .review import apply_review, exclusions, read_log, requantify
 from .stats import RM_ANOVA, SIGN_FLIP, comparison_table, conclusions
 from .study import aggregate
 
-__all__ = ["EFFICIENCY_METRICS", "GUESSED_PIXEL_SIZES", "REPORT_METRICS", "SIZE_METRICS", "labeling_efficiency", "make_report", "slug"]
+__all__ = ["BERN_METRICS", "EFFICIENCY_METRICS", "GUESSED_PIXEL_SIZES", "REPORT_METRICS", "SIZE_METRICS", "labeling_efficiency", "make_report", "slug"]
 
 #: Metric column -> (label, unit) shown in plots and tables, and tested.
 REPORT_METRICS = {
     "proteoglycan_area_fraction": ("Proteoglycan area fraction", "fraction of pellet"),
     "iron_area_fraction": ("Iron area fraction", "fraction of pellet"),
     "nuclei_density_per_mm2": ("Nuclei density", "per mm²"),
-    "bern_score": ("Bern-like score", "0-9"),
+    "bern_score_continuous": ("Bern-like score", "0-9, continuous"),
+}
+#: The Bern-like score's categories (continuous, as averaged), labeled against unlabeled per day (docs/bern.md).
+BERN_METRICS = {
+    "bern_stain_continuous": ("Bern stain: uniformity and darkness", "0-3, continuous"),
+    "bern_matrix_continuous": ("Bern matrix: distance between cells", "0-3, continuous"),
+    "bern_morphology_continuous": ("Bern morphology: rounded cells", "0-3, continuous"),
+    "bern_score_continuous": ("Bern-like score", "0-9, continuous"),
 }
 #: Labeling efficiency: how much of the labeled pellets carries iron, against the unlabeled ones.
 EFFICIENCY_METRICS = {
@@ -176,20 +184,34 @@ def labeling_efficiency(donors: pd.DataFrame, metrics=tuple(EFFICIENCY_METRICS))
     return out.reset_index().sort_values(["day", "donor"], kind="stable").reset_index(drop=True)
 
 
-def _efficiency_section(efficiency: pd.DataFrame) -> dict:
-    """The labeling-efficiency table: per day every donor's pair and their mean."""
+def _pairs_by_day(pairs: pd.DataFrame, metrics: dict) -> pd.DataFrame:
+    """Per day every donor's labeled/unlabeled pair (:func:`labeling_efficiency`) and their mean, columns named by ``metrics``' labels."""
     rows = []
-    for day, sub in efficiency.groupby("day", sort=True):
+    for day, sub in pairs.groupby("day", sort=True):
         for r in sub.to_dict("records"):
             rows.append({"day": int(day), "donor": r["donor"], **{k: v for k, v in r.items() if k not in ("donor", "day")}})
         rows.append({"day": int(day), "donor": f"mean of {len(sub)} donors", **sub.drop(columns=["donor", "day"]).mean().to_dict()})
-    frame = pd.DataFrame(rows)
-    names = {f"{m}_{c}": f"{label} {c}" for m, (label, _) in EFFICIENCY_METRICS.items() for c in ("labeled", "unlabeled", "difference")}
-    frame = frame.rename(columns={**names, "difference": "labeled - unlabeled"})
+    names = {f"{m}_{c}": f"{label} {c}" for m, (label, _) in metrics.items() for c in ("labeled", "unlabeled", "difference")}
+    return pd.DataFrame(rows).rename(columns={**names, "difference": "labeled - unlabeled"})
+
+
+def _efficiency_section(efficiency: pd.DataFrame) -> dict:
+    """The labeling-efficiency table: per day every donor's pair and their mean."""
     return {
         "text": "Iron-positive cells (nuclei with an iron pixel within iron.cell_distance_um) and iron area in the labeled "
                 "and unlabeled pellets of each donor, per day (donor means of section means); 'difference' is labeled - unlabeled.",
-        "table": _table(frame, id="labeling-efficiency-table", text_columns=("donor",)),
+        "table": _table(_pairs_by_day(efficiency, EFFICIENCY_METRICS), id="labeling-efficiency-table", text_columns=("donor",)),
+    }
+
+
+def _bern_section(bern: pd.DataFrame) -> dict:
+    """The Bern-like categories of each donor's labeled and unlabeled pellets per day, and their mean over donors."""
+    short = {m: (label.split(":")[0], unit) for m, (label, unit) in BERN_METRICS.items()}
+    return {
+        "text": "The Bern-like score's categories (docs/bern.md), continuous 0-3 each and their sum 0-9, in the labeled and unlabeled "
+                "pellets of each donor, per day (donor means of section means); 'difference' is labeled - unlabeled. "
+                "The pellet table below gives each pellet's integer grades.",
+        "table": _table(_pairs_by_day(bern, short), id="bern-table", text_columns=("donor",)),
     }
 
 
@@ -390,7 +412,7 @@ def make_report(run_dir, *, seed: int = 0, thumbnails: bool = True) -> dict:
     run = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
     failures = pd.read_csv(run_dir / "failures.csv") if (run_dir / "failures.csv").is_file() else pd.DataFrame(columns=["image", "reason"])
     metrics = list(REPORT_METRICS)
-    extra = [m for m in EFFICIENCY_METRICS if m not in metrics and m in table.columns]
+    extra = [m for m in (*EFFICIENCY_METRICS, *BERN_METRICS) if m not in metrics and m in table.columns]
     # the shape measures are summarised too (without the pellets cut by the image border), not tested
     shapes = [c for c in SHAPE_COLUMNS if c in table.columns]
     agg = aggregate(table, metrics + extra + shapes)
@@ -398,6 +420,8 @@ def make_report(run_dir, *, seed: int = 0, thumbnails: bool = True) -> dict:
     summary = donors.sort_values(["condition", "day", "donor"]).reset_index(drop=True)
     statistics = comparison_table(donors.drop(columns=shapes + extra), metrics, seed=seed) if len(donors) else pd.DataFrame()
     efficiency = labeling_efficiency(donors) if len(donors) else pd.DataFrame()
+    bern_metrics = {m: v for m, v in BERN_METRICS.items() if m in donors.columns}
+    bern = labeling_efficiency(donors, tuple(bern_metrics)) if len(donors) and bern_metrics else pd.DataFrame()
 
     write_tables(run_dir, {"summary": summary, "statistics": statistics}, parquet=("summary",))
     figures_dir = run_dir / "figures"
@@ -426,6 +450,10 @@ def make_report(run_dir, *, seed: int = 0, thumbnails: bool = True) -> dict:
     if len(efficiency):
         add_plot(plot_labeling_efficiency(efficiency, {m: v for m, v in EFFICIENCY_METRICS.items() if f"{m}_labeled" in efficiency}),
                  "labeling_efficiency", "Labeling efficiency", "iron-positive cells and iron area, labeled against unlabeled", "labeling-efficiency-plot")
+    if len(bern):
+        limits = {m: (-0.1, 9.3 if m == "bern_score_continuous" else 3.1) for m in bern_metrics}  # the grades' whole range
+        add_plot(plot_labeling_efficiency(bern, bern_metrics, title="Bern-like score: labeled and unlabeled pellets of each donor, per day", limits=limits),
+                 "bern_categories", "Bern-like score", "Bern-like score categories, labeled against unlabeled", "bern-plot")
     if len(kept):
         add_plot(plot_pellet_sizes(kept, is_guessed[kept.index], SIZE_METRICS), "pellet_sizes", "Pellet sizes",
                  "pellet area and nuclei density", "size-plots")
@@ -441,7 +469,7 @@ def make_report(run_dir, *, seed: int = 0, thumbnails: bool = True) -> dict:
         f"{agg['n_shape_excluded']} cut by the image border: their area and circularity are left out of the means, their other measures kept; "
         f"{summary['donor'].nunique() if len(summary) else 0} donors."
     )
-    pellet_cols = ["image", "pellet_id", "donor", "condition", "day", *metrics, *shapes, "shape_exclusion_reason", "excluded", "exclusion_reason", "corrected"]
+    pellet_cols = ["image", "pellet_id", "donor", "condition", "day", *metrics, *BERN_GRADE_COLUMNS, *shapes, "shape_exclusion_reason", "excluded", "exclusion_reason", "corrected"]
     pellets = table[[c for c in pellet_cols if c in table.columns]].copy()
     keys = [(str(r.image), int(r.pellet_id)) for r in pellets.itertuples()]
     anchors = {k: slug(f"{k[0]}#{k[1]}", "pellet") for k in keys}
@@ -477,6 +505,7 @@ def make_report(run_dir, *, seed: int = 0, thumbnails: bool = True) -> dict:
         "conclusions": conclusions(statistics, {m: v[0] for m, v in REPORT_METRICS.items()}) if len(statistics) else [],
         "plots": plots,
         "efficiency": _efficiency_section(efficiency) if len(efficiency) else None,
+        "bern": _bern_section(bern) if len(bern) else None,
         "calibration": _calibration_text(run),
         "statistics": statistics_section,
         "summary": _table(summary, id="summary-table", text_columns=("donor", "condition")) if len(summary) else None,

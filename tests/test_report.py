@@ -20,7 +20,7 @@ from pellet_analysis.config import RunConfig
 from pellet_analysis.figures import CONDITION_STYLE
 from pellet_analysis.labels import CLASS_CODES
 from pellet_analysis.pipeline import run_batch
-from pellet_analysis.report import make_report, slug
+from pellet_analysis.report import BERN_METRICS, make_report, slug
 from pellet_analysis.review import label_path, save_corrections, set_exclusion
 from pellet_analysis.synthetic import make_section, write_section
 
@@ -110,7 +110,7 @@ def test_figures_hold_svg_png_and_exactly_the_plotted_numbers(study):
     out, table, written, *_ = study
     figures = out / "figures"
     names = {p.stem for p in figures.iterdir()}
-    assert names == {"measurements_over_days", "labeling_efficiency", "pellet_sizes", "depth_profiles"}
+    assert names == {"measurements_over_days", "labeling_efficiency", "bern_categories", "pellet_sizes", "depth_profiles"}
     for name in names:
         svg = (figures / f"{name}.svg").read_text()
         assert svg.lstrip().startswith("<?xml")
@@ -128,6 +128,12 @@ def test_figures_hold_svg_png_and_exactly_the_plotted_numbers(study):
                               on=["donor", "condition", "day", "metric"], validate="one_to_one")
     # both metrics and conditions of every donor and day with both conditions (the excluded pellet's pair is left out)
     assert len(merged) == len(efficiency) == 4 * len(written["efficiency"]) == 4 * 5  # 3 donors x 2 days, less one pair
+    np.testing.assert_allclose(merged.value, merged.summary.astype(float))
+    # the Bern-like categories, labeled against unlabeled: the donors' continuous means, the same pairs as above
+    bern = pd.read_csv(figures / "bern_categories.csv")
+    merged = bern.merge(summary.melt(id_vars=["donor", "condition", "day"], var_name="metric", value_name="summary"),
+                        on=["donor", "condition", "day", "metric"], validate="one_to_one")
+    assert set(bern.metric) == set(BERN_METRICS) and len(merged) == len(bern) == 2 * 4 * 5
     np.testing.assert_allclose(merged.value, merged.summary.astype(float))
     # the depth profiles: each point the area-weighted mean of the kept pellets' bands in profiles.csv
     drawn = pd.read_csv(figures / "depth_profiles.csv")
@@ -274,6 +280,11 @@ def test_conclusions_efficiency_and_review_in_the_browser(study):
     assert [float(r[col]) for r in rows if not r[1].startswith("mean")] == pytest.approx(expected.tolist(), rel=5e-3)
     exclusions = parsed.tables["review-exclusions"]
     assert exclusions[1][:3] == [table.image.iloc[0], str(table.pellet_id.iloc[0]), "fold"]
+    # the Bern-like categories, labeled and unlabeled, per day; the pellet table keeps each pellet's integer grades
+    assert {"bern", "bern-plot"} <= ids
+    bern = parsed.tables["bern-table"]
+    assert bern[0][:2] == ["day", "donor"] and "Bern morphology labeled" in bern[0] and len(bern) - 1 == len(rows)
+    assert {"bern_stain", "bern_matrix", "bern_morphology", "bern_score"} <= set(parsed.tables["pellets-table"][0])
 
 
 def test_report_numbers_equal_statistics_csv(study):

@@ -6,8 +6,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pellet_analysis.bern import bern_scores
-from pellet_analysis.config import BernConfig
 from scipy import stats as sps
 
 from pellet_analysis.stats import (
@@ -251,18 +249,3 @@ def test_aggregate_pellet_section_donor_with_exclusions():
     donor = agg["donors"].iloc[0]
     assert donor.m == pytest.approx((0.3 + 0.6) / 2)  # mean of section means, not of pellets
     assert donor.n_sections == 2 and donor.n_pellets == 3
-
-
-def test_bern_categories_by_hand():
-    cfg = BernConfig().params()
-    good = {"proteoglycan_area_fraction": 0.6, "proteoglycan_mean_od": 0.6, "proteoglycan_od_sd": 0.1,
-            "nuclei_nn_distance_um": 18.0, "nuclei_roundness": 0.8, "nuclei_count": 100}
-    assert bern_scores(good, cfg) == {"bern_stain": 3, "bern_matrix": 3, "bern_morphology": 3, "bern_score": 9}
-    weak = {**good, "proteoglycan_mean_od": 0.1, "proteoglycan_od_sd": 0.02}
-    assert bern_scores(weak, cfg)["bern_stain"] == 1
-    uneven = {**good, "proteoglycan_od_sd": 0.5}  # CV 0.83 > 0.6
-    assert bern_scores(uneven, cfg)["bern_stain"] == 2
-    dense = {**good, "nuclei_nn_distance_um": 9.0, "nuclei_roundness": 0.6, "proteoglycan_area_fraction": 0.2}
-    assert bern_scores(dense, cfg) == {"bern_stain": 1, "bern_matrix": 0, "bern_morphology": 1, "bern_score": 2}
-    empty = {**good, "nuclei_count": 0, "proteoglycan_area_fraction": 0.0}
-    assert bern_scores(empty, cfg)["bern_score"] == 0
