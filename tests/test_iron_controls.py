@@ -117,9 +117,11 @@ def test_demo_unlabeled_pellets_read_few_iron_positive_cells():
         found = analyze_image(rgb, pixel_size_um=px or 1.0, config=RunConfig())
         fractions += [row["iron_positive_cell_fraction"] for row in found.rows]
     fractions = np.array(fractions)
-    # issue target: each <= 0.02 (measured max 0.0553, mean 0.0166); the max is looser: faint spots barely above the
-    # granule threshold between the day-28 pellets' pale cytoplasm rings, as brown as iron and not neutral enough
-    assert fractions.max() <= 0.056, fractions
+    # issue target: each <= 0.02 (measured max 0.0570, mean 0.0167); the max is looser: faint spots barely above the
+    # granule threshold between the day-28 pellets' pale cytoplasm rings, as brown as iron and not neutral enough.
+    # The max was 0.0553 = 11 / 199 cells; since touching nuclei are cut at their notches and faint concave matrix
+    # is no nucleus that pellet counts 193 (true 179), so the same 11 iron-positive cells give 0.0570
+    assert fractions.max() <= 0.058, fractions
     assert np.mean(fractions) <= 0.017, fractions
 
 
