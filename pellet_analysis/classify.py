@@ -5,7 +5,9 @@ deconvolution of the chromatic stains; nuclei and iron from local dark spots.
 For ``ab-vg`` (Weigert's iron hematoxylin, near-neutral black) darkness is the
 OD of the least-absorbed channel above the surrounding matrix (a white
 top-hat) above a fraction of the pellet's own nuclear level; dark objects
-thick and large enough to be a nucleus are nuclei.
+thick and large enough to be a nucleus are nuclei, split by a watershed on
+darkness plus distance and, where concave and as dark as a nucleus, cut
+between the notches of their outline (touching nuclei).
 Iron granules are spots of green and blue OD above a granule-sized top-hat
 (brown granules absorb those channels most), outside and not on the rim of a
 nucleus, brown on average (blue above green, red not far below blue) and
@@ -256,6 +258,133 @@ def merge_convex_pairs(instances, *, min_solidity: float, max_area_px: float) ->
             lut[b] = a
             used.update((a, b))
     return lut[out]
+
+
+def split_concave_instances(
+    instances, signal=None, *, max_solidity: float, min_depth_px: float, min_area_px: int, min_signal: float = 0.0
+) -> np.ndarray:
+    """Cut each instance less than ``max_solidity`` convex along a straight line between two notches of its outline.
+
+    Two touching nuclei that a watershed on darkness left whole keep a notch
+    on each side of their contact: their outline dips at least
+    ``min_depth_px`` below its convex hull twice. The instance is cut along
+    the straight line between the two notches that is shortest for their
+    depths; the cut is kept when both parts hold at least ``min_area_px``
+    pixels and each is more convex than the whole, so an irregular single
+    nucleus, whose parts would be no more convex, stays whole. Parts are cut
+    again in turn (chains of three or four nuclei). The outcome depends on
+    each instance's own pixels only, so tiles cut alike.
+
+    Parameters
+    ----------
+    instances : ndarray of int
+    signal : ndarray of float, optional
+        Darkness; with ``min_signal``, instances fainter than a nucleus (dense
+        matrix between clear lacunae: concave dark networks) are left whole.
+    max_solidity : float, keyword-only
+        Instances at least this convex are left alone; 0 turns the step off.
+    min_depth_px : float, keyword-only
+        Smallest depth of a notch below the convex hull.
+    min_area_px : int, keyword-only
+    min_signal : float, keyword-only
+        Only instances whose median ``signal`` reaches this are cut.
+
+    Returns
+    -------
+    ndarray of uint32
+    """
+    out = np.asarray(instances).astype(np.uint32)
+    n = int(out.max())
+    if n == 0 or max_solidity <= 0:
+        return out
+    next_label = n + 1
+    median = median_by_label(signal, out, n) if signal is not None else np.full(n + 1, np.inf, np.float32)
+    boxes = {k: box for k, box in enumerate(ndi.find_objects(out), start=1) if box is not None and median[k] >= min_signal}
+    pending = list(boxes)
+    while pending:
+        k = pending.pop()
+        box = _grown_box(boxes[k], out.shape)
+        view = out[box]
+        obj = view == k
+        solidity = _solidity(obj)
+        if solidity >= max_solidity:
+            continue
+        part = _cut_at_notches(obj, min_depth_px=min_depth_px)
+        if part is None:
+            continue
+        rest = obj & ~part
+        if min(int(part.sum()), int(rest.sum())) < min_area_px or min(_solidity(part), _solidity(rest)) <= solidity:
+            continue
+        view[part] = next_label
+        for label, mask in ((k, rest), (next_label, part)):
+            rows, cols = np.nonzero(mask)
+            boxes[label] = (slice(box[0].start + rows.min(), box[0].start + rows.max() + 1), slice(box[1].start + cols.min(), box[1].start + cols.max() + 1))
+            pending.append(label)
+        next_label += 1
+    return out
+
+
+def _without_faint_concave(instances, signal, *, max_signal: float, min_solidity: float) -> np.ndarray:
+    """Instances (uint32) with those whose median ``signal`` is below ``max_signal`` and that are less than ``min_solidity`` convex set to 0.
+
+    Dense matrix between clear lacunae is darker than they are, but fainter
+    than a nucleus and concave (it fills the space between round halos); a
+    faint nucleus is as convex as a dark one.
+    """
+    out = np.asarray(instances).astype(np.uint32)
+    n = int(out.max())
+    if n == 0 or min_solidity <= 0:
+        return out
+    median = median_by_label(signal, out, n)
+    boxes = ndi.find_objects(out)
+    drop = np.zeros(n + 1, bool)
+    for k in np.nonzero(median[1:] < max_signal)[0] + 1:
+        if boxes[k - 1] is not None:
+            drop[k] = _solidity(out[boxes[k - 1]] == k) < min_solidity
+    out[drop[out]] = 0
+    return out
+
+
+def _cut_at_notches(obj, *, min_depth_px: float):
+    """The smaller side (bool) of the best straight cut of a binary object between two notches of its outline, or None.
+
+    The notches are OpenCV's convexity defects at least ``min_depth_px``
+    deep; of each pair, the cut whose length over the sum of the two depths
+    is least is taken. The pixels on the cut line go to the larger side,
+    which is kept 4-connected (crumbs join the smaller side).
+    """
+    contours, _ = cv2.findContours(obj.view(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    if len(contours) != 1 or len(contours[0]) < 8:
+        return None
+    contour = contours[0]
+    try:
+        defects = cv2.convexityDefects(contour, cv2.convexHull(contour, returnPoints=False))
+    except cv2.error:  # a self-intersecting contour (a one-pixel neck)
+        return None
+    if defects is None:
+        return None
+    defects = defects.reshape(-1, 4)
+    depth_px = defects[:, 3].astype(np.float64) / 256.0  # OpenCV's fixed point, 8 fractional bits
+    deep = np.nonzero(depth_px >= min_depth_px)[0]
+    if deep.size < 2:
+        return None
+    points = contour[defects[deep, 2], 0].astype(np.float64)  # (col, row) of each notch's deepest point
+    best, pair = np.inf, None
+    for i in range(deep.size):
+        for j in range(i + 1, deep.size):
+            score = float(np.hypot(*(points[i] - points[j]))) / (depth_px[deep[i]] + depth_px[deep[j]])
+            if score < best:
+                best, pair = score, (i, j)
+    cut = obj.view(np.uint8).copy()
+    ends = [tuple(int(v) for v in points[m]) for m in pair]
+    cv2.line(cut, ends[0], ends[1], 0, 1, lineType=cv2.LINE_8)
+    n, parts, stats, _ = cv2.connectedComponentsWithStats(cut, connectivity=4, ltype=cv2.CV_32S)
+    if n < 3:
+        return None
+    smaller = parts == 1 + int(np.argsort(stats[1:, cv2.CC_STAT_AREA])[-2])
+    n_rest, rest, rest_stats, _ = cv2.connectedComponentsWithStats((obj & ~smaller).view(np.uint8), connectivity=4, ltype=cv2.CV_32S)
+    larger = rest == 1 + int(np.argmax(rest_stats[1:, cv2.CC_STAT_AREA]))
+    return obj & ~larger
 
 
 def _touching_pairs(labels) -> np.ndarray:
@@ -977,6 +1106,17 @@ def classify_objects(
         split = merge_convex_pairs(
             split, min_solidity=nuclei.stain_merge_min_solidity, max_area_px=math.pi * (nuclei.stain_merge_max_diameter_um / 2 / px) ** 2
         )
+        if has_iron:  # touching nuclei whose darkness left no seed of their own: cut at the notches of their union
+            level = thresholds.dark / otsu_fraction
+            split = _without_faint_concave(split, spots, max_signal=nuclei.dark_split_min_fraction * level, min_solidity=nuclei.dark_faint_min_solidity)
+            split = split_concave_instances(
+                split,
+                spots,
+                min_signal=nuclei.dark_split_min_fraction * level,
+                max_solidity=nuclei.dark_split_max_solidity,
+                min_depth_px=max(1.0, nuclei.dark_split_min_depth_um / px),
+                min_area_px=min_nucleus_px,
+            )
     else:
         split = split_nuclei(nuclear, min_radius_px=min_r_px, darkness=spots)
     instances = _grow_to_half_maximum(

@@ -283,6 +283,38 @@ class NucleiConfig(_Section):
         "darkness (holes filled), so a dark nucleus is not outlined at the faint nuclei's threshold; 0 keeps them all.",
     )
 
+    dark_split_max_solidity: float = Field(
+        0.9,
+        ge=0,
+        le=1,
+        description="For ab-vg: a nucleus less convex than this (pixels over its convex hull's) after the watershed is "
+        "cut along the straight line between two notches of its outline (dark_split_min_depth_um deep), when each part is "
+        "more convex than the whole: two touching nuclei the darkness left whole (two tangent disks: 0.88); 0 turns this off.",
+    )
+
+    dark_split_min_fraction: float = Field(
+        1.0,
+        ge=0,
+        description="For ab-vg: only nuclei whose median darkness reaches this fraction of the pellet's nuclear level "
+        "(see dark_pale_fraction) are cut by dark_split_max_solidity: dense matrix between clear lacunae is a fainter, "
+        "concave dark object that such cuts would break into nucleus-sized pieces.",
+    )
+
+    dark_faint_min_solidity: float = Field(
+        0.85,
+        ge=0,
+        le=1,
+        description="For ab-vg: a nucleus fainter than dark_split_min_fraction of the pellet's nuclear level must be at "
+        "least this convex: dense matrix between clear lacunae is fainter than a nucleus and concave; 0 keeps them all.",
+    )
+
+    dark_split_min_depth_um: float = Field(
+        0.5,
+        gt=0,
+        description="For ab-vg: smallest depth (µm, and at least one pixel) below the convex hull of a notch of a nucleus's "
+        "outline between which dark_split_max_solidity cuts it.",
+    )
+
     relative_min_od: float = Field(
         0.03,
         gt=0,

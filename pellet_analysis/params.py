@@ -124,6 +124,10 @@ class NucleiParams:
     dark_min_od: float
     dark_otsu_fraction: float
     dark_outline_fraction: float
+    dark_split_max_solidity: float
+    dark_faint_min_solidity: float
+    dark_split_min_fraction: float
+    dark_split_min_depth_um: float
     dark_pale_fraction: float
     dark_pale_sigma_um: float
     dark_pale_gap_um: float

@@ -55,8 +55,10 @@ def test_nuclei_count_error(sections, analyses):
         for r, g in zip(a.rows, truth)
     ]
     rel = np.abs(rel)
-    assert rel.mean() <= 0.15, rel
-    assert rel.max() <= 0.25, rel
+    # measured 0.034 mean, 0.070 max (0.050 / 0.096 before touching nuclei were cut at their notches);
+    # issue 19's target, count error <= 10 %, is for the varied model (validate, docs/accuracy.md)
+    assert rel.mean() <= 0.05, rel
+    assert rel.max() <= 0.10, rel
 
 
 def test_iron_is_found_in_labeled_and_scarce_in_unlabeled(sections, analyses):

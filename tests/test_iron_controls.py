@@ -73,7 +73,7 @@ def varied():
     """Varied-model sections: an unlabeled day-28 and a labeled day-7 one, at 0.5 and 1 µm.
 
     Without lacunae (``cartilage=False``): the sections these nucleus and iron figures were set on;
-    with them the day-28 section's F1 reads 0.734 (lacunae and spindle cells: accuracy.md, issue 24).
+    with them the day-28 section's F1 reads 0.768 (lacunae and spindle cells: accuracy.md, issue 24).
     """
     out = []
     for day, labeled, px, seed in [(28, False, 0.5, 31), (7, True, 1.0, 32), (14, False, 1.0, 33)]:
@@ -85,10 +85,11 @@ def varied():
 
 def test_varied_nuclei(varied):
     # issue target: count error <= 10 % and F1 >= 0.85 over validate --n 24 --seed 1. These small pellets are
-    # looser: a larger share of them is rim, whose small flat and round nuclei are missed
+    # looser: a larger share of them is rim, whose small flat and round nuclei are missed (measured: count
+    # error -0.147 / -0.115 / -0.117, F1 0.770 / 0.853 / 0.847; before the notch cuts -0.169 / -0.153 / -0.135)
     for s, found in varied:
         truth = truth_table(s)[0]
-        assert abs(found.rows[0]["nuclei_count"] - truth["nuclei_count"]) / truth["nuclei_count"] <= 0.2
+        assert abs(found.rows[0]["nuclei_count"] - truth["nuclei_count"]) / truth["nuclei_count"] <= 0.16
         assert instance_f1(found.nuclei, s.nuclei)["f1"] >= 0.76
 
 
@@ -116,9 +117,11 @@ def test_demo_unlabeled_pellets_read_few_iron_positive_cells():
         found = analyze_image(rgb, pixel_size_um=px or 1.0, config=RunConfig())
         fractions += [row["iron_positive_cell_fraction"] for row in found.rows]
     fractions = np.array(fractions)
-    # issue target: each <= 0.02 (measured max 0.0553, mean 0.0166); the max is looser: faint spots barely above the
-    # granule threshold between the day-28 pellets' pale cytoplasm rings, as brown as iron and not neutral enough
-    assert fractions.max() <= 0.056, fractions
+    # issue target: each <= 0.02 (measured max 0.0570, mean 0.0167); the max is looser: faint spots barely above the
+    # granule threshold between the day-28 pellets' pale cytoplasm rings, as brown as iron and not neutral enough.
+    # The max was 0.0553 = 11 / 199 cells; since touching nuclei are cut at their notches and faint concave matrix
+    # is no nucleus that pellet counts 193 (true 179), so the same 11 iron-positive cells give 0.0570
+    assert fractions.max() <= 0.058, fractions
     assert np.mean(fractions) <= 0.017, fractions
 
 
@@ -203,3 +206,38 @@ def test_granules_far_from_every_nucleus_and_on_a_nucleus_body_are_not_iron():
     assert not _nuclear_bodies(nuclei, darkness, granules, fraction=0.5, distance_px=8)[14, 25]
     with pytest.raises(ValueError, match="cell_distance_um"):
         RunConfig(iron={"max_nucleus_distance_um": 3.0, "cell_distance_um": 5.0})
+
+
+def test_split_concave_instances_cuts_touching_nuclei_at_their_notches_but_not_one_nucleus():
+    from pellet_analysis.classify import split_concave_instances
+
+    rows, cols = np.mgrid[:60, :120]
+    pair = ((cols - 35) ** 2 + (rows - 30) ** 2 <= 16**2) | ((cols - 64) ** 2 + (rows - 30) ** 2 <= 14**2)  # overlapping: a waist
+    kw = dict(max_solidity=0.9, min_depth_px=1.0, min_area_px=50)
+    cut = split_concave_instances(pair.astype(np.uint32), **kw)
+    assert np.unique(cut[pair]).size == 2
+    left, right = cut[30, 30], cut[30, 70]
+    assert left != right and (cut == left).sum() > 600 and (cut == right).sum() > 450
+    # a single nucleus with a shallow dent stays whole: its parts would be no more convex than it
+    angle = np.arctan2(rows - 30, cols - 60)
+    radius = 22 * (1 + 0.08 * np.cos(3 * angle))
+    dented = np.hypot(rows - 30, (cols - 60) / 1.2) <= radius / 1.2
+    assert np.unique(split_concave_instances(dented.astype(np.uint32), **kw)[dented]).size == 1
+    # fainter than the nuclear level (matrix between clear lacunae): left whole
+    faint = np.full(pair.shape, 0.2, np.float32)
+    assert np.unique(split_concave_instances(pair.astype(np.uint32), faint, min_signal=0.3, **kw)[pair]).size == 1
+    assert np.unique(split_concave_instances(pair.astype(np.uint32), faint, min_signal=0.1, **kw)[pair]).size == 2
+
+
+def test_faint_concave_objects_are_not_nuclei_but_faint_convex_and_dark_concave_ones_are():
+    from pellet_analysis.classify import _without_faint_concave
+
+    rows, cols = np.mgrid[:60, :160]
+    pair = ((cols - 35) ** 2 + (rows - 30) ** 2 <= 16**2) | ((cols - 64) ** 2 + (rows - 30) ** 2 <= 14**2)  # concave (0.88)
+    disk = (cols - 130) ** 2 + (rows - 30) ** 2 <= 15**2
+    labels = np.where(pair, 1, np.where(disk, 2, 0)).astype(np.uint32)
+    faint = np.where(labels > 0, 0.2, 0).astype(np.float32)
+    kept = _without_faint_concave(labels, faint, max_signal=0.3, min_solidity=0.9)
+    assert not kept[pair].any() and (kept[disk] == 2).all()  # matrix between lacunae is dropped, a faint round nucleus kept
+    dark = np.where(labels > 0, 0.5, 0).astype(np.float32)
+    np.testing.assert_array_equal(_without_faint_concave(labels, dark, max_signal=0.3, min_solidity=0.9), labels)
