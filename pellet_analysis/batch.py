@@ -39,7 +39,7 @@ from .metadata import METADATA_FIELDS
 from .profiles import PROFILE_COLUMNS
 from .records import ImageFailure, ImageJob, ImageSummary
 from .scheduling import compute
-from .tasks import PlannedImage, calibration_pass, image_graph, nucleus_sizes_task, plan_task, without_iron_levels
+from .tasks import PlannedImage, calibration_pellet, image_graph, nucleus_sizes_task, plan_task, without_iron_levels
 from .wholeslide import is_whole_slide
 from .workers import process_pool
 
@@ -226,7 +226,10 @@ def _calibrate(planned, not_planned, controls, calibration: dict, config: RunCon
     import dask
 
     planned_controls = [p for p in planned if p.job.stem in controls]
-    passes = run([dask.delayed(calibration_pass, pure=False)(p, config, dask_key_name=f"calibrate-{p.job.path.name}") for p in planned_controls])
+    # one task per control pellet, not per control image: a batch with one control still fills every worker
+    keys = [(p, k) for p in planned_controls for k in range(1, len(p.plan.windows) + 1)]
+    done = run([dask.delayed(calibration_pellet, pure=False)(p, k, config, dask_key_name=f"calibrate-{p.job.path.name}-{k}") for p, k in keys])
+    passes = [{k: result for (q, k), result in zip(keys, done) if q is p} for p in planned_controls]
     levels = [control_levels(p.job.stem, pellets) for p, pellets in zip(planned_controls, passes)]
     levels += [ControlLevels(f.image, np.zeros(0, np.float64), error=f.reason) for f in not_planned if f.image in controls]
     calibration = {**calibration, **calibrate_iron(levels, config)}

@@ -436,11 +436,13 @@ def calibration_pass(planned: PlannedImage, config: RunConfig) -> dict:
     Returns pellet index -> ``(classified, measured)`` (the iron calibration
     reads them; the final pass reuses them when the threshold stays).
     """
-    results = {}
-    for k in range(1, len(planned.plan.windows) + 1):
-        classified = classify_task(planned, k, config, iron_levels=True)
-        results[k] = (classified, measure_task(classified, planned, config))
-    return results
+    return {k: calibration_pellet(planned, k, config) for k in range(1, len(planned.plan.windows) + 1)}
+
+
+def calibration_pellet(planned: PlannedImage, index: int, config: RunConfig) -> tuple:
+    """Pellet ``index`` of a control image for :func:`calibration_pass`: ``(classified, measured)``, its nuclei's iron levels kept."""
+    classified = classify_task(planned, index, config, iron_levels=True)
+    return classified, measure_task(classified, planned, config)
 
 
 def without_iron_levels(classified):
