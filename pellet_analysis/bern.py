@@ -30,6 +30,7 @@ from __future__ import annotations
 import numpy as np
 
 from .params import BernParams
+from .profiles import coefficient_of_variation
 
 __all__ = [
     "BERN_CATEGORIES",
@@ -84,8 +85,10 @@ def grade(continuous: float) -> int:
 
 
 def cell_spacing_um(nuclei_density_per_mm2: float) -> float:
-    """Mean centre-to-centre spacing (µm) of cells at a density (per mm²): ``1000 / sqrt(density)``; inf at 0."""
-    if nuclei_density_per_mm2 is None or not np.isfinite(nuclei_density_per_mm2) or nuclei_density_per_mm2 <= 0:
+    """Mean centre-to-centre spacing (µm) of cells at a density (per mm²): ``1000 / sqrt(density)``; inf at 0 or below, NaN when not measured."""
+    if nuclei_density_per_mm2 is None or np.isnan(nuclei_density_per_mm2):
+        return float("nan")
+    if nuclei_density_per_mm2 <= 0:
         return float("inf")
     return 1000.0 / float(np.sqrt(nuclei_density_per_mm2))
 
@@ -115,16 +118,16 @@ def _stain(row: dict, params: BernParams) -> float:
         cvs = [row.get(k) for k in ("stain_band_cv", "stain_patch_cv")]
         cvs = [float(v) for v in cvs if v is not None and np.isfinite(v)]
         if cvs:  # uneven over bands or over patches: the larger spread
-            readings.append(ramp(max(cvs), (params.stain_even_cv, params.stain_moderate_cv, params.stain_max_cv), (3, 2, 1)))
+            readings.append(ramp(max(cvs), (params.stain_even_cv, params.stain_moderate_cv, params.stain_uneven_cv), (3, 2, 1)))
     return float(min(r for r in readings if np.isfinite(r)))
 
 
 def _matrix(row: dict, params: BernParams) -> float:
-    if not row.get("nuclei_count", 0) or row["nuclei_count"] < 2:
+    if (row.get("nuclei_count") or 0) < 2:
         return 0.0
     spacing_cells = cell_spacing_um(row.get("nuclei_density_per_mm2")) / params.cell_diameter_um
     t1, t2, t3 = params.matrix_spacing_cells_thresholds
-    value = ramp(spacing_cells, (1.0, t1, t2, t3), (0, 1, 2, 3)) if np.isfinite(spacing_cells) else 3.0
+    value = ramp(spacing_cells, (1.0, t1, t2, t3), (0, 1, 2, 3))  # np.interp: inf -> 3; NaN (density not measured) -> NaN
     return value if np.isfinite(value) else 0.0
 
 
@@ -185,7 +188,8 @@ def zone_row(profile, from_um: float, to_um: float = float("inf")) -> dict:
         Area-weighted proteoglycan fraction, mean OD weighted by proteoglycan
         area, nuclei count and density, cell-weighted rounded and in-lacuna
         fractions, and ``stain_band_cv`` over the zone's bands
-        (``stain_patch_cv`` NaN). Empty zone: zeros.
+        (``stain_patch_cv`` NaN). Empty zone: zero area, fraction, OD, count
+        and density; NaN rounded and in-lacuna fractions and band CV.
     """
     bands = [b for b in profile if b["depth_from_um"] >= from_um and b["depth_to_um"] <= to_um]
     area = np.array([b["area_um2"] for b in bands], dtype=np.float64)
@@ -195,7 +199,7 @@ def zone_row(profile, from_um: float, to_um: float = float("inf")) -> dict:
     rounded = np.array([b["rounded_cell_fraction"] for b in bands], dtype=np.float64)
     in_lacuna = np.array([b["lacuna_cell_fraction"] for b in bands], dtype=np.float64)
     total, n_cells, pg_area = float(area.sum()), float(cells.sum()), float((pg * area).sum())
-    band_cv = float(pg.std() / pg.mean()) if pg.size >= 2 and pg.mean() > 0 else float("nan")
+    band_cv = coefficient_of_variation(pg[area > 0])
     return {
         "area_um2": total,
         "proteoglycan_area_fraction": pg_area / total if total > 0 else 0.0,

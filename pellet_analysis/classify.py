@@ -278,6 +278,7 @@ def split_concave_instances(
     Parameters
     ----------
     instances : ndarray of int
+        Nucleus instances (0: background).
     signal : ndarray of float, optional
         Darkness; with ``min_signal``, instances fainter than a nucleus (dense
         matrix between clear lacunae: concave dark networks) are left whole.
@@ -286,6 +287,7 @@ def split_concave_instances(
     min_depth_px : float, keyword-only
         Smallest depth of a notch below the convex hull.
     min_area_px : int, keyword-only
+        Smallest part a cut may leave (px): a smaller one is no nucleus.
     min_signal : float, keyword-only
         Only instances whose median ``signal`` reaches this are cut.
 

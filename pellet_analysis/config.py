@@ -7,6 +7,8 @@ Invalid files raise :class:`ConfigError` with one line naming the key.
 
 from __future__ import annotations
 
+import warnings
+
 import dataclasses
 from pathlib import Path
 from typing import ClassVar, Literal, Optional
@@ -297,7 +299,8 @@ class NucleiConfig(_Section):
         ge=0,
         description="For ab-vg: only nuclei whose median darkness reaches this fraction of the pellet's nuclear level "
         "(see dark_pale_fraction) are cut by dark_split_max_solidity: dense matrix between clear lacunae is a fainter, "
-        "concave dark object that such cuts would break into nucleus-sized pieces.",
+        "concave dark object that such cuts would break into nucleus-sized pieces. Also the level below which "
+        "dark_faint_min_solidity drops concave objects (that drop runs even when dark_split_max_solidity is 0).",
     )
 
     dark_faint_min_solidity: float = Field(
@@ -536,7 +539,7 @@ class BernConfig(_Section):
     stain_moderate_cv: float = Field(
         0.5, gt=0, description="That coefficient of variation at which the stain is moderately even: the uniformity reading is 2."
     )
-    stain_max_cv: float = Field(
+    stain_uneven_cv: float = Field(
         1.0, gt=0, description="That coefficient of variation at and above which the stain is uneven: the uniformity reading is 1."
     )
     cell_diameter_um: float = Field(
@@ -558,31 +561,34 @@ class BernConfig(_Section):
     @model_validator(mode="before")
     @classmethod
     def _retired_keys(cls, values):
-        # a run.json written before the score read lacunae and cell territories still loads; its old thresholds no longer apply
-        if isinstance(values, dict) and any(k in values for k in _RETIRED_BERN_KEYS):
+        # a config or run.json written before the score read lacunae and cell territories still loads; its old
+        # thresholds measured other quantities (nuclei roundness, nearest-neighbour distance, pixel OD spread)
+        retired = [k for k in _RETIRED_BERN_KEYS if isinstance(values, dict) and k in values]
+        if retired:
+            warnings.warn(f"bern.{', bern.'.join(retired)}: retired (the score no longer reads what they measured; docs/bern.md): ignored", UserWarning, stacklevel=2)
             values = {k: v for k, v in values.items() if k not in _RETIRED_BERN_KEYS}
         return values
 
     @field_validator("stain_fraction_thresholds", "matrix_spacing_cells_thresholds", "morphology_chondrocyte_fraction_thresholds")
     @classmethod
     def _ascending(cls, value):
-        if list(value) != sorted(value) or min(value) < 0:
-            raise ValueError("thresholds must be ascending non-negative numbers")
+        if any(b <= a for a, b in zip(value, value[1:])) or min(value) <= 0:
+            raise ValueError("thresholds must be strictly ascending positive numbers")
         return value
 
     @model_validator(mode="after")
     def _knots_ascend(self):
         if not self.stain_weak_od < self.stain_dark_od:
             raise ValueError("bern.stain_weak_od must be below bern.stain_dark_od")
-        if not self.stain_even_cv < self.stain_moderate_cv < self.stain_max_cv:
-            raise ValueError("bern.stain_even_cv < bern.stain_moderate_cv < bern.stain_max_cv must hold")
+        if not self.stain_even_cv < self.stain_moderate_cv < self.stain_uneven_cv:
+            raise ValueError("bern.stain_even_cv < bern.stain_moderate_cv < bern.stain_uneven_cv must hold")
         if not self.matrix_spacing_cells_thresholds[0] > 1.0:
             raise ValueError("bern.matrix_spacing_cells_thresholds must start above 1 cell diameter (the matrix category is 0 there)")
         return self
 
 
 #: Keys of the ``bern`` section before it read lacunae and cell territories (dropped when an old run's config is read).
-_RETIRED_BERN_KEYS = ("matrix_nn_distance_um_thresholds", "morphology_roundness_thresholds")
+_RETIRED_BERN_KEYS = ("matrix_nn_distance_um_thresholds", "morphology_roundness_thresholds", "stain_max_cv")
 
 
 class CartilageConfig(_Section):

@@ -307,6 +307,8 @@ def expansion(labels, distance: int) -> tuple[np.ndarray, np.ndarray, np.ndarray
     background = labels == 0
     reach = binary_dilation_disk(~background, distance) & background
     rr, cc = np.nonzero(reach)
+    if rr.size == 0:  # no background pixel within reach (an image all label)
+        return empty, empty, np.zeros(0, labels.dtype)
     # labels padded by the distance: every offset of a pixel in reach falls inside, no bounds to test
     padded = np.pad(labels, distance).ravel()
     width = labels.shape[1] + 2 * distance

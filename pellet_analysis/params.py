@@ -192,7 +192,7 @@ class BernParams:
     stain_dark_od: float
     stain_even_cv: float
     stain_moderate_cv: float
-    stain_max_cv: float
+    stain_uneven_cv: float
     cell_diameter_um: float
     matrix_spacing_cells_thresholds: tuple
     morphology_chondrocyte_fraction_thresholds: tuple

@@ -19,7 +19,7 @@ from .lacunae import nucleus_lacuna
 from .params import CartilageParams
 from .territories import axis_ratios
 
-__all__ = ["CARTILAGE_COLUMNS", "PROFILE_COLUMNS", "CellFeatures", "cell_features", "pellet_cartilage", "band_index"]
+__all__ = ["CARTILAGE_COLUMNS", "PROFILE_COLUMNS", "CellFeatures", "cell_features", "pellet_cartilage", "band_index", "coefficient_of_variation"]
 
 #: Per-pellet columns of the cartilage morphology, in output order.
 CARTILAGE_COLUMNS = [
@@ -110,7 +110,8 @@ def _fraction(num, den):
     return np.divide(num, den, out=np.zeros(np.broadcast(num, den).shape), where=den > 0)
 
 
-def _cv(values) -> float:
+def coefficient_of_variation(values) -> float:
+    """Standard deviation over mean of ``values`` (float); NaN with fewer than two values or a mean of 0 or below."""
     values = np.asarray(values, np.float64)
     if values.size < 2 or values.mean() <= 0:
         return float("nan")
@@ -209,8 +210,8 @@ def pellet_cartilage(
         "rounded_cell_fraction_rim": float(_fraction(rounded[~core_cell].sum(), (~core_cell).sum())),
         "lacuna_density_core_per_mm2": float(_fraction(core_lac.sum(), core_area_mm2)),
         "lacuna_density_rim_per_mm2": float(_fraction((~core_lac).sum(), rim_area_mm2)),
-        "stain_band_cv": _cv(pg_fraction[area_px > 0]),
-        "stain_patch_cv": _cv(_patch_fractions(mask, proteoglycan, max(1, int(round(params.uniformity_patch_um / px))))),
+        "stain_band_cv": coefficient_of_variation(pg_fraction[area_px > 0]),
+        "stain_patch_cv": coefficient_of_variation(_patch_fractions(mask, proteoglycan, max(1, int(round(params.uniformity_patch_um / px))))),
     }
     return row, profile
 

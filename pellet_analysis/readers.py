@@ -42,6 +42,7 @@ __all__ = [
     "open_reader",
     "tiff_pixel_size_um",
     "main_series",
+    "zarr_levels",
 ]
 
 #: File ending -> format name, read with tifffile.

@@ -411,7 +411,9 @@ def make_report(run_dir, *, seed: int = 0, thumbnails: bool = True) -> dict:
     table = apply_review(pd.read_parquet(table_path), run_dir).reset_index(drop=True)
     run = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
     failures = pd.read_csv(run_dir / "failures.csv") if (run_dir / "failures.csv").is_file() else pd.DataFrame(columns=["image", "reason"])
-    metrics = list(REPORT_METRICS)
+    # a run folder written before a metric existed (bern_score_continuous) is reported without it
+    report_metrics = {m: v for m, v in REPORT_METRICS.items() if m in table.columns}
+    metrics = list(report_metrics)
     extra = [m for m in (*EFFICIENCY_METRICS, *BERN_METRICS) if m not in metrics and m in table.columns]
     # the shape measures are summarised too (without the pellets cut by the image border), not tested
     shapes = [c for c in SHAPE_COLUMNS if c in table.columns]
@@ -445,7 +447,7 @@ def make_report(run_dir, *, seed: int = 0, thumbnails: bool = True) -> dict:
         plots.append({"id": id_, "title": title, "alt": alt, "uri": uri, "files": [f"{name}.{e}" for e in ("svg", "png", "csv")]})
 
     if len(donors):
-        add_plot(plot_over_days(donors, REPORT_METRICS, guessed_keys, SIZE_METRICS), "measurements_over_days",
+        add_plot(plot_over_days(donors, report_metrics, guessed_keys, SIZE_METRICS), "measurements_over_days",
                  "Measurements over time", "measurements against day", "plots")
     if len(efficiency):
         add_plot(plot_labeling_efficiency(efficiency, {m: v for m, v in EFFICIENCY_METRICS.items() if f"{m}_labeled" in efficiency}),

@@ -93,7 +93,7 @@ def _cartilage_pair(truth: dict, found: dict) -> dict:
     # shift of the outline changes which, and its fraction says nothing of the profile; bands smaller than a
     # square of the band's width are left out of the band figures (and the error over all bands kept beside them)
     full = np.array([t["area_um2"] >= (t["depth_to_um"] - t["depth_from_um"]) ** 2 for t, _ in pairs], bool)
-    out["profile_band_error_pp_max_abs_all"] = float(np.max(np.abs(errors))) if errors.size else float("nan")
+    out["profile_band_error_pp_max_abs_all_bands"] = float(np.max(np.abs(errors))) if errors.size else float("nan")
     out["profile_band_error_pp_max_abs"] = float(np.max(np.abs(errors[full]))) if full.any() else float("nan")
     out["profile_band_error_pp_mean_abs"] = float(np.mean(np.abs(errors[full]))) if full.any() else float("nan")
     out["profile_bands_over_3pp"] = int((np.abs(errors[full]) > 3).sum())
@@ -115,8 +115,8 @@ def _cartilage_summary(pellets: pd.DataFrame) -> dict:
         "rounded_cell_fraction_error_max_abs": float((pellets.rounded_cell_fraction_found - pellets.rounded_cell_fraction_true).abs().max()),
         "profile_band_error_pp_mean_abs": float(pellets.profile_band_error_pp_mean_abs.mean()),
         "profile_band_error_pp_max_abs": float(pellets.profile_band_error_pp_max_abs.max()),
-        "profile_band_error_pp_max_abs_all_bands": float(pellets.profile_band_error_pp_max_abs_all.max()),
-        "profile_bands_within_3pp": float(1 - pellets.profile_bands_over_3pp.sum() / max(pellets.profile_bands.sum(), 1)),
+        "profile_band_error_pp_max_abs_all_bands": float(pellets.profile_band_error_pp_max_abs_all_bands.max()),
+        "profile_bands_within_3pp": float(1 - pellets.profile_bands_over_3pp.sum() / pellets.profile_bands.sum()) if pellets.profile_bands.sum() else float("nan"),
         "lacuna_count_by_day": {
             int(day): {"found": int(sub.lacuna_count_found.sum()), "true": int(sub.lacuna_count_true.sum()),
                        "error_total": float((sub.lacuna_count_found.sum() - sub.lacuna_count_true.sum()) / max(sub.lacuna_count_true.sum(), 1))}

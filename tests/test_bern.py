@@ -131,9 +131,14 @@ def test_config_checks_its_knots_and_reads_an_old_runs_bern_section():
     with pytest.raises(ValueError):
         BernConfig(morphology_chondrocyte_fraction_thresholds=(0.5, 0.3))
     # a run.json from before: its retired keys are dropped, the rest is read
-    old = BernConfig.model_validate({"stain_fraction_thresholds": [0.1, 0.3, 0.6], "stain_weak_od": 0.2, "stain_max_cv": 0.6,
-                                     "matrix_nn_distance_um_thresholds": [10, 13, 17], "morphology_roundness_thresholds": [0.55, 0.65, 0.75]})
-    assert old.stain_fraction_thresholds == (0.1, 0.3, 0.6) and old.stain_max_cv == 0.6
+    with pytest.warns(UserWarning, match="retired"):
+        old = BernConfig.model_validate({"stain_fraction_thresholds": [0.1, 0.3, 0.6], "stain_weak_od": 0.2, "stain_max_cv": 0.6,
+                                         "matrix_nn_distance_um_thresholds": [10, 13, 17], "morphology_roundness_thresholds": [0.55, 0.65, 0.75]})
+    assert old.stain_fraction_thresholds == (0.1, 0.3, 0.6) and old.stain_uneven_cv == BernConfig().stain_uneven_cv
+    with pytest.raises(ValueError):  # a first threshold of 0 would grade a pellet without stain 1
+        BernConfig(stain_fraction_thresholds=(0.0, 0.3, 0.55))
+    with pytest.raises(ValueError):  # equal knots: the grade would jump over one
+        BernConfig(stain_fraction_thresholds=(0.1, 0.3, 0.3))
     assert bern_scores(GOOD, replace(P, cell_diameter_um=20.0))["bern_matrix"] == 1  # 28.5 µm apart is 1.4 diameters of 20 µm
 
 

@@ -70,7 +70,7 @@ def test_granule_threshold_is_monotone():
 
 @pytest.fixture(scope="module")
 def varied():
-    """Varied-model sections: an unlabeled day-28 and a labeled day-7 one, at 0.5 and 1 µm.
+    """Varied-model sections: an unlabeled day-28 one at 0.5 µm, a labeled day-7 and an unlabeled day-14 one at 1 µm.
 
     Without lacunae (``cartilage=False``): the sections these nucleus and iron figures were set on;
     with them the day-28 section's F1 reads 0.768 (lacunae and spindle cells: accuracy.md, issue 24).
@@ -101,7 +101,7 @@ def test_varied_unlabeled_pellets_hold_almost_no_iron_positive_cells(varied):
             # issue target: labeled iron pixel F1 >= 0.8 (not reached on the varied model, see docs)
             assert pixel_f1(found.classes == CLASS_CODES["iron"], s.classes == CLASS_CODES["iron"]) >= 0.6
         else:
-            # issue target <= 0.02 (measured 0 and 0.043); looser here: at 1 µm per pixel under JPEG a few small rim
+            # issue target <= 0.02 (measured 0 and 0.049, close to this bound); looser here: at 1 µm per pixel under JPEG a few small rim
             # nuclei take their collagen's chroma and read as brown and not neutral
             assert row["iron_positive_cell_fraction"] <= 0.05, row
             assert row["iron_granule_count"] <= 6, row

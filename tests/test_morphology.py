@@ -140,6 +140,12 @@ def test_expansion_takes_the_label_at_the_first_offset_in_order(distance):
     np.testing.assert_array_equal(got, expected)
 
 
+@pytest.mark.parametrize("distance", [2, 3])
+def test_expansion_of_an_image_without_background_adds_nothing(distance):
+    rows, cols, values = fast.expansion(np.full((5, 6), 4, np.int32), distance)
+    assert rows.size == cols.size == values.size == 0 and values.dtype == np.int32
+
+
 @pytest.mark.parametrize("fraction", [0.1, 0.5, 0.9])
 def test_crofton_perimeter_equals_skimage(mask, fraction):
     from skimage.measure import perimeter_crofton

@@ -385,3 +385,19 @@ def test_statistics_and_tables_do_not_depend_on_statsmodels(study, tmp_path):
     assert tables(blocked / "report.html") == tables(out / "report.html")
     for name in ("measurements_over_days", "labeling_efficiency", "pellet_sizes"):
         assert (blocked / "figures" / f"{name}.csv").read_bytes() == (out / "figures" / f"{name}.csv").read_bytes()
+
+
+def test_a_run_folder_without_the_continuous_bern_columns_is_still_reported(study, tmp_path):
+    """A run written before the continuous Bern columns existed: the report leaves them out instead of failing."""
+    out, *_ = study
+    old = tmp_path / "run"
+    shutil.copytree(out, old, symlinks=True)
+    table = pd.read_parquet(old / "pellets.parquet")
+    table.drop(columns=[c for c in table.columns if c.endswith("_continuous")]).to_parquet(old / "pellets.parquet", index=False)
+    make_report(old)
+    statistics = pd.read_csv(old / "statistics.csv")
+    assert "bern_score_continuous" not in set(statistics["metric"])
+    assert {"proteoglycan_area_fraction", "nuclei_density_per_mm2"} <= set(statistics["metric"])
+    page = (old / "report.html").read_text()
+    assert all(c in page for c in ("bern_stain", "bern_matrix", "bern_morphology", "bern_score"))  # the integer grades stay
+    assert "bern_score_continuous" not in page
