@@ -15,6 +15,7 @@ from .labels import CLASS_CODES
 from .morphology import within_distance
 from .params import CartilageParams
 from .profiles import CARTILAGE_COLUMNS, cell_features, pellet_cartilage
+from .territories import moments_by_label
 
 __all__ = [
     "MEASUREMENT_COLUMNS",
@@ -203,24 +204,11 @@ def _majority(obj, pel) -> dict:
 
 
 def _nucleus_shapes(rr, cc, lab, ids) -> dict:
-    """id -> (centroid row, centroid col, minor/major axis ratio) for each nucleus, from its pixels' rows, columns and labels (int64).
-
-    Second moments are summed per label in one pass (no per-object loop); the
-    axis ratio is the square root of the ratio of the covariance eigenvalues.
-    """
+    """id -> (centroid row, centroid col, minor/major axis ratio) for each nucleus, from its pixels' rows, columns and labels (int64)."""
     ids = np.asarray(ids)
     if ids.size == 0:
         return {}
-    n = np.bincount(lab, minlength=int(ids.max()) + 1).astype(np.float64)
-    def mean(values):
-        return np.bincount(lab, weights=values, minlength=n.size) / np.maximum(n, 1)
-    mr, mc = mean(rr.astype(np.float64)), mean(cc.astype(np.float64))
-    dr, dc = rr - mr[lab], cc - mc[lab]
-    srr, scc, src = mean(dr * dr), mean(dc * dc), mean(dr * dc)
-    half_trace = (srr + scc) / 2
-    root = np.sqrt(np.maximum(((srr - scc) / 2) ** 2 + src**2, 0))
-    major, minor = half_trace + root, np.maximum(half_trace - root, 0)
-    ratio = np.where(major > 0, np.sqrt(minor / np.where(major > 0, major, 1)), 1.0)
+    mr, mc, ratio = moments_by_label(rr, cc, lab, int(ids.max()) + 1)
     return {int(i): (float(mr[i]), float(mc[i]), float(ratio[i])) for i in ids}
 
 

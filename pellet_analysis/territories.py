@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
-__all__ = ["cell_territories", "axis_ratios"]
+__all__ = ["cell_territories", "axis_ratios", "moments_by_label"]
 
 
 def cell_territories(nuclei, room, *, max_distance_px: float) -> np.ndarray:
@@ -51,9 +51,20 @@ def cell_territories(nuclei, room, *, max_distance_px: float) -> np.ndarray:
 def axis_ratios(labels) -> np.ndarray:
     """Per label (index), the minor/major axis ratio of its pixels' second moments (float64; 1 for absent labels and single pixels)."""
     labels = np.asarray(labels)
-    n = int(labels.max()) + 1 if labels.size else 1
     rr, cc = np.nonzero(labels)
-    lab = labels[rr, cc].astype(np.int64)
+    # a pixel is a unit square: its own second moment (1/12) keeps one-pixel-wide objects from reading as lines of zero width
+    return moments_by_label(rr, cc, labels[rr, cc].astype(np.int64), int(labels.max()) + 1 if labels.size else 1, pixel_moment=1 / 12)[2]
+
+
+def moments_by_label(rr, cc, lab, n: int, *, pixel_moment: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per label 0..n-1: mean row, mean column and minor/major axis ratio of its pixels' second moments (float64).
+
+    One pass of bincounts over the pixels' rows ``rr``, columns ``cc`` and
+    labels ``lab`` (int64), no per-object loop. ``pixel_moment`` is added to
+    both axes' second moments (1/12: each pixel a unit square). The ratio is
+    the square root of the covariance eigenvalues' ratio, 1 where the major
+    one is 0 (absent labels, single pixels without ``pixel_moment``).
+    """
     count = np.maximum(np.bincount(lab, minlength=n), 1).astype(np.float64)
 
     def mean(values):
@@ -61,9 +72,8 @@ def axis_ratios(labels) -> np.ndarray:
 
     mr, mc = mean(rr.astype(np.float64)), mean(cc.astype(np.float64))
     dr, dc = rr - mr[lab], cc - mc[lab]
-    # a pixel is a unit square: its own second moment (1/12) keeps one-pixel-wide objects from reading as lines of zero width
-    srr, scc, src = mean(dr * dr) + 1 / 12, mean(dc * dc) + 1 / 12, mean(dr * dc)
+    srr, scc, src = mean(dr * dr) + pixel_moment, mean(dc * dc) + pixel_moment, mean(dr * dc)
     half_trace = (srr + scc) / 2
     root = np.sqrt(np.maximum(((srr - scc) / 2) ** 2 + src**2, 0))
     major, minor = half_trace + root, np.maximum(half_trace - root, 0)
-    return np.sqrt(minor / major)
+    return mr, mc, np.where(major > 0, np.sqrt(minor / np.where(major > 0, major, 1)), 1.0)
