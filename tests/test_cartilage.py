@@ -183,6 +183,19 @@ def test_lacunae_and_rounded_cells_against_the_truth(found_and_truth):
         assert abs(f["rounded_cell_fraction"] - t["rounded_cell_fraction"]) <= 0.05
 
 
+def test_rounded_fraction_is_not_read_low(found_and_truth):
+    # territories that followed the matrix stain's noise read round cells as spindle-shaped: every section low,
+    # 0.04 on average; at 1 µm per pixel too, where the opening's disk is a few pixels wide
+    pairs = list(found_and_truth)
+    for day, labeled in ((7, True), (14, True), (28, False)):
+        s = make_section(day=day, labeled=labeled, seed=40 + day, pixel_size_um=1.0, pellet_diameter_um=(320, 400))
+        found = analyze_image(s.image, pixel_size_um=1.0, config=RunConfig())
+        pairs.append((found.rows[0], truth_table(s)[0]))
+    errors = [f["rounded_cell_fraction"] - t["rounded_cell_fraction"] for f, t in pairs]
+    assert max(abs(e) for e in errors) <= 0.05, errors  # issue 24 asks for 0.1
+    assert abs(np.mean(errors)) <= 0.025, errors
+
+
 def test_depth_profile_against_the_truth(found_and_truth):
     for f, t in found_and_truth:
         errors = [100 * (a["proteoglycan_area_fraction"] - b["proteoglycan_area_fraction"]) for a, b in zip(f["depth_profile"], t["depth_profile"])]
