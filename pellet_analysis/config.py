@@ -634,6 +634,11 @@ class CartilageConfig(_Section):
     territory_max_um: float = Field(
         12.0, gt=0, description="Farthest (µm) a cell's territory reaches from its nucleus into open (non-matrix) pixels."
     )
+    territory_min_width_um: float = Field(
+        3.0, ge=0,
+        description="Open pixels narrower than this (µm; the nuclei counted as open, so a thin cytoplasm ring stays) are no cell's territory: "
+        "spurs and fringes of the matrix stain's noise would make round cells read elongated. 0 keeps every open pixel.",
+    )
     rounded_min_axis_ratio: float = Field(
         0.6, gt=0, le=1,
         description="A cell is rounded (chondrocyte-like) when its territory's minor/major axis ratio reaches this; spindle below.",

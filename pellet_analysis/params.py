@@ -243,6 +243,7 @@ class CartilageParams:
     lacuna_min_solidity: float
     nucleus_contact_fraction: float
     territory_max_um: float
+    territory_min_width_um: float
     rounded_min_axis_ratio: float
     profile_band_um: float
     uniformity_patch_um: float

@@ -290,7 +290,8 @@ def measure_pellet_classes(part: PelletClasses, *, pixel_size_um: float, config:
     territories = None
     if part.open_pixels is not None:
         territories = cell_territories(
-            np.where(inside, part.nuclei, 0), np.asarray(part.open_pixels) & inside, max_distance_px=cartilage.territory_max_um / pixel_size_um
+            np.where(inside, part.nuclei, 0), np.asarray(part.open_pixels) & inside, max_distance_px=cartilage.territory_max_um / pixel_size_um,
+            min_width_px=cartilage.territory_min_width_um / pixel_size_um,
         )
     (row,) = measure_pellets(
         inside.view(np.uint8),

@@ -588,9 +588,10 @@ def make_section(params: SectionParams | None = None, **overrides) -> SyntheticS
     classes[pg_region] = CLASS_CODES["proteoglycan"]
     classes[nuclei_mask] = CLASS_CODES["nuclei"]
     classes[iron] = CLASS_CODES["iron"]
-    # a cell's cytoplasm is its territory where stained matrix outlines it (in pale matrix no outline shows)
+    # a cell's cytoplasm is its territory where stained matrix outlines it (in pale matrix no outline shows), and
+    # where it shows as cytoplasm: in the fibrous capsule the collagen stain covers it (its class is collagen)
     outlined = within_distance(pg_region | (collagen_region & tissue), 3.0 / px)
-    room = (cytoplasm & outlined) | halo
+    room = (cytoplasm & outlined & ~collagen_region) | halo
     territories = cell_territories(nuclei, room, max_distance_px=TRUTH_TERRITORY_UM / px)
     # the exact halos, with the nuclei that touch them as the pipeline assigns them (no size, enclosure or
     # shape test, and no blurred nucleus edge to bridge)

@@ -14,6 +14,7 @@ import pandas as pd
 
 from .config import RunConfig
 from .labels import CLASS_CODES
+from .measure import measure_pellets
 from .metrics import dice, instance_f1, pixel_f1
 from .pipeline import analyze_image
 from .synthetic import make_section, truth_table
@@ -49,6 +50,8 @@ def validate_section(params: dict, config: RunConfig | None = None, *, nuclei_mo
     section = make_section(**params, nuclei_model=nuclei_model)
     found = analyze_image(section.image, pixel_size_um=section.pixel_size_um, config=config)
     truth = truth_table(section, cartilage=config.cartilage.params())
+    # the found classes in the truth's pellets and bands: a band's error with the outline's share taken out
+    classes_only = measure_pellets(section.pellets, found.classes, section.nuclei, pixel_size_um=section.pixel_size_um, cartilage=config.cartilage.params())
     iron_true = section.classes == CLASS_CODES["iron"]
     iron_found = found.classes == CLASS_CODES["iron"]
     nuclei_f1 = instance_f1(found.nuclei, section.nuclei)
@@ -64,7 +67,7 @@ def validate_section(params: dict, config: RunConfig | None = None, *, nuclei_mo
     pellets = []
     # pellets are numbered left to right in both; pair them only when every pellet was found
     if len(found.rows) == len(truth):
-        for r, t in zip(found.rows, truth):
+        for r, t, c in zip(found.rows, truth, classes_only):
             pellets.append({
                 "seed": params["seed"], "day": params["day"], "labeled": params["labeled"], "pellet_id": r["pellet_id"],
                 "proteoglycan_true": t["proteoglycan_area_fraction"], "proteoglycan_found": r["proteoglycan_area_fraction"],
@@ -75,30 +78,50 @@ def validate_section(params: dict, config: RunConfig | None = None, *, nuclei_mo
                 "iron_positive_cell_fraction_true": t["iron_positive_cell_fraction"],
                 "iron_positive_cell_fraction_found": r["iron_positive_cell_fraction"],
                 "iron_granule_count_found": r["iron_granule_count"],
-                **_cartilage_pair(t, r),
+                **_cartilage_pair(t, r, c),
             })
     return image, pellets
 
 
-def _cartilage_pair(truth: dict, found: dict) -> dict:
-    """Lacunae, rounded cells and the depth profile of one pellet, truth beside found (issue 24's figures)."""
+def _cartilage_pair(truth: dict, found: dict, classes_only: dict | None = None) -> dict:
+    """Lacunae, rounded cells and the depth profile of one pellet, truth beside found (issue 24's figures).
+
+    ``classes_only``: the found classes measured in the truth's pellet (its
+    outline and bands); its band errors are the classification's share of
+    the found profile's.
+    """
     out = {}
     for col in ("lacuna_count", "lacuna_cell_fraction", "lacuna_mean_area_um2", "chondron_count", "rounded_cell_fraction"):
         out[f"{col}_true"], out[f"{col}_found"] = truth[col], found[col]
-    bands_t, bands_f = truth.get("depth_profile", []), found.get("depth_profile", [])
+    bands_t = truth.get("depth_profile", [])
     # bands by depth from the surface: the found pellet's outline sits within a pixel of the truth's
-    pairs = [(t, f) for t, f in zip(bands_t, bands_f) if t["area_um2"] > 0]
-    errors = np.array([100 * (f["proteoglycan_area_fraction"] - t["proteoglycan_area_fraction"]) for t, f in pairs])
-    # the innermost band of a pellet can hold a few pixels (a pellet's depth ends where it ends): a pixel's
-    # shift of the outline changes which, and its fraction says nothing of the profile; bands smaller than a
-    # square of the band's width are left out of the band figures (and the error over all bands kept beside them)
-    full = np.array([t["area_um2"] >= (t["depth_to_um"] - t["depth_from_um"]) ** 2 for t, _ in pairs], bool)
+    errors, full = _band_errors(bands_t, found.get("depth_profile", []))
     out["profile_band_error_pp_max_abs_all_bands"] = float(np.max(np.abs(errors))) if errors.size else float("nan")
     out["profile_band_error_pp_max_abs"] = float(np.max(np.abs(errors[full]))) if full.any() else float("nan")
     out["profile_band_error_pp_mean_abs"] = float(np.mean(np.abs(errors[full]))) if full.any() else float("nan")
+    out["profile_band_error_pp_mean"] = float(np.mean(errors[full])) if full.any() else float("nan")
     out["profile_bands_over_3pp"] = int((np.abs(errors[full]) > 3).sum())
     out["profile_bands"] = int(full.sum())
+    if classes_only is not None:
+        errors, full = _band_errors(bands_t, classes_only.get("depth_profile", []))
+        out["profile_band_error_pp_max_abs_classes_only"] = float(np.max(np.abs(errors[full]))) if full.any() else float("nan")
+        out["profile_band_error_pp_mean_abs_classes_only"] = float(np.mean(np.abs(errors[full]))) if full.any() else float("nan")
     return out
+
+
+def _band_errors(bands_t: list, bands_f: list) -> tuple[np.ndarray, np.ndarray]:
+    """Found minus true proteoglycan area fraction (pp) of each band the truth holds, and which bands count in the band figures (bool).
+
+    The innermost band of a pellet can hold a few pixels (a pellet's depth
+    ends where it ends): a pixel's shift of the outline changes which, and its
+    fraction says nothing of the profile; bands smaller than a square of the
+    band's width are left out of the band figures (and the error over all
+    bands kept beside them).
+    """
+    pairs = [(t, f) for t, f in zip(bands_t, bands_f) if t["area_um2"] > 0]
+    errors = np.array([100 * (f["proteoglycan_area_fraction"] - t["proteoglycan_area_fraction"]) for t, f in pairs])
+    full = np.array([t["area_um2"] >= (t["depth_to_um"] - t["depth_from_um"]) ** 2 for t, _ in pairs], bool)
+    return errors, full
 
 
 def _cartilage_summary(pellets: pd.DataFrame) -> dict:
@@ -116,13 +139,28 @@ def _cartilage_summary(pellets: pd.DataFrame) -> dict:
         "profile_band_error_pp_mean_abs": float(pellets.profile_band_error_pp_mean_abs.mean()),
         "profile_band_error_pp_max_abs": float(pellets.profile_band_error_pp_max_abs.max()),
         "profile_band_error_pp_max_abs_all_bands": float(pellets.profile_band_error_pp_max_abs_all_bands.max()),
-        "profile_bands_within_3pp": float(1 - pellets.profile_bands_over_3pp.sum() / pellets.profile_bands.sum()) if pellets.profile_bands.sum() else float("nan"),
+        "profile_bands_within_3pp": _within_3pp(pellets),
+        # where the bands miss: labeled pellets against unlabeled, and the classification's share (found classes in the truth's bands)
+        "profile_bands_within_3pp_labeled": _within_3pp(pellets[pellets.labeled.astype(bool)]),
+        "profile_bands_within_3pp_unlabeled": _within_3pp(pellets[~pellets.labeled.astype(bool)]),
+        "profile_band_error_pp_mean_labeled": float(pellets.loc[pellets.labeled.astype(bool), "profile_band_error_pp_mean"].mean()),
+        "profile_band_error_pp_mean_unlabeled": float(pellets.loc[~pellets.labeled.astype(bool), "profile_band_error_pp_mean"].mean()),
+        **({
+            "profile_band_error_pp_mean_abs_classes_only": float(pellets.profile_band_error_pp_mean_abs_classes_only.mean()),
+            "profile_band_error_pp_max_abs_classes_only": float(pellets.profile_band_error_pp_max_abs_classes_only.max()),
+        } if "profile_band_error_pp_max_abs_classes_only" in pellets else {}),
         "lacuna_count_by_day": {
             int(day): {"found": int(sub.lacuna_count_found.sum()), "true": int(sub.lacuna_count_true.sum()),
                        "error_total": float((sub.lacuna_count_found.sum() - sub.lacuna_count_true.sum()) / max(sub.lacuna_count_true.sum(), 1))}
             for day, sub in pellets.groupby("day")
         },
     }
+
+
+def _within_3pp(pellets: pd.DataFrame) -> float:
+    """Share of the pellets' depth bands (those the band figures count) within 3 pp of the truth; NaN without any."""
+    n = pellets.profile_bands.sum() if len(pellets) else 0
+    return float(1 - pellets.profile_bands_over_3pp.sum() / n) if n else float("nan")
 
 
 def _direction_check(pellets: pd.DataFrame) -> dict:

@@ -87,6 +87,23 @@ def test_territories_follow_the_open_pixels_and_read_rounded_or_spindle():
     assert short[2] > ratio[2]
 
 
+def test_territories_leave_out_open_spurs_narrower_than_min_width():
+    shape = (80, 80)
+    nuclei = np.zeros(shape, np.int32)
+    nuclei[disk((40, 40), 4, shape=shape)] = 1
+    room = np.zeros(shape, bool)
+    room[disk((40, 40), 6, shape=shape)] = True  # a thin cytoplasm ring, 2 px wide
+    room[39:41, 40:60] = True  # a spur of open pixels 2 px wide, as the matrix stain's noise leaves at a cell's edge
+    room &= nuclei == 0
+    spur = axis_ratios(cell_territories(nuclei, room, max_distance_px=30))
+    kept = cell_territories(nuclei, room, max_distance_px=30, min_width_px=4)
+    assert spur[1] < 0.6  # the spur makes a round cell read spindle-shaped
+    assert axis_ratios(kept)[1] > 0.9  # without it the cell is round again
+    # the ring around the nucleus is kept (nucleus and ring together are wider than the opening), the spur is not
+    assert kept[disk((40, 40), 6, shape=shape)].all() and not kept[39:41, 50:60].any()
+    assert np.array_equal(cell_territories(nuclei, room, max_distance_px=30, min_width_px=0), cell_territories(nuclei, room, max_distance_px=30))
+
+
 def test_depth_bands_and_profile_by_hand():
     assert band_index([0, 24.9, 25, 50, 74.99], 25).tolist() == [0, 0, 1, 2, 2]
     # a round pellet, proteoglycan only deeper than 50 µm
@@ -120,6 +137,11 @@ def test_generator_cartilage_leaves_the_rest_of_the_section_alone():
     assert set(np.unique(inside)) <= {CLASS_CODES["other_tissue"], CLASS_CODES["nuclei"], CLASS_CODES["iron"]}
     host = nucleus_lacuna(with_cartilage.nuclei, with_cartilage.lacunae)
     assert set(np.unique(with_cartilage.lacunae)) - {0} == set(np.unique(host)) - {0}  # every lacuna holds a cell
+    # a territory is what the image shows as the cell's: no pixel the collagen stain covers (the capsule's cells
+    # have a cytoplasm ring, but it renders red, as collagen)
+    room = (with_cartilage.territories > 0) & (with_cartilage.nuclei == 0)
+    assert not np.any(room & (with_cartilage.classes == CLASS_CODES["collagen"]))
+    assert np.any(room & (with_cartilage.classes == CLASS_CODES["other_tissue"]))
 
 
 def test_generator_lacunae_rise_with_day_fewer_when_labeled_and_rounded_cells_sit_deeper():
@@ -157,7 +179,21 @@ def test_lacunae_and_rounded_cells_against_the_truth(found_and_truth):
     assert abs(found_total - true_total) / true_total <= 0.15, (found_total, true_total)
     for f, t in found_and_truth:
         assert abs(f["lacuna_cell_fraction"] - t["lacuna_cell_fraction"]) <= 0.1
-        assert abs(f["rounded_cell_fraction"] - t["rounded_cell_fraction"]) <= 0.1
+        # issue 24 asks for 0.1; with the territories' noise spurs left out these sections are within 0.02
+        assert abs(f["rounded_cell_fraction"] - t["rounded_cell_fraction"]) <= 0.05
+
+
+def test_rounded_fraction_is_not_read_low(found_and_truth):
+    # territories that followed the matrix stain's noise read round cells as spindle-shaped: every section low,
+    # 0.04 on average; at 1 µm per pixel too, where the opening's disk is a few pixels wide
+    pairs = list(found_and_truth)
+    for day, labeled in ((7, True), (14, True), (28, False)):
+        s = make_section(day=day, labeled=labeled, seed=40 + day, pixel_size_um=1.0, pellet_diameter_um=(320, 400))
+        found = analyze_image(s.image, pixel_size_um=1.0, config=RunConfig())
+        pairs.append((found.rows[0], truth_table(s)[0]))
+    errors = [f["rounded_cell_fraction"] - t["rounded_cell_fraction"] for f, t in pairs]
+    assert max(abs(e) for e in errors) <= 0.05, errors  # issue 24 asks for 0.1
+    assert abs(np.mean(errors)) <= 0.025, errors
 
 
 def test_depth_profile_against_the_truth(found_and_truth):

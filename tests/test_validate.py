@@ -36,3 +36,8 @@ def test_validate_section_and_summary():
     assert summary["pellets"] == 2
     assert np.isnan(summary["unlabeled_iron_positive_cell_fraction_max"])  # both pellets are labeled
     assert all(0 < p["iron_positive_cell_fraction_found"] <= 1 for p in pellets)
+    # the found outline sits within a pixel of the truth's: the profile's band errors are the classification's,
+    # measured again with the found classes in the truth's own bands
+    for p in pellets:
+        assert abs(p["profile_band_error_pp_mean_abs"] - p["profile_band_error_pp_mean_abs_classes_only"]) < 0.5, p
+    assert 0 <= summary["profile_bands_within_3pp_labeled"] <= 1 and np.isnan(summary["profile_bands_within_3pp_unlabeled"])
