@@ -12,9 +12,14 @@ means over the stained matrix within ``neighbourhood_um``, so a pale zone and
 a dark one are each judged against themselves.
 
 A lacuna is the clear halo a nucleus reaches (through clear pixels, within
-``lacuna_reach_um``) when that halo is ringed mostly by stained matrix; its
-label holds the halo and the nucleus (the cavity with its cell). Touching
-halos make one lacuna; several nuclei in one lacuna make a chondron.
+``lacuna_reach_um``) when that halo is ringed mostly by stained matrix and is
+*empty*: its clearest pixels absorb little in every colour channel against
+the stained matrix around them (a yellow cytoplasm in blue matrix is clear
+in its largest channel, not in all) and little in total against the tissue
+around them (unstained matrix beside a dark capsule is pale against the
+capsule, not against the tissue it lies in). Its label holds the halo and
+the nucleus (the cavity with its cell). Touching halos make one lacuna;
+several nuclei in one lacuna make a chondron.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from .morphology import _disk
 from .params import CartilageParams
 from .territories import cell_territories
 
-__all__ = ["local_level", "local_levels", "open_and_clear", "lacunae_from_clear", "find_lacunae", "nucleus_lacuna"]
+__all__ = ["local_level", "local_levels", "open_and_clear", "emptiness", "lacunae_from_clear", "find_lacunae", "nucleus_lacuna"]
 
 
 def local_level(values, weights, *, sigma_px: float) -> np.ndarray:
@@ -72,13 +77,13 @@ def local_levels(values, weights, *, sigma_px: float) -> list:
     return levels
 
 
-def open_and_clear(channel_max_od, matrix_od, inside, nuclei, *, pixel_size_um: float, params: CartilageParams):
+def open_and_clear(od, matrix_od, inside, nuclei, *, pixel_size_um: float, params: CartilageParams):
     """The pellet's open (non-matrix) and clear pixels, each judged against the stained matrix around it.
 
     Parameters
     ----------
-    channel_max_od : ndarray of float, shape (rows, cols)
-        The largest of the colour channels' optical densities.
+    od : ndarray of float, shape (rows, cols, channels)
+        Optical density of each colour channel.
     matrix_od : ndarray of float, shape (rows, cols)
         Matrix stain concentration: proteoglycan plus collagen (OD).
     inside : ndarray of bool, shape (rows, cols)
@@ -96,15 +101,21 @@ def open_and_clear(channel_max_od, matrix_od, inside, nuclei, *, pixel_size_um: 
         and largest channel OD below ``params.clear_fraction`` of their local
         stained-matrix levels; ``stained``: tissue (no nucleus) whose matrix
         stain reaches ``params.pale_fraction`` of the local level.
+    empty : ndarray of float32
+        :func:`emptiness` of the clear pixels (inf elsewhere).
     """
     inside = np.asarray(inside, dtype=bool)
     tissue = inside & (np.asarray(nuclei) == 0)
     matrix_od = np.maximum(np.asarray(matrix_od, dtype=np.float32), 0)
-    channel_max_od = np.asarray(channel_max_od, dtype=np.float32)
+    od = np.asarray(od, dtype=np.float32)
+    channel_max_od = od.max(axis=-1)
+    total_od = od.sum(axis=-1)
     sigma_px = params.neighbourhood_um / float(pixel_size_um)
-    first = local_level(matrix_od, tissue, sigma_px=sigma_px)
+    first, tissue_level = local_levels([matrix_od, total_od], tissue, sigma_px=sigma_px)
     stained = tissue & (matrix_od >= params.stained_fraction * first)
-    matrix_level, od_level = local_levels([matrix_od, channel_max_od], stained, sigma_px=sigma_px)
+    matrix_level, od_level, *channel_levels = local_levels(
+        [matrix_od, channel_max_od, *(od[..., k] for k in range(od.shape[-1]))], stained, sigma_px=sigma_px
+    )
     strong = float(np.percentile(matrix_od[tissue], 90)) if tissue.any() else 0.0
     # a cell's outline shows only inside stained matrix: where most of the neighbourhood is stained, and strongly enough
     share = local_level(stained, tissue, sigma_px=params.share_sigma_um / float(pixel_size_um))
@@ -114,12 +125,58 @@ def open_and_clear(channel_max_od, matrix_od, inside, nuclei, *, pixel_size_um: 
     )
     pale = matrix_od < params.pale_fraction * matrix_level
     clear = tissue & pale & (channel_max_od < params.clear_fraction * od_level)
-    return open_, clear, tissue & ~pale
+    empty = np.full(clear.shape, np.inf, np.float32)
+    sel = np.flatnonzero(clear)
+    empty.ravel()[sel] = emptiness(
+        od.reshape(-1, od.shape[-1])[sel], np.stack([lv.ravel()[sel] for lv in channel_levels], axis=-1), tissue_level.ravel()[sel], params=params
+    )
+    return open_, clear, tissue & ~pale, empty
+
+
+def emptiness(od, channel_levels, tissue_level, *, params: CartilageParams) -> np.ndarray:
+    """How far from empty pixels are: 1 at the larger of the two limits a lacuna's clearest pixels must stay below, float32.
+
+    The larger of (a) the largest over the colour channels of the pixel's OD
+    over the stained matrix's level in the same channel (each level at least
+    ``params.channel_floor_fraction`` of the strongest), over
+    ``params.lacuna_max_channel_ratio``, and (b) its total absorbance over the
+    tissue's around it, over ``params.lacuna_max_absorbance_ratio``. Below 1
+    a pixel absorbs little in every channel against the matrix and little in
+    all against its tissue: a cavity, where a yellow cytoplasm fails (a) in
+    blue matrix and unstained matrix beside a dark capsule fails (b).
+
+    Parameters
+    ----------
+    od : ndarray of float, shape (..., channels)
+    channel_levels : ndarray of float, shape (..., channels)
+        Local level of each channel's OD in the stained matrix.
+    tissue_level : ndarray of float, shape (...)
+        Local level of the total absorbance in the tissue.
+    params : CartilageParams, keyword-only
+
+    Returns
+    -------
+    ndarray of float32, shape (...)
+        inf where no tissue lies within reach.
+    """
+    od = np.asarray(od, dtype=np.float32)
+    levels = np.asarray(channel_levels, dtype=np.float32)
+    levels = np.maximum(levels, params.channel_floor_fraction * levels.max(axis=-1, keepdims=True))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        channel = np.where(levels > 1e-6, od / levels, np.inf).max(axis=-1)
+        tissue_level = np.asarray(tissue_level, dtype=np.float32)
+        total = np.where(tissue_level > 1e-6, od.sum(axis=-1) / tissue_level, np.inf)
+    return np.maximum(channel / params.lacuna_max_channel_ratio, total / params.lacuna_max_absorbance_ratio).astype(np.float32)
 
 
 def _outer_ring(labels, width_px: int) -> np.ndarray:
     """Each pixel within ``width_px`` outside a labelled object, labelled with the (largest) object it borders; 0 elsewhere."""
-    grown = ndi.maximum_filter(labels, footprint=_disk(int(width_px)).astype(bool), mode="constant", cval=0)
+    labels = np.asarray(labels)
+    disk = _disk(int(width_px))
+    if labels.max(initial=0) < 2**24:  # float32 holds the labels exactly: OpenCV's dilation, the same maximum, many times faster
+        grown = cv2.dilate(labels.astype(np.float32), disk.astype(np.uint8), borderType=cv2.BORDER_CONSTANT, borderValue=0).astype(labels.dtype)
+    else:
+        grown = ndi.maximum_filter(labels, footprint=disk.astype(bool), mode="constant", cval=0)
     return np.where(labels == 0, grown, 0)
 
 
@@ -153,7 +210,7 @@ def _relabel_raster(labels) -> np.ndarray:
     return out
 
 
-def lacunae_from_clear(clear, nuclei, stained, *, pixel_size_um: float, params: CartilageParams) -> np.ndarray:
+def lacunae_from_clear(clear, nuclei, stained, *, pixel_size_um: float, params: CartilageParams, empty=None) -> np.ndarray:
     """Lacunae (uint32 labels, 1..n in raster order) grown from the nuclei into the clear pixels around them.
 
     Parameters
@@ -165,6 +222,11 @@ def lacunae_from_clear(clear, nuclei, stained, *, pixel_size_um: float, params: 
         Stained matrix: what must ring a lacuna.
     pixel_size_um : float, keyword-only
     params : CartilageParams, keyword-only
+    empty : ndarray of float, shape (rows, cols), optional, keyword-only
+        :func:`emptiness` of the clear pixels. Given, a lacuna's
+        ``params.lacuna_clear_quantile`` quantile of it over its clear
+        pixels must be below 1 (its clearest part empty); None: no such
+        test (the generator's exact halos).
 
     Returns
     -------
@@ -182,7 +244,9 @@ def lacunae_from_clear(clear, nuclei, stained, *, pixel_size_um: float, params: 
         counted) lies between ``lacuna_min_area_um2`` and ``lacuna_max_area_um2``,
         and it is compact: its solidity (area over convex hull) reaches
         ``lacuna_min_solidity`` (the gaps between a fibrous capsule's fibres
-        are clear and ringed by stain too, but ragged).
+        are clear and ringed by stain too, but ragged). A group of touching
+        halos that is not compact is cut into its cells' own halos, each a
+        lacuna when its solidity reaches ``split_min_solidity``.
     """
     nuclei = np.asarray(nuclei)
     clear = np.asarray(clear, dtype=bool) & (nuclei == 0)
@@ -217,18 +281,57 @@ def lacunae_from_clear(clear, nuclei, stained, *, pixel_size_um: float, params: 
     n_comp, comps = cv2.connectedComponents(cavity.view(np.uint8), connectivity=4, ltype=cv2.CV_32S)
     if n_comp <= 1:
         return out
-    area_um2 = np.bincount(comps[clear & cavity], minlength=n_comp) * float(pixel_size_um) ** 2
-    keep = (area_um2 >= params.lacuna_min_area_um2) & (area_um2 <= params.lacuna_max_area_um2)
+    area_um2, solidity = _area_and_solidity(comps, clear & cavity, n_comp, pixel_size_um=pixel_size_um)
+    compact = solidity >= params.lacuna_min_solidity
+    split = (area_um2 >= params.lacuna_min_area_um2) & (area_um2 <= params.lacuna_max_area_um2) & ~compact
+    split[0] = False
+    if split.any():
+        # a ragged group of touching halos is no lacuna as a whole, but each cell's own halo (its nucleus and the
+        # clear pixels it reached first) may be one: two crowded lacunae whose blurred wall reads clear, or a
+        # cell beside a lacuna that took part of it, would otherwise cost both
+        cells = np.where(nuclei != 0, nid, halos)
+        comps = np.where(split[comps], n_comp + cells, comps).astype(np.int64)
+        area_um2, solidity = _area_and_solidity(comps, clear & cavity, n_comp + n, pixel_size_um=pixel_size_um)
+        # a halo cut from a group must be rounder than a lacuna on its own: a fibrous capsule's network of clear
+        # gaps cut at its cells leaves pieces that are compact enough, but not round
+        compact = np.concatenate([solidity[:n_comp] >= params.lacuna_min_solidity, solidity[n_comp:] >= params.split_min_solidity])
+        n_comp += n
+    keep = (area_um2 >= params.lacuna_min_area_um2) & (area_um2 <= params.lacuna_max_area_um2) & compact
     keep[0] = False
-    keep &= _solidity(comps, n_comp) >= params.lacuna_min_solidity
+    if empty is not None:
+        keep &= _quantile_by_label(comps, np.asarray(empty, np.float32), clear & cavity, n_comp, params.lacuna_clear_quantile) < 1
     return _relabel_raster(np.where(keep[comps], comps, 0))
 
 
-def find_lacunae(channel_max_od, matrix_od, inside, nuclei, *, pixel_size_um: float, params: CartilageParams):
+def _area_and_solidity(labels, clear, n: int, *, pixel_size_um: float):
+    """Per label (index, 0..n-1): its clear area (µm², pixels of ``clear``) and its solidity."""
+    area_um2 = np.bincount(labels[clear], minlength=n) * float(pixel_size_um) ** 2
+    return area_um2, _solidity(labels, n)
+
+
+def _quantile_by_label(labels, values, where, n: int, q: float) -> np.ndarray:
+    """Per label (index, 0..n-1), the ``q`` quantile (lower value) of ``values`` over its pixels in ``where``; inf for a label with none."""
+    out = np.full(n, np.inf)
+    lab = labels[where].astype(np.int64)
+    if lab.size == 0:
+        return out
+    val = values[where].astype(np.float64)
+    order = np.lexsort((val, lab))
+    lab, val = lab[order], val[order]
+    count = np.bincount(lab, minlength=n)
+    start = np.concatenate([[0], np.cumsum(count)[:-1]])
+    has = count > 0
+    out[has] = val[start[has] + np.floor(q * (count[has] - 1)).astype(np.int64)]
+    return out
+
+
+def find_lacunae(od, matrix_od, inside, nuclei, *, pixel_size_um: float, params: CartilageParams):
     """Lacunae and open (non-matrix) pixels of one pellet from its optical density and matrix stain.
 
     :func:`open_and_clear`, then :func:`lacunae_from_clear` with the stained
-    matrix (inside, no nucleus, not open) as what must ring a lacuna.
+    matrix (inside, no nucleus, not open) as what must ring a lacuna and the
+    clear pixels' :func:`emptiness`; the parameters are :func:`open_and_clear`'s
+    (``od`` each colour channel's optical density).
 
     Returns
     -------
@@ -237,8 +340,8 @@ def find_lacunae(channel_max_od, matrix_od, inside, nuclei, *, pixel_size_um: fl
         Open pixels and the lacunae: where cell territories may grow.
     """
     inside = np.asarray(inside, dtype=bool)
-    open_, clear, stained = open_and_clear(channel_max_od, matrix_od, inside, nuclei, pixel_size_um=pixel_size_um, params=params)
-    lacunae = lacunae_from_clear(clear, nuclei, stained, pixel_size_um=pixel_size_um, params=params)
+    open_, clear, stained, empty = open_and_clear(od, matrix_od, inside, nuclei, pixel_size_um=pixel_size_um, params=params)
+    lacunae = lacunae_from_clear(clear, nuclei, stained, pixel_size_um=pixel_size_um, params=params, empty=empty)
     return lacunae, open_ | ((lacunae != 0) & (np.asarray(nuclei) == 0))
 
 
