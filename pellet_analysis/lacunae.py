@@ -54,27 +54,59 @@ def local_level(values, weights, *, sigma_px: float) -> np.ndarray:
     return local_levels([values], weights, sigma_px=sigma_px)[0]
 
 
-def local_levels(values, weights, *, sigma_px: float) -> list:
-    """:func:`local_level` of each array of ``values`` over the same ``weights``, the weights blurred once."""
+def local_levels(values, weights, *, sigma_px: float, at=None) -> list:
+    """:func:`local_level` of each array of ``values`` over the same ``weights``, the weights blurred once.
+
+    ``at``: flat indices of the pixels wanted; given, each level is a 1-D array
+    of those pixels' (the levels are not brought back to full size).
+    """
     w = np.asarray(weights, dtype=np.float32)
     # a level of many pixels' reach is smooth: blurred on a copy reduced by a quarter of sigma, then
     # brought back by linear interpolation (a wide kernel at full resolution costs its width per pixel)
     factor = max(1, int(sigma_px // 4))
     reduced = factor > 1 and min(w.shape) > 2 * factor
     small = (max(1, w.shape[1] // factor), max(1, w.shape[0] // factor))
+    sample = None
+    if at is not None and reduced:
+        sample = _bilinear_sampler(w.shape, small[::-1], np.asarray(at))
 
     def blurred(a):
         if not reduced:
-            return gaussian(a, sigma_px)
-        return cv2.resize(gaussian(cv2.resize(a, small, interpolation=cv2.INTER_AREA), sigma_px / factor), w.shape[::-1], interpolation=cv2.INTER_LINEAR)
+            out = gaussian(a, sigma_px)
+            return out if at is None else out.ravel()[at]
+        low = gaussian(cv2.resize(a, small, interpolation=cv2.INTER_AREA), sigma_px / factor)
+        if sample is not None:
+            return sample(low)
+        return cv2.resize(low, w.shape[::-1], interpolation=cv2.INTER_LINEAR)
 
     den = blurred(w.copy())
     levels = []
     for v in values:
-        out = np.zeros(w.shape, np.float32)
+        out = np.zeros(den.shape, np.float32)
         np.divide(blurred(np.asarray(v, dtype=np.float32) * w), den, out=out, where=den > 1e-6)
         levels.append(out)
     return levels
+
+
+def _bilinear_sampler(shape, small_shape, flat_index):
+    """A function giving a reduced image's values at full-size pixels ``flat_index``, interpolated as ``cv2.resize`` (INTER_LINEAR) does."""
+    rows, cols = np.divmod(flat_index.astype(np.int64), shape[1])
+    weights, corners = [], []
+    for pos, full, low in ((rows, shape[0], small_shape[0]), (cols, shape[1], small_shape[1])):
+        x = np.clip((pos + 0.5) * (low / full) - 0.5, 0, low - 1).astype(np.float32)
+        x0 = np.minimum(x.astype(np.int64), low - 1)
+        x1 = np.minimum(x0 + 1, low - 1)
+        weights.append(x - x0)
+        corners.append((x0, x1))
+    (r0, r1), (c0, c1) = corners
+    wr, wc = weights
+
+    def sample(low):
+        top = low[r0, c0] * (1 - wc) + low[r0, c1] * wc
+        bottom = low[r1, c0] * (1 - wc) + low[r1, c1] * wc
+        return (top * (1 - wr) + bottom * wr).astype(np.float32)
+
+    return sample
 
 
 def open_and_clear(od, matrix_od, inside, nuclei, *, pixel_size_um: float, params: CartilageParams):
@@ -108,14 +140,16 @@ def open_and_clear(od, matrix_od, inside, nuclei, *, pixel_size_um: float, param
     tissue = inside & (np.asarray(nuclei) == 0)
     matrix_od = np.maximum(np.asarray(matrix_od, dtype=np.float32), 0)
     od = np.asarray(od, dtype=np.float32)
-    channel_max_od = od.max(axis=-1)
-    total_od = od.sum(axis=-1)
+    # the channels as planes (a reduction over a short last axis is slow in NumPy)
+    channels = list(cv2.split(od)) if od.shape[-1] <= 4 else [np.ascontiguousarray(od[..., k]) for k in range(od.shape[-1])]
+    channel_max_od, total_od = channels[0].copy(), channels[0].copy()
+    for ch in channels[1:]:
+        np.maximum(channel_max_od, ch, out=channel_max_od)
+        total_od += ch
     sigma_px = params.neighbourhood_um / float(pixel_size_um)
-    first, tissue_level = local_levels([matrix_od, total_od], tissue, sigma_px=sigma_px)
+    first = local_level(matrix_od, tissue, sigma_px=sigma_px)
     stained = tissue & (matrix_od >= params.stained_fraction * first)
-    matrix_level, od_level, *channel_levels = local_levels(
-        [matrix_od, channel_max_od, *(od[..., k] for k in range(od.shape[-1]))], stained, sigma_px=sigma_px
-    )
+    matrix_level, od_level = local_levels([matrix_od, channel_max_od], stained, sigma_px=sigma_px)
     strong = float(np.percentile(matrix_od[tissue], 90)) if tissue.any() else 0.0
     # a cell's outline shows only inside stained matrix: where most of the neighbourhood is stained, and strongly enough
     share = local_level(stained, tissue, sigma_px=params.share_sigma_um / float(pixel_size_um))
@@ -125,10 +159,13 @@ def open_and_clear(od, matrix_od, inside, nuclei, *, pixel_size_um: float, param
     )
     pale = matrix_od < params.pale_fraction * matrix_level
     clear = tissue & pale & (channel_max_od < params.clear_fraction * od_level)
-    empty = np.full(clear.shape, np.inf, np.float32)
+    # the levels emptiness is read against, only where it is read
     sel = np.flatnonzero(clear)
+    channel_levels = local_levels(channels, stained, sigma_px=sigma_px, at=sel)
+    (tissue_level,) = local_levels([total_od], tissue, sigma_px=sigma_px, at=sel)
+    empty = np.full(clear.shape, np.inf, np.float32)
     empty.ravel()[sel] = emptiness(
-        od.reshape(-1, od.shape[-1])[sel], np.stack([lv.ravel()[sel] for lv in channel_levels], axis=-1), tissue_level.ravel()[sel], params=params
+        np.stack([ch.ravel()[sel] for ch in channels], axis=-1), np.stack(channel_levels, axis=-1), tissue_level, params=params
     )
     return open_, clear, tissue & ~pale, empty
 
@@ -180,18 +217,24 @@ def _outer_ring(labels, width_px: int) -> np.ndarray:
     return np.where(labels == 0, grown, 0)
 
 
-def _solidity(labels, n: int) -> np.ndarray:
-    """Per label (index), its area over the area of its pixels' convex hull (1 for a convex object; 0 for label 0)."""
+def _solidity(labels, n: int, which=None) -> np.ndarray:
+    """Per label (index), its area over the area of its pixels' convex hull (1 for a convex object; 0 for label 0).
+
+    ``which``: bool per label, the labels to measure (the others get 0); all when None.
+    """
     out = np.zeros(n)
+    area = np.bincount(labels.ravel(), minlength=n)
+    corner = np.array([[0, 0], [1, 0], [0, 1], [1, 1]]).reshape(1, 4, 2)
     for k, box in enumerate(ndi.find_objects(labels), start=1):
-        if box is None:
+        if box is None or (which is not None and not which[k]):
             continue
         obj = (labels[box] == k).view(np.uint8)
-        points = cv2.findNonZero(obj)
-        # the hull of the pixels' corners (each pixel a unit square), as skimage's convex_hull_image
-        corners = (points.reshape(-1, 1, 2) + np.array([[[0, 0]], [[1, 0]], [[0, 1]], [[1, 1]]]).reshape(1, 4, 2)).reshape(-1, 2)
-        hull = cv2.convexHull(corners.astype(np.float32))
-        out[k] = min(1.0, float(obj.sum()) / max(cv2.contourArea(hull), 1.0))
+        # the hull of the pixels' corners (each pixel a unit square), as skimage's convex_hull_image: only the
+        # outline's pixels can hold its corners, and of a straight run only its ends
+        contours, _ = cv2.findContours(obj, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        points = np.concatenate(contours).reshape(-1, 1, 2)
+        hull = cv2.convexHull((points + corner).reshape(-1, 2).astype(np.float32))
+        out[k] = min(1.0, float(area[k]) / max(cv2.contourArea(hull), 1.0))
     return out
 
 
@@ -291,10 +334,10 @@ def lacunae_from_clear(clear, nuclei, stained, *, pixel_size_um: float, params: 
         # cell beside a lacuna that took part of it, would otherwise cost both
         cells = np.where(nuclei != 0, nid, halos)
         comps = np.where(split[comps], n_comp + cells, comps).astype(np.int64)
-        area_um2, solidity = _area_and_solidity(comps, clear & cavity, n_comp + n, pixel_size_um=pixel_size_um)
+        area_um2, cut = _area_and_solidity(comps, clear & cavity, n_comp + n, pixel_size_um=pixel_size_um, which=np.arange(n_comp + n) >= n_comp)
         # a halo cut from a group must be rounder than a lacuna on its own: a fibrous capsule's network of clear
         # gaps cut at its cells leaves pieces that are compact enough, but not round
-        compact = np.concatenate([solidity[:n_comp] >= params.lacuna_min_solidity, solidity[n_comp:] >= params.split_min_solidity])
+        compact = np.concatenate([compact & ~split, cut[n_comp:] >= params.split_min_solidity])
         n_comp += n
     keep = (area_um2 >= params.lacuna_min_area_um2) & (area_um2 <= params.lacuna_max_area_um2) & compact
     keep[0] = False
@@ -303,10 +346,10 @@ def lacunae_from_clear(clear, nuclei, stained, *, pixel_size_um: float, params: 
     return _relabel_raster(np.where(keep[comps], comps, 0))
 
 
-def _area_and_solidity(labels, clear, n: int, *, pixel_size_um: float):
-    """Per label (index, 0..n-1): its clear area (µm², pixels of ``clear``) and its solidity."""
+def _area_and_solidity(labels, clear, n: int, *, pixel_size_um: float, which=None):
+    """Per label (index, 0..n-1): its clear area (µm², pixels of ``clear``) and its solidity (of the labels ``which``, :func:`_solidity`)."""
     area_um2 = np.bincount(labels[clear], minlength=n) * float(pixel_size_um) ** 2
-    return area_um2, _solidity(labels, n)
+    return area_um2, _solidity(labels, n, which)
 
 
 def _quantile_by_label(labels, values, where, n: int, q: float) -> np.ndarray:
