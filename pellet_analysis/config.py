@@ -631,6 +631,16 @@ class CartilageConfig(_Section):
         0.25, ge=0, le=1,
         description="Share (0-1) of the one-pixel ring around a nucleus that a clear region must hold for the nucleus to sit in it.",
     )
+    lacuna_max_channel_ratio: float = Field(
+        0.45, gt=0,
+        description="A lacuna is empty: in its clearest pixels (a fifth of them) the OD of every colour channel is below this fraction of "
+        "the same channel's level in the stained matrix around it (a yellow cytoplasm absorbs more than the matrix in one channel).",
+    )
+    lacuna_max_absorbance_ratio: float = Field(
+        0.4, gt=0,
+        description="A lacuna is empty: in its clearest pixels their total absorbance (OD summed over the channels) is below this fraction "
+        "of the tissue's around it (unstained matrix beside a dark capsule is pale against the capsule, not against its own tissue).",
+    )
     territory_max_um: float = Field(
         12.0, gt=0, description="Farthest (µm) a cell's territory reaches from its nucleus into open (non-matrix) pixels."
     )

@@ -226,6 +226,19 @@ class CartilageParams:
         Width (µm) of a nucleus's blurred edge, between it and a clear halo:
         contact with the halo is read on the ring just past it, and a
         nucleus in a halo claims it.
+    lacuna_clear_quantile : float
+        Quantile (0-1) of a lacuna's clear pixels at which its emptiness is
+        read (:func:`~pellet_analysis.lacunae.emptiness`): its clearest part,
+        past the blurred edge that every halo has.
+    channel_floor_fraction : float
+        Fraction (0-1) of the stained matrix's strongest channel level below
+        which a channel's level is not taken: a channel the matrix hardly
+        absorbs in would call any faint tint there unclear.
+    split_min_solidity : float
+        Smallest solidity (0-1) of one cell's halo cut from a ragged group of
+        touching halos (which is no lacuna as a whole): two crowded lacunae
+        joined through a blurred wall come apart round, a fibrous capsule's
+        network of clear gaps cut at its cells does not.
     min_level_fraction : float
         Fraction (0-1) of the pellet's strong matrix stain (its 90th
         percentile over the tissue) that the local matrix level must reach
@@ -247,6 +260,11 @@ class CartilageParams:
     rounded_min_axis_ratio: float
     profile_band_um: float
     uniformity_patch_um: float
+    lacuna_max_channel_ratio: float = 0.45
+    lacuna_max_absorbance_ratio: float = 0.4
+    lacuna_clear_quantile: float = 0.2
+    channel_floor_fraction: float = 0.25
+    split_min_solidity: float = 0.85
     stained_fraction: float = 0.5
     pale_fraction: float = 0.5
     lacuna_ring_um: float = 1.0

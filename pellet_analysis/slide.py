@@ -255,14 +255,14 @@ def classify_pellet_window(
     # (the same labels: every object lies inside the pellet, and the ring stands for all outside it)
     box = _grown_box(inside)
     # a lacuna is colourless: clear in every channel, where a counterstained cytoplasm absorbs strongly in one
-    channel_max_od = od[box].max(axis=-1).astype(np.float32)
+    od_box = np.ascontiguousarray(od[box], dtype=np.float32)
     del od  # the largest array of the window: freed before the object step
     inside_box = inside[box]
     result = classify_maps(maps[box], inside_box, stains, **kwargs)
     matrix_od = maps[box][..., 1] + maps[box][..., 2]
     nuclei_inside = result.nuclei * inside_box
-    lacunae, open_pixels = find_lacunae(channel_max_od, matrix_od, inside_box, nuclei_inside, pixel_size_um=px, params=config.cartilage.params())
-    del channel_max_od, matrix_od
+    lacunae, open_pixels = find_lacunae(od_box, matrix_od, inside_box, nuclei_inside, pixel_size_um=px, params=config.cartilage.params())
+    del od_box, matrix_od
     levels = None
     if iron_levels:
         levels = np.zeros(0, np.float64)
