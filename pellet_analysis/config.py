@@ -500,6 +500,14 @@ class IronConfig(_Section):
     calibrate_max_positive_fraction: float = Field(
         0.01, ge=0, le=1, description="Largest iron-positive cell fraction (0-1) the calibrated threshold leaves in the controls."
     )
+    calibrate_max_pellet_positive_fraction: float | None = Field(
+        0.02,
+        ge=0,
+        le=1,
+        description="Largest iron-positive cell fraction (0-1) the calibrated threshold leaves in any one control pellet, "
+        "besides the pooled bound calibrate_max_positive_fraction (which alone can leave the one or two controls that hold "
+        "most of the false iron well above it); null: the pooled bound only.",
+    )
 
     @model_validator(mode="after")
     def _granules_reach_the_cells_they_mark(self):
