@@ -4,7 +4,8 @@
 
 Two unlabeled and two labeled pellets at 1 µm per pixel, one per image (the
 labeled day-14 one a PNG, so its pixel size is estimated), written to a
-temporary folder and run with ``iron.calibrate: off`` and ``controls`` at the
+temporary folder and run with ``iron.calibrate: off``, ``controls`` with the
+pooled bound only, and ``controls`` (pooled and per-pellet bounds) at the
 detector's default settings. Prints, per mode, the threshold and the controls'
 iron-positive fraction before, predicted and after, and per image the measured
 and true iron-positive cell fraction and the granule count (docs/iron.md).
@@ -33,10 +34,13 @@ def main(model: str) -> None:
         write_section(section, root / "in" / f"{stem}{suffix}")
         (row,) = measure_pellets(section.pellets, section.classes, section.nuclei, pixel_size_um=1.0)
         truth[stem] = row["iron_positive_cell_fraction"]
-    for mode in ("off", "controls"):
-        record = run_batch(RunConfig(input_dir=root / "in", output_dir=root / mode, scheduler="synchronous", iron={"calibrate": mode}))
+    # the pooled bound alone (before iron.calibrate_max_pellet_positive_fraction) and with each control pellet's bound
+    modes = {"off": {"calibrate": "off"}, "controls-pooled": {"calibrate": "controls", "calibrate_max_pellet_positive_fraction": None}, "controls": {"calibrate": "controls"}}
+    for mode, iron in modes.items():
+        record = run_batch(RunConfig(input_dir=root / "in", output_dir=root / mode, scheduler="synchronous", iron=iron))
         cal = record["iron_calibration"]
-        fractions = {k: round(cal[k], 4) for k in ("positive_fraction_before", "positive_fraction_predicted", "positive_fraction_after") if k in cal}
+        keys = ("positive_fraction_before", "positive_fraction_predicted", "positive_fraction_after", "pellet_positive_fraction_after_max")
+        fractions = {k: round(cal[k], 4) for k in keys if k in cal}
         print(f"{model} {mode}: threshold {cal['granule_min_od']:.3f} {fractions}")
         table = record["table"].set_index("image")
         for stem, expected in truth.items():

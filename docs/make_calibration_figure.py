@@ -7,7 +7,7 @@ Every image of ``images/`` is classified at the configured granule threshold
 controls); each cell's level is the highest threshold at which it would still
 be iron-positive. Left: the levels of unlabeled and labeled cells, with the
 configured and the calibrated threshold (calibrated on the unlabeled ones, as
-``iron.calibrate: controls`` does). Right: each pellet's iron-positive cell
+``iron.calibrate: controls`` does: pooled and per control pellet). Right: each pellet's iron-positive cell
 fraction as measured by two runs of the images, ``iron.calibrate: off`` and
 ``controls``.
 """
@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pellet_analysis.calibrate import is_control, threshold_for_fraction
+from pellet_analysis.calibrate import is_control
+from pellet_analysis.iron_calibration import calibrate_iron
 from pellet_analysis.config import load_config
 from pellet_analysis.metadata import parse_name
 from pellet_analysis.batch import list_images, run_batch
@@ -35,13 +36,16 @@ def main(images=ROOT / "images", output=ROOT / "docs" / "calibration.png") -> Pa
 
     config = load_config(ROOT / "configs" / "default.yaml")
     levels = {True: [], False: []}  # control or not
+    control_results = []
     for path in list_images(images, config.extensions):
         control = is_control((parse_name(path.stem, config.filename_pattern) or {}).get("condition"), config.iron.control_conditions)
         result = control_iron_levels(path, config)
         levels[control].append(result.levels)
+        if control:
+            control_results.append(result)
     fixed = config.iron.granule_min_od
     controls = np.concatenate(levels[True])
-    calibrated = threshold_for_fraction(controls, max_fraction=config.iron.calibrate_max_positive_fraction, floor=fixed)
+    calibrated = calibrate_iron(control_results, config)["granule_min_od"]  # pooled 1 % and each control pellet's bound, as a run
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=100)
     bins = np.linspace(0, max(1.0, float(np.percentile(np.concatenate(levels[False]), 99))), 60)
     for control, colour, name in ((True, "#2166ac", "unlabeled (controls)"), (False, "#b35806", "labeled")):
@@ -67,6 +71,8 @@ def main(images=ROOT / "images", output=ROOT / "docs" / "calibration.png") -> Pa
     right.set_xticklabels([f"configured {fixed:.2f}", f"calibrated {calibrated:.3f}"])
     right.set_ylabel("iron-positive cell fraction (measured)")
     right.axhline(0.01, color="gray", linewidth=0.8, linestyle=":")
+    if config.iron.calibrate_max_pellet_positive_fraction is not None:
+        right.axhline(config.iron.calibrate_max_pellet_positive_fraction, color="#2166ac", linewidth=0.8, linestyle=":")
     right.set_title("One line per pellet: unlabeled blue, labeled brown", fontsize=10)
     right.grid(alpha=0.3)
     fig.tight_layout()

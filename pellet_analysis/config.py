@@ -491,7 +491,7 @@ class IronConfig(_Section):
         "controls",
         description="controls: when the batch holds control pellets (condition in control_conditions, from the file "
         "name or the sample sheet), granule_min_od is raised until at most calibrate_max_positive_fraction of their "
-        "cells are iron-positive, and every pellet of the batch is classified with that threshold (never below "
+        "cells, and calibrate_max_pellet_positive_fraction of any one control pellet's, are iron-positive, and every pellet of the batch is classified with that threshold (never below "
         "granule_min_od); recorded in run.json and the report. off: granule_min_od as configured.",
     )
     control_conditions: list[str] = Field(
@@ -499,6 +499,14 @@ class IronConfig(_Section):
     )
     calibrate_max_positive_fraction: float = Field(
         0.01, ge=0, le=1, description="Largest iron-positive cell fraction (0-1) the calibrated threshold leaves in the controls."
+    )
+    calibrate_max_pellet_positive_fraction: float | None = Field(
+        0.02,
+        ge=0,
+        le=1,
+        description="Largest iron-positive cell fraction (0-1) the calibrated threshold leaves in any one control pellet, "
+        "besides the pooled bound calibrate_max_positive_fraction (which alone can leave the one or two controls that hold "
+        "most of the false iron well above it); null: the pooled bound only.",
     )
 
     @model_validator(mode="after")

@@ -179,6 +179,7 @@ class IronParams:
     calibrate: str
     control_conditions: tuple
     calibrate_max_positive_fraction: float
+    calibrate_max_pellet_positive_fraction: float | None = 0.02
     nucleus_core_um: float = 1.0
     grow_um: float = 0.5
 

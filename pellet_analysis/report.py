@@ -153,7 +153,14 @@ def _calibration_text(run: dict) -> str:
             f"{threshold}, configured {cal['configured_granule_min_od']:.3g}. Iron-positive control cells: "
             f"{cal.get('positive_fraction_before', float('nan')):.2%} at the configured threshold, "
             f"{cal.get('positive_fraction_after', cal.get('positive_fraction_predicted', float('nan'))):.2%} at the calibrated one "
-            f"(target at most {cal.get('max_positive_fraction', 0.01):.0%}). Every pellet of the run was classified with it."
+            f"(target at most {cal.get('max_positive_fraction', 0.01):.0%}"
+            + (
+                f"; in any one control pellet at most {cal['max_pellet_positive_fraction']:.0%}, measured at most "
+                f"{cal.get('pellet_positive_fraction_after_max', cal.get('pellet_positive_fraction_predicted_max', float('nan'))):.2%}"
+                if cal.get("max_pellet_positive_fraction") is not None
+                else ""
+            )
+            + "). Every pellet of the run was classified with it."
         )
     else:
         after = cal.get("positive_fraction_after")

@@ -57,6 +57,27 @@ def test_threshold_leaves_at_most_the_fraction_positive_and_never_goes_below_the
         threshold_for_fraction(levels, max_fraction=1.5, floor=0.2)
 
 
+def test_each_control_pellet_stays_under_its_own_bound_when_the_pool_alone_would_not():
+    from pellet_analysis.iron_calibration import ControlLevels, calibrate_iron
+
+    rng = np.random.default_rng(0)
+    clean = [rng.uniform(0.0, 0.25, 300) for _ in range(4)]  # four controls whose levels barely pass the floor
+    dirty = np.concatenate([rng.uniform(0.0, 0.25, 170), rng.uniform(0.3, 0.6, 30)])  # one with 15 % false cells
+    pellets = clean + [dirty]
+    controls = [ControlLevels("a", np.concatenate(pellets[:3]), 3, 900, 0, pellet_levels=tuple(pellets[:3])),
+                ControlLevels("b", np.concatenate(pellets[3:]), 2, 500, 0, pellet_levels=tuple(pellets[3:]))]
+    pooled = calibrate_iron(controls, RunConfig(iron={"calibrate_max_pellet_positive_fraction": None}))
+    each = calibrate_iron(controls, RunConfig())  # default: any one control pellet at most 2 %
+    assert each["max_pellet_positive_fraction"] == 0.02
+    # the pooled 1 % leaves the dirty pellet far above 2 %; the per-pellet bound does not
+    assert np.mean(dirty > pooled["granule_min_od"]) > 0.02 and pooled["positive_fraction_predicted"] <= 0.01
+    assert each["granule_min_od"] > pooled["granule_min_od"]
+    assert max(np.mean(p > each["granule_min_od"]) for p in pellets) <= 0.02
+    assert each["pellet_positive_fraction_predicted_max"] == pytest.approx(np.mean(dirty > each["granule_min_od"]))
+    # never stricter than needed: just below the threshold the dirty pellet is above its bound
+    assert np.mean(dirty > each["granule_min_od"] - 1e-9) > 0.02
+
+
 def test_controls_are_named_by_condition_case_and_spaces_ignored():
     assert is_control(" Unlabeled", ["unlabeled"]) and not is_control("labeled", ["unlabeled"])
     assert not is_control(None, ["unlabeled"]) and not is_control(float("nan"), ["unlabeled"])
