@@ -504,7 +504,7 @@ class IronConfig(_Section):
         0.02,
         ge=0,
         le=1,
-        description="Largest iron-positive cell fraction (0-1) the calibrated threshold leaves in any one control pellet, "
+        description="Largest iron-positive cell fraction (0-1) the calibrated threshold leaves in any one control pellet (never fewer than one of its cells), "
         "besides the pooled bound calibrate_max_positive_fraction (which alone can leave the one or two controls that hold "
         "most of the false iron well above it); null: the pooled bound only.",
     )

@@ -109,9 +109,10 @@ def calibrate_iron(controls, config: RunConfig) -> dict:
     which at most ``iron.calibrate_max_positive_fraction`` of the control
     cells stay iron-positive (:func:`~pellet_analysis.calibrate.threshold_for_fraction`)
     and, unless ``iron.calibrate_max_pellet_positive_fraction`` is None, at
-    most that fraction of any one control pellet's cells: false iron gathers
-    in a few controls (the small dark nuclei of one section's rim), which a
-    pooled bound alone leaves well above it.
+    most that fraction of any one control pellet's cells (and never fewer
+    than one cell of it): false iron gathers in a few controls (the small
+    dark nuclei of one section's rim), which a pooled bound alone leaves well
+    above it.
 
     Returns
     -------
@@ -142,7 +143,9 @@ def calibrate_iron(controls, config: RunConfig) -> dict:
     pellets = [v for c in ok for v in c.pellet_levels if v.size]
     each = config.iron.calibrate_max_pellet_positive_fraction
     if each is not None:
-        threshold = max([threshold] + [threshold_for_fraction(v, max_fraction=each, floor=fixed) for v in pellets])
+        # a pellet may always keep one positive cell: under 1 / each cells the bound would allow none, and one
+        # small control's brightest cell would set the whole batch's threshold
+        threshold = max([threshold] + [threshold_for_fraction(v, max_fraction=max(each, 1.0 / v.size), floor=fixed) for v in pellets])
     n_cells = sum(c.n_cells for c in ok)
     return {
         **record,

@@ -78,6 +78,19 @@ def test_each_control_pellet_stays_under_its_own_bound_when_the_pool_alone_would
     assert np.mean(dirty > each["granule_min_od"] - 1e-9) > 0.02
 
 
+def test_a_small_control_pellet_may_keep_one_positive_cell():
+    from pellet_analysis.iron_calibration import ControlLevels, calibrate_iron
+
+    rng = np.random.default_rng(1)
+    large = rng.uniform(0.0, 0.25, 400)
+    small = np.concatenate([rng.uniform(0.0, 0.25, 29), [0.9]])  # 30 cells: 2 % of them is less than one cell
+    controls = [ControlLevels("a", np.concatenate([large, small]), 2, 430, 0, pellet_levels=(large, small))]
+    out = calibrate_iron(controls, RunConfig())
+    # its one bright cell does not set the batch's threshold; its second-brightest does
+    assert out["granule_min_od"] == pytest.approx(max(0.2, np.sort(small)[-2]))
+    assert np.sum(small > out["granule_min_od"]) == 1
+
+
 def test_controls_are_named_by_condition_case_and_spaces_ignored():
     assert is_control(" Unlabeled", ["unlabeled"]) and not is_control("labeled", ["unlabeled"])
     assert not is_control(None, ["unlabeled"]) and not is_control(float("nan"), ["unlabeled"])
