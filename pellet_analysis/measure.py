@@ -6,6 +6,8 @@ generator's ground truth, so both are defined identically.
 
 from __future__ import annotations
 
+from concurrent.futures import Future
+
 import cv2
 import numpy as np
 from scipy import ndimage as ndi
@@ -250,9 +252,12 @@ def measure_pellets(
         Nucleus instance labels, 0 elsewhere.
     pixel_size_um : float, keyword-only
         Pixel size (µm per pixel).
-    proteoglycan_od : ndarray of float, optional, keyword-only
+    proteoglycan_od : ndarray of float, or Future of one, optional, keyword-only
         Proteoglycan stain concentration (OD); its mean over proteoglycan
         pixels gives ``proteoglycan_mean_od`` (NaN-free: 0 where absent).
+        A :class:`concurrent.futures.Future` is waited for only once the
+        measurements of the labels alone are done, so a caller can compute
+        the OD meanwhile (re-quantifying a pellet does).
     iron_cell_distance_um : float, keyword-only
         A nucleus with an iron pixel within this distance (µm) of its pixels
         counts as an iron-positive cell.
@@ -334,10 +339,6 @@ def measure_pellets(
         circ = polygon_circularity(outline_polygon(mask))
         class_counts = np.bincount(cls, minlength=len(CLASS_CODES))
         pg = cls == CLASS_CODES["proteoglycan"]
-        mean_od = sd_od = 0.0
-        if proteoglycan_od is not None and class_counts[CLASS_CODES["proteoglycan"]]:
-            pg_values = np.asarray(proteoglycan_od)[sl][mask][pg].astype(np.float64)
-            mean_od, sd_od = float(pg_values.mean()), float(pg_values.std())
         pellet_nuclei = [n for n, p in nucleus_pellet.items() if p == pid]
         n_nuclei = len(pellet_nuclei)
         area_um2 = n_px * px_area_um2
@@ -349,6 +350,12 @@ def measure_pellets(
         n_pg_core = int(np.count_nonzero(pg & core))
         n_pg = int(class_counts[CLASS_CODES["proteoglycan"]])
         nn_um, roundness = _nuclei_spacing_and_roundness([shapes[n] for n in pellet_nuclei], pixel_size_um)
+        # the proteoglycan OD is read only from here on: all above needs the labels alone (see ``proteoglycan_od``)
+        proteoglycan_od = _resolved(proteoglycan_od)
+        mean_od = sd_od = 0.0
+        if proteoglycan_od is not None and n_pg:
+            pg_values = np.asarray(proteoglycan_od)[sl][mask][pg].astype(np.float64)
+            mean_od, sd_od = float(pg_values.mean()), float(pg_values.std())
         rows.append(
             {
                 "pellet_id": int(pid),
@@ -389,6 +396,11 @@ def measure_pellets(
         )
         rows[-1].update(extra, depth_profile=profile)
     return rows
+
+
+def _resolved(value):
+    """``value``, or its result when it is a :class:`concurrent.futures.Future` (waited for)."""
+    return value.result() if isinstance(value, Future) else value
 
 
 def depth_map(mask, *, pixel_size_um: float) -> np.ndarray:
