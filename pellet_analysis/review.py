@@ -35,6 +35,7 @@ from .measure import measure_pellets, touches_border
 from .pellets import Illumination, estimate_illumination
 from .records import ImageSummary, decode_image, pellet_boxes
 from .stains import StainSet, configured_stains
+from .workers import opencv_threads
 
 __all__ = [
     "CORRECTIONS_LOG",
@@ -296,8 +297,9 @@ def requantify(run_dir, image: str, pellet_ids=None, *, config: RunConfig | None
     out = []
     # the proteoglycan OD (from the image) and the label windows with what is measured from them alone are
     # independent: the OD is computed in a thread of its own while this one reads and measures the labels
-    # (OpenCV and NumPy release the GIL), and measure_pellets waits for it only where it needs it
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="requantify-od") as pool:
+    # (OpenCV and NumPy release the GIL), and measure_pellets waits for it only where it needs it. The two
+    # threads are the parallelism: OpenCV's own pool would spin on cores they already use
+    with opencv_threads(1), ThreadPoolExecutor(max_workers=1, thread_name_prefix="requantify-od") as pool:
         for pid in ids:
             r0, r1, c0, c1 = boxes[str(pid)]
             box = (slice(r0, r1), slice(c0, c1))
