@@ -4,7 +4,14 @@ Writes a synthetic section with one pellet about 2,000 px across, runs the pipel
 paints a correction, then times `review.requantify` (median of 5) side by side with the
 baseline of re-running the whole image through the pipeline.
 
-    .venv/bin/python benchmarks/requantify_speed.py [--stages]
+    .venv/bin/python benchmarks/requantify_speed.py [--stages] [--against TREE] [--rounds N]
+
+With ``--against TREE`` (a checkout or ``git archive`` of another commit), the
+two trees' ``requantify`` alternate in this one process, ``--rounds`` calls
+each (default 10), on the same run folder: TREE's package is imported under
+another name (its imports are relative), so the machine's load and state move
+both alike. Printed: the median and least wall time and process CPU time of
+each (on a shared machine the CPU time is what compares).
 
 With ``--stages``, where the time of one re-quantify goes: each moment (wall
 time, and the running thread's CPU time apart) charged to the innermost of
@@ -17,6 +24,7 @@ own thread time covers.
 """
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
@@ -76,9 +84,38 @@ def step_profile(run_dir, image: str, calls: int = 5) -> dict:
     return {step: (statistics.median(wall[step]), statistics.median(cpu[step])) for step in wall}
 
 
+def against(run_dir, image: str, tree, rounds: int = 10) -> dict:
+    """Wall and process CPU times (s) of ``rounds`` re-quantifies by this tree and by ``tree``, alternating in one process."""
+    import importlib
+    import shutil
+    import sys
+
+    import pellet_analysis.review as this
+
+    folder = Path(tempfile.mkdtemp())
+    shutil.copytree(Path(tree) / "pellet_analysis", folder / "pellet_analysis_against")
+    sys.path.insert(0, str(folder))
+    try:
+        trees = {"this tree": this, str(tree): importlib.import_module("pellet_analysis_against.review")}
+        times = {name: [] for name in trees}
+        for module in trees.values():  # warm-up: first-use imports and allocator paths
+            module.requantify(run_dir, image, [1])
+        for k in range(rounds):
+            for name in (list(trees) if k % 2 == 0 else list(trees)[::-1]):
+                t0, c0 = time.perf_counter(), time.process_time()
+                trees[name].requantify(run_dir, image, [1])
+                times[name].append((time.perf_counter() - t0, time.process_time() - c0))
+    finally:
+        sys.path.remove(str(folder))
+        shutil.rmtree(folder, ignore_errors=True)
+    return times
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--stages", action="store_true", help="also where the time of one re-quantify goes")
+    parser.add_argument("--against", type=Path, help="a checkout of another commit: alternate its requantify with this tree's in one process")
+    parser.add_argument("--rounds", type=int, default=10, help="calls of each tree with --against (default 10)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -108,6 +145,12 @@ def main():
         print(f"image {rgb.shape[1]} x {rgb.shape[0]} px, pellet {size[1]} x {size[0]} px")
         print(f"re-quantify (reads the image and labels, measures the pellet): median {statistics.median(timings):.3f} s over 5")
         print(f"baseline, the whole pipeline on the image in memory: median {statistics.median(baseline):.3f} s over 2")
+        if args.against:
+            print(f"\nalternating in one process, {args.rounds} calls each (load average {os.getloadavg()[0]:.1f} at the end):")
+            for name, runs in against(tmp / "run", image, args.against, args.rounds).items():
+                wall_s, cpu_s = [w for w, _ in runs], [c for _, c in runs]
+                print(f"  {name}: wall median {statistics.median(wall_s):.3f} s (least {min(wall_s):.3f}), "
+                      f"process CPU median {statistics.median(cpu_s):.3f} s (least {min(cpu_s):.3f})")
         if args.stages:
             print("\n| step | wall s | CPU s (its thread; total: the process) |\n|---|---|---|")
             for step, (wall_s, cpu_s) in step_profile(tmp / "run", image).items():
