@@ -65,6 +65,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -320,7 +321,12 @@ CLOCKS = {"wall": time.perf_counter, "cpu": time.thread_time}
 
 
 class StageClock:
-    """Exclusive wall time of named functions, charged to the innermost one running (one thread).
+    """Exclusive time of named functions, charged to the innermost one running in each thread.
+
+    Every thread keeps its own stack of running steps, so a step run in a
+    helper thread is charged its own time there (with the wall clock, steps
+    of two threads that overlap are both counted: their sum may exceed the
+    whole call's time).
 
     Each function is replaced by a timing wrapper wherever the package holds a
     reference to it (every ``pellet_analysis`` module that imported it by
@@ -331,7 +337,8 @@ class StageClock:
         self.clock = clock
         self.seconds: dict[str, float] = {}
         self.calls: dict[str, int] = {}
-        self._stack: list[list[float]] = []
+        self._local = threading.local()  # .stack: the thread's running steps
+        self._lock = threading.Lock()
         self._patched: list[tuple[object, str, object]] = []
         for target in targets:
             self._patch(target)
@@ -339,17 +346,19 @@ class StageClock:
     def _wrap(self, target: str, function):
         @functools.wraps(function)
         def wrapper(*args, **kwargs):
+            stack = self._local.__dict__.setdefault("stack", [])
             frame = [self.clock(), 0.0]  # start, time spent in the wrapped functions it called
-            self._stack.append(frame)
+            stack.append(frame)
             try:
                 return function(*args, **kwargs)
             finally:
                 elapsed = self.clock() - frame[0]
-                self._stack.pop()
-                self.seconds[target] = self.seconds.get(target, 0.0) + elapsed - frame[1]
-                self.calls[target] = self.calls.get(target, 0) + 1
-                if self._stack:
-                    self._stack[-1][1] += elapsed
+                stack.pop()
+                with self._lock:
+                    self.seconds[target] = self.seconds.get(target, 0.0) + elapsed - frame[1]
+                    self.calls[target] = self.calls.get(target, 0) + 1
+                if stack:
+                    stack[-1][1] += elapsed
 
         return wrapper
 

@@ -4,14 +4,27 @@ Writes a synthetic section with one pellet about 2,000 px across, runs the pipel
 paints a correction, then times `review.requantify` (median of 5) side by side with the
 baseline of re-running the whole image through the pipeline.
 
-    .venv/bin/python benchmarks/requantify_speed.py [--stages]
+    .venv/bin/python benchmarks/requantify_speed.py [--stages] [--against TREE] [--rounds N]
+
+With ``--against TREE`` (a checkout or ``git archive`` of another commit), the
+two trees' ``requantify`` alternate in this one process, ``--rounds`` calls
+each (default 10), on the same run folder: TREE's package is imported under
+another name (its imports are relative), so the machine's load and state move
+both alike. Printed: the median and least wall time and process CPU time of
+each (on a shared machine the CPU time is what compares).
 
 With ``--stages``, where the time of one re-quantify goes: each moment (wall
-time, and the calling thread's CPU time apart) charged to the innermost of
-the steps in :data:`REQUANTIFY_STEPS` running (dense.py's StageClock), median of five calls.
+time, and the running thread's CPU time apart) charged to the innermost of
+the steps in :data:`REQUANTIFY_STEPS` running in its thread (dense.py's
+StageClock), median of five calls. The proteoglycan OD (image read, OD, dark
+spots, concentrations) runs in a thread of its own beside the label steps, so
+the steps' wall times add up to more than the call's; the total CPU is the
+process's (every thread, OpenCV's and the codecs' too), "other" what no step's
+own thread time covers.
 """
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
@@ -32,6 +45,7 @@ from pellet_analysis.synthetic import make_section, write_section
 REQUANTIFY_STEPS = [
     "pellet_analysis.review:_run_record",
     "pellet_analysis.review:_pellet_boxes",
+    "pellet_analysis.review:_proteoglycan_od",
     "pellet_analysis.io:read_image",
     "pellet_analysis.pellets:Illumination.od",
     "pellet_analysis.classify:dark_spots",
@@ -49,20 +63,20 @@ REQUANTIFY_STEPS = [
 
 
 def step_profile(run_dir, image: str, calls: int = 5) -> dict:
-    """Median over ``calls`` re-quantifies of each step's exclusive wall and CPU time (s), and of the whole call."""
+    """Median over ``calls`` re-quantifies of each step's exclusive wall and thread CPU time (s), and of the whole call (CPU: the process's)."""
     from dense import StageClock
 
     wall, cpu = {}, {}
     for _ in range(calls):
         clocks = {name: StageClock(REQUANTIFY_STEPS, clock) for name, clock in (("wall", time.perf_counter), ("cpu", time.thread_time))}
         # the two clocks wrap each step twice: the inner wrapper's own time is charged to the outer's step, negligibly
-        t0, c0 = time.perf_counter(), time.thread_time()
+        t0, c0 = time.perf_counter(), time.process_time()
         try:
             requantify(run_dir, image, [1])
         finally:
             for clock in reversed(list(clocks.values())):
                 clock.restore()
-        for store, clock, total in ((wall, clocks["wall"], time.perf_counter() - t0), (cpu, clocks["cpu"], time.thread_time() - c0)):
+        for store, clock, total in ((wall, clocks["wall"], time.perf_counter() - t0), (cpu, clocks["cpu"], time.process_time() - c0)):
             for step in REQUANTIFY_STEPS:
                 store.setdefault(step, []).append(clock.seconds.get(step, 0.0))
             store.setdefault("other", []).append(total - sum(clock.seconds.values()))
@@ -70,9 +84,38 @@ def step_profile(run_dir, image: str, calls: int = 5) -> dict:
     return {step: (statistics.median(wall[step]), statistics.median(cpu[step])) for step in wall}
 
 
+def against(run_dir, image: str, tree, rounds: int = 10) -> dict:
+    """Wall and process CPU times (s) of ``rounds`` re-quantifies by this tree and by ``tree``, alternating in one process."""
+    import importlib
+    import shutil
+    import sys
+
+    import pellet_analysis.review as this
+
+    folder = Path(tempfile.mkdtemp())
+    shutil.copytree(Path(tree) / "pellet_analysis", folder / "pellet_analysis_against")
+    sys.path.insert(0, str(folder))
+    try:
+        trees = {"this tree": this, str(tree): importlib.import_module("pellet_analysis_against.review")}
+        times = {name: [] for name in trees}
+        for module in trees.values():  # warm-up: first-use imports and allocator paths
+            module.requantify(run_dir, image, [1])
+        for k in range(rounds):
+            for name in (list(trees) if k % 2 == 0 else list(trees)[::-1]):
+                t0, c0 = time.perf_counter(), time.process_time()
+                trees[name].requantify(run_dir, image, [1])
+                times[name].append((time.perf_counter() - t0, time.process_time() - c0))
+    finally:
+        sys.path.remove(str(folder))
+        shutil.rmtree(folder, ignore_errors=True)
+    return times
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--stages", action="store_true", help="also where the time of one re-quantify goes")
+    parser.add_argument("--against", type=Path, help="a checkout of another commit: alternate its requantify with this tree's in one process")
+    parser.add_argument("--rounds", type=int, default=10, help="calls of each tree with --against (default 10)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -102,8 +145,14 @@ def main():
         print(f"image {rgb.shape[1]} x {rgb.shape[0]} px, pellet {size[1]} x {size[0]} px")
         print(f"re-quantify (reads the image and labels, measures the pellet): median {statistics.median(timings):.3f} s over 5")
         print(f"baseline, the whole pipeline on the image in memory: median {statistics.median(baseline):.3f} s over 2")
+        if args.against:
+            print(f"\nalternating in one process, {args.rounds} calls each (load average {os.getloadavg()[0]:.1f} at the end):")
+            for name, runs in against(tmp / "run", image, args.against, args.rounds).items():
+                wall_s, cpu_s = [w for w, _ in runs], [c for _, c in runs]
+                print(f"  {name}: wall median {statistics.median(wall_s):.3f} s (least {min(wall_s):.3f}), "
+                      f"process CPU median {statistics.median(cpu_s):.3f} s (least {min(cpu_s):.3f})")
         if args.stages:
-            print("\n| step | wall s | CPU s (this thread) |\n|---|---|---|")
+            print("\n| step | wall s | CPU s (its thread; total: the process) |\n|---|---|---|")
             for step, (wall_s, cpu_s) in step_profile(tmp / "run", image).items():
                 print(f"| {step.split(':')[-1]} | {wall_s:.3f} | {cpu_s:.3f} |")
 

@@ -774,23 +774,27 @@ def top_hat_radius_px(*, pixel_size_um: float, nuclei: NucleiParams) -> int:
     return max(1, int(math.ceil(nuclei.max_diameter_um / 2 / pixel_size_um)))
 
 
-def stain_concentrations(od, spots, stains: StainSet, *, pixel_size_um: float, classify: ClassifyParams) -> dict:
+def stain_concentrations(od, spots, stains: StainSet, *, pixel_size_um: float, classify: ClassifyParams, scratch=None) -> dict:
     """Role -> concentration (OD) of the chromatic stains, by deconvolution.
 
     For ``ab-vg`` the grey of the dark spots is taken out first, so a nucleus's
-    blurred edge does not read as Alcian blue.
+    blurred edge does not read as Alcian blue. ``scratch``, a C-contiguous
+    float32 array of ``od``'s shape the caller no longer needs (not ``od``),
+    holds the smoothed OD and then the concentrations instead of a new array.
     """
     names = deconvolution_stains(stains)
     if not names:
         return {}
+    if scratch is not None and (od.dtype != np.float32 or scratch.shape != od.shape or scratch.dtype != np.float32 or not scratch.flags.c_contiguous or np.shares_memory(scratch, od)):
+        scratch = None
     if "iron" in stains.roles:
-        od_chromatic = od - spots[..., None]
+        od_chromatic = np.subtract(od, spots[..., None], out=scratch)
         np.maximum(od_chromatic, 0, out=od_chromatic)
     else:
         od_chromatic = od
     sigma_px = classify.smoothing_um / pixel_size_um
     if od_chromatic is od:
-        od_chromatic = smooth_channels(od, sigma_px)
+        od_chromatic = smooth_channels(od, sigma_px, out=scratch)
     else:  # a copy of this function's own: blurred in place
         od_chromatic = smooth_channels(od_chromatic, sigma_px, out=od_chromatic)
     # where od_chromatic is this function's own copy (not od: a blur below 0.3 px returns its input), the
@@ -890,8 +894,9 @@ def pixel_maps(
             raise ValueError("pixel_maps: the granule maps of an iron stain set need `iron` (IronParams), or granules=False")
         planar[3] = granule_contrast(fine, pixel_size_um=px, iron=iron)
         planar[4:7] = granule_colour(fine, pixel_size_um=px, iron=iron)
-    del fine  # a window-sized copy of the OD, freed before the concentrations make two more
-    conc = stain_concentrations(od, planar[0], stains, pixel_size_um=px, classify=classify)
+    # the fine blur's array (a window-sized copy of the OD) holds the concentrations: no new array as large
+    conc = stain_concentrations(od, planar[0], stains, pixel_size_um=px, classify=classify, scratch=None if fine is od else fine)
+    del fine
     for k, role in enumerate(MAP_NAMES[1:3], start=1):
         if role in conc:
             planar[k] = conc[role]
@@ -906,8 +911,10 @@ def stain_maps(od, stains: StainSet, *, pixel_size_um: float, classify: Classify
     """
     od = np.asarray(od, dtype=np.float32)
     px = float(pixel_size_um)
-    spots = dark_spots(smooth_channels(od, classify.fine_sigma_um / px), stains, pixel_size_um=px, nuclei=nuclei)
-    return stain_concentrations(od, spots, stains, pixel_size_um=px, classify=classify)
+    fine = smooth_channels(od, classify.fine_sigma_um / px)
+    spots = dark_spots(fine, stains, pixel_size_um=px, nuclei=nuclei)
+    # the fine blur's array, no longer needed, holds the concentrations
+    return stain_concentrations(od, spots, stains, pixel_size_um=px, classify=classify, scratch=None if fine is od else fine)
 
 
 def map_histograms(maps, inside) -> np.ndarray:

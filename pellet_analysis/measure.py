@@ -6,6 +6,8 @@ generator's ground truth, so both are defined identically.
 
 from __future__ import annotations
 
+from concurrent.futures import Future
+
 import cv2
 import numpy as np
 from scipy import ndimage as ndi
@@ -175,8 +177,9 @@ def _labels_present(labels) -> np.ndarray:
         return np.zeros(0, np.int64)
     if labels.dtype == bool:
         labels = labels.view(np.uint8)
-    if labels.dtype == np.uint8:  # a histogram of bytes: no copy to 64-bit integers
-        counts = cv2.calcHist([np.ascontiguousarray(labels)], [0], None, [256], [0, 256]).ravel()
+    if labels.dtype in (np.uint8, np.uint16):  # a histogram of the values (only >0 is read): no copy to 64-bit integers
+        bins = 1 << (8 * labels.dtype.itemsize)
+        counts = cv2.calcHist([np.ascontiguousarray(labels)], [0], None, [bins], [0, bins]).ravel()
     else:
         if labels.min() < 0:
             raise ValueError("labels must be non-negative")
@@ -250,9 +253,12 @@ def measure_pellets(
         Nucleus instance labels, 0 elsewhere.
     pixel_size_um : float, keyword-only
         Pixel size (µm per pixel).
-    proteoglycan_od : ndarray of float, optional, keyword-only
+    proteoglycan_od : ndarray of float, or Future of one, optional, keyword-only
         Proteoglycan stain concentration (OD); its mean over proteoglycan
         pixels gives ``proteoglycan_mean_od`` (NaN-free: 0 where absent).
+        A :class:`concurrent.futures.Future` is waited for only once the
+        measurements of the labels alone are done, so a caller can compute
+        the OD meanwhile (re-quantifying a pellet does).
     iron_cell_distance_um : float, keyword-only
         A nucleus with an iron pixel within this distance (µm) of its pixels
         counts as an iron-positive cell.
@@ -332,12 +338,11 @@ def measure_pellets(
         centroid_row = float(np.dot(np.arange(row_counts.size, dtype=np.int64), row_counts)) / n_px
         centroid_col = float(np.dot(np.arange(col_counts.size, dtype=np.int64), col_counts)) / n_px
         circ = polygon_circularity(outline_polygon(mask))
-        class_counts = np.bincount(cls, minlength=len(CLASS_CODES))
+        # the three classes counted: a bincount would first widen every pixel's code to 64 bits
         pg = cls == CLASS_CODES["proteoglycan"]
-        mean_od = sd_od = 0.0
-        if proteoglycan_od is not None and class_counts[CLASS_CODES["proteoglycan"]]:
-            pg_values = np.asarray(proteoglycan_od)[sl][mask][pg].astype(np.float64)
-            mean_od, sd_od = float(pg_values.mean()), float(pg_values.std())
+        n_pg = int(np.count_nonzero(pg))
+        n_collagen = int(np.count_nonzero(cls == CLASS_CODES["collagen"]))
+        n_iron = int(np.count_nonzero(cls == CLASS_CODES["iron"]))
         pellet_nuclei = [n for n, p in nucleus_pellet.items() if p == pid]
         n_nuclei = len(pellet_nuclei)
         area_um2 = n_px * px_area_um2
@@ -347,8 +352,13 @@ def measure_pellets(
         core = depth_um > rim_width_um
         n_core = int(np.count_nonzero(core))
         n_pg_core = int(np.count_nonzero(pg & core))
-        n_pg = int(class_counts[CLASS_CODES["proteoglycan"]])
         nn_um, roundness = _nuclei_spacing_and_roundness([shapes[n] for n in pellet_nuclei], pixel_size_um)
+        # the proteoglycan OD is read only from here on: all above needs the labels alone (see ``proteoglycan_od``)
+        proteoglycan_od = _resolved(proteoglycan_od)
+        mean_od = sd_od = 0.0
+        if proteoglycan_od is not None and n_pg:
+            pg_values = np.asarray(proteoglycan_od)[sl][mask][pg].astype(np.float64)
+            mean_od, sd_od = float(pg_values.mean()), float(pg_values.std())
         rows.append(
             {
                 "pellet_id": int(pid),
@@ -358,10 +368,10 @@ def measure_pellets(
                 "circularity": float(circ),
                 "proteoglycan_area_fraction": _safe_fraction(n_pg, n_px),
                 "proteoglycan_mean_od": mean_od,
-                "collagen_area_fraction": _safe_fraction(class_counts[CLASS_CODES["collagen"]], n_px),
+                "collagen_area_fraction": _safe_fraction(n_collagen, n_px),
                 "nuclei_count": int(n_nuclei),
                 "nuclei_density_per_mm2": _safe_fraction(n_nuclei, area_um2 / 1e6),
-                "iron_area_fraction": _safe_fraction(class_counts[CLASS_CODES["iron"]], n_px),
+                "iron_area_fraction": _safe_fraction(n_iron, n_px),
                 "iron_granule_count": int(sum(1 for p in granule_pellet.values() if p == pid)),
                 "iron_positive_cell_fraction": _safe_fraction(positive, n_nuclei),
                 "proteoglycan_od_sd": sd_od,
@@ -389,6 +399,11 @@ def measure_pellets(
         )
         rows[-1].update(extra, depth_profile=profile)
     return rows
+
+
+def _resolved(value):
+    """``value``, or its result when it is a :class:`concurrent.futures.Future` (waited for)."""
+    return value.result() if isinstance(value, Future) else value
 
 
 def depth_map(mask, *, pixel_size_um: float) -> np.ndarray:

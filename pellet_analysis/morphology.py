@@ -62,14 +62,16 @@ def white_tophat_disk(image, radius: int, *, decompose: bool = True) -> np.ndarr
         return np.zeros(image.shape, np.float32)
     # one saturating, rounding pass: image * scale + offset * scale -> uint16
     quantised = cv2.addWeighted(image, _TOPHAT_SCALE, image, 0.0, _TOPHAT_OFFSET * _TOPHAT_SCALE, dtype=cv2.CV_16U)
-    opened = quantised
+    # one working array, filtered in place (OpenCV's own repeated iterations do so), not one new array per step
+    opened = quantised.copy()
     steps = disk_sequence(int(radius))
     for kernel, repeats in steps:
-        opened = cv2.erode(opened, kernel, iterations=repeats)
+        cv2.erode(opened, kernel, dst=opened, iterations=repeats)
     for kernel, repeats in steps:  # the dilation of an opening uses the reflected footprint
-        opened = cv2.dilate(opened, np.ascontiguousarray(kernel[::-1, ::-1]), iterations=repeats)
+        cv2.dilate(opened, np.ascontiguousarray(kernel[::-1, ::-1]), dst=opened, iterations=repeats)
     # saturating: near the array's edge a decomposed opening can exceed the image by a little
-    return cv2.subtract(quantised, opened).astype(np.float32) * np.float32(1.0 / _TOPHAT_SCALE)
+    top_hat = cv2.subtract(quantised, opened, dst=opened)
+    return np.multiply(top_hat, np.float32(1.0 / _TOPHAT_SCALE), dtype=np.float32)  # as astype(float32) * scale, one array
 
 
 def distance_transform(mask) -> np.ndarray:

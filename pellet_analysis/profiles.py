@@ -159,10 +159,12 @@ def pellet_cartilage(
     n_bands = int(band_px.max()) + 1 if band_px.size else 0
     pg_in = np.asarray(proteoglycan, bool)[mask]
     area_px = np.bincount(band_px, minlength=n_bands)
-    pg_px = np.bincount(band_px, weights=pg_in, minlength=n_bands)
+    # over the proteoglycan pixels alone (the same sums, in the same order, without the others' zeros)
+    band_pg = band_px[pg_in]
+    pg_px = np.bincount(band_pg, minlength=n_bands)
     od_sum = np.zeros(n_bands)
     if proteoglycan_od is not None:
-        od_sum = np.bincount(band_px, weights=np.where(pg_in, np.asarray(proteoglycan_od)[mask], 0), minlength=n_bands)
+        od_sum = np.bincount(band_pg, weights=np.asarray(proteoglycan_od)[mask][pg_in], minlength=n_bands)
 
     cells = np.asarray(cells, np.float64).reshape(-1, 3)
     ids = cells[:, 0].astype(np.int64)

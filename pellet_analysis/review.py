@@ -20,6 +20,7 @@ import datetime as _dt
 import getpass
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +35,7 @@ from .measure import measure_pellets, touches_border
 from .pellets import Illumination, estimate_illumination
 from .records import ImageSummary, decode_image, pellet_boxes
 from .stains import StainSet, configured_stains
+from .workers import opencv_threads
 
 __all__ = [
     "CORRECTIONS_LOG",
@@ -293,35 +295,52 @@ def requantify(run_dir, image: str, pellet_ids=None, *, config: RunConfig | None
         rgb = read_image(meta.path)[0]  # read once for all its pellets; a whole slide is read window by window
     bern = config.bern.params()
     out = []
-    for pid in ids:
-        r0, r1, c0, c1 = boxes[str(pid)]
-        box = (slice(r0, r1), slice(c0, c1))
-        wide = _grown(box, margin, shape)
-        inner = tuple(slice(s.start - w.start, s.stop - w.start) for s, w in zip(box, wide))
-        pellet_stains = _pellet_stains(stains, meta, pid)
-        od = illumination.od(rgb[wide] if rgb is not None else _rgb_window(meta, wide), shape, wide)
-        pg_od = None
-        if "proteoglycan" in pellet_stains.roles:
-            pg_od = stain_maps(od, pellet_stains, pixel_size_um=px, classify=config.classify.params(), nuclei=config.nuclei.params())["proteoglycan"][inner]
-        del od
-        pellets = load_label_window(run_dir, image, "pellets", box, automatic=automatic)
-        (row,) = measure_pellets(
-            pellets * (pellets == pid),  # this pellet alone, in the label image's own dtype
-            load_label_window(run_dir, image, "classes", box, automatic=automatic),
-            load_label_window(run_dir, image, "nuclei", box, automatic=automatic),
-            pixel_size_um=px,
-            proteoglycan_od=pg_od,
-            iron_cell_distance_um=config.iron.cell_distance_um,
-            rim_width_um=config.pellets.rim_width_um,
-            # the open pixels are not kept: re-quantified territories are the nuclei themselves
-            lacunae=_label_window_or_zeros(run_dir, image, "lacunae", box, automatic=automatic),
-            cartilage=config.cartilage.params(),
-        )
-        row["centroid_row_px"] += box[0].start
-        row["centroid_col_px"] += box[1].start
-        row["touches_border"] = touches_border(box, shape)
-        out.append({**row, **bern_scores(row, bern), "corrected": corrected})
+    # the proteoglycan OD (from the image) and the label windows with what is measured from them alone are
+    # independent: the OD is computed in a thread of its own while this one reads and measures the labels
+    # (OpenCV and NumPy release the GIL), and measure_pellets waits for it only where it needs it. The two
+    # threads are the parallelism: OpenCV's own pool would spin on cores they already use
+    with opencv_threads(1), ThreadPoolExecutor(max_workers=1, thread_name_prefix="requantify-od") as pool:
+        for pid in ids:
+            r0, r1, c0, c1 = boxes[str(pid)]
+            box = (slice(r0, r1), slice(c0, c1))
+            pellet_stains = _pellet_stains(stains, meta, pid)
+            pg_od = None
+            if "proteoglycan" in pellet_stains.roles:
+                pg_od = pool.submit(_proteoglycan_od, meta, rgb, illumination, pellet_stains, box, margin, config)
+            pellets = load_label_window(run_dir, image, "pellets", box, automatic=automatic)
+            (row,) = measure_pellets(
+                pellets * (pellets == pid),  # this pellet alone, in the label image's own dtype
+                load_label_window(run_dir, image, "classes", box, automatic=automatic),
+                load_label_window(run_dir, image, "nuclei", box, automatic=automatic),
+                pixel_size_um=px,
+                proteoglycan_od=pg_od,
+                iron_cell_distance_um=config.iron.cell_distance_um,
+                rim_width_um=config.pellets.rim_width_um,
+                # the open pixels are not kept: re-quantified territories are the nuclei themselves
+                lacunae=_label_window_or_zeros(run_dir, image, "lacunae", box, automatic=automatic),
+                cartilage=config.cartilage.params(),
+            )
+            row["centroid_row_px"] += box[0].start
+            row["centroid_col_px"] += box[1].start
+            row["touches_border"] = touches_border(box, shape)
+            out.append({**row, **bern_scores(row, bern), "corrected": corrected})
     return out
+
+
+def _proteoglycan_od(meta: ImageSummary, rgb, illumination: Illumination, stains: StainSet, box, margin: int, config: RunConfig) -> np.ndarray:
+    """The proteoglycan concentration (OD, float32) of the pipeline under ``box``, from the image's pixels.
+
+    Computed on the box grown by ``margin`` (the filters' reach,
+    :func:`~pellet_analysis.classify.pixel_maps_depth_px`), so that its
+    values inside the box are those of the pipeline; ``rgb`` is the whole
+    image if in memory, else only the grown window is read.
+    """
+    shape = tuple(meta.shape[:2])
+    px = float(meta.pixel_size_um)
+    wide = _grown(box, margin, shape)
+    inner = tuple(slice(s.start - w.start, s.stop - w.start) for s, w in zip(box, wide))
+    od = illumination.od(rgb[wide] if rgb is not None else _rgb_window(meta, wide), shape, wide)
+    return stain_maps(od, stains, pixel_size_um=px, classify=config.classify.params(), nuclei=config.nuclei.params())["proteoglycan"][inner]
 
 
 def _grown(box, margin: int, shape) -> tuple:
