@@ -641,12 +641,13 @@ class CartilageConfig(_Section):
     )
     lacuna_max_channel_ratio: float = Field(
         0.45, gt=0,
-        description="A lacuna is empty: in its clearest pixels (a fifth of them) the OD of every colour channel is below this fraction of "
-        "the same channel's level in the stained matrix around it (a yellow cytoplasm absorbs more than the matrix in one channel).",
+        description="A lacuna is empty: in its clearest pixels (the quantile CartilageParams.lacuna_clear_quantile) the OD of every colour channel is below this fraction of "
+        "the same channel's level in the stained matrix around it, each level at least CartilageParams.channel_floor_fraction of the strongest "
+        "(a yellow cytoplasm absorbs more than the matrix in one channel).",
     )
     lacuna_max_absorbance_ratio: float = Field(
         0.4, gt=0,
-        description="A lacuna is empty: in its clearest pixels their total absorbance (OD summed over the channels) is below this fraction "
+        description="A lacuna is empty: in its clearest pixels (as above) their total absorbance (OD summed over the channels) is below this fraction "
         "of the tissue's around it (unstained matrix beside a dark capsule is pale against the capsule, not against its own tissue).",
     )
     territory_max_um: float = Field(
@@ -654,7 +655,8 @@ class CartilageConfig(_Section):
     )
     territory_min_width_um: float = Field(
         3.0, ge=0,
-        description="Open pixels narrower than this (µm; the nuclei counted as open, so a thin cytoplasm ring stays) are no cell's territory: "
+        description="Open pixels narrower than about this (µm; the nuclei counted as open, so a thin cytoplasm ring stays) are no cell's territory: "
+        "opened with a disk of round(width / 2) pixels' radius, which removes strips up to twice that radius wide (at 3 µm: 3 µm at 0.5 µm/px, 4 µm at 1 µm/px); "
         "spurs and fringes of the matrix stain's noise would make round cells read elongated. 0 keeps every open pixel.",
     )
     rounded_min_axis_ratio: float = Field(

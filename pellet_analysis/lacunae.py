@@ -57,8 +57,20 @@ def local_level(values, weights, *, sigma_px: float) -> np.ndarray:
 def local_levels(values, weights, *, sigma_px: float, at=None) -> list:
     """:func:`local_level` of each array of ``values`` over the same ``weights``, the weights blurred once.
 
-    ``at``: flat indices of the pixels wanted; given, each level is a 1-D array
-    of those pixels' (the levels are not brought back to full size).
+    Parameters
+    ----------
+    values : sequence of ndarray of float, each shape (rows, cols)
+    weights : ndarray of float, shape (rows, cols)
+    sigma_px : float, keyword-only
+        Reach of the level (Gaussian sigma, px).
+    at : ndarray of int, optional, keyword-only
+        Flat indices of the pixels wanted.
+
+    Returns
+    -------
+    list of ndarray of float32
+        One level per array of ``values``: full size, or, given ``at``, a
+        1-D array of those pixels' levels (not brought back to full size).
     """
     w = np.asarray(weights, dtype=np.float32)
     # a level of many pixels' reach is smooth: blurred on a copy reduced by a quarter of sigma, then
@@ -140,6 +152,8 @@ def open_and_clear(od, matrix_od, inside, nuclei, *, pixel_size_um: float, param
     tissue = inside & (np.asarray(nuclei) == 0)
     matrix_od = np.maximum(np.asarray(matrix_od, dtype=np.float32), 0)
     od = np.asarray(od, dtype=np.float32)
+    if od.ndim != 3 or od.shape[:2] != inside.shape:
+        raise ValueError(f"od must be (rows, cols, channels) over the {inside.shape} pixels of inside, got shape {od.shape}")
     # the channels as planes (a reduction over a short last axis is slow in NumPy)
     channels = list(cv2.split(od)) if od.shape[-1] <= 4 else [np.ascontiguousarray(od[..., k]) for k in range(od.shape[-1])]
     channel_max_od, total_od = channels[0].copy(), channels[0].copy()
@@ -185,6 +199,7 @@ def emptiness(od, channel_levels, tissue_level, *, params: CartilageParams) -> n
     Parameters
     ----------
     od : ndarray of float, shape (..., channels)
+        Each colour channel's optical density of the pixels judged.
     channel_levels : ndarray of float, shape (..., channels)
         Local level of each channel's OD in the stained matrix.
     tissue_level : ndarray of float, shape (...)
@@ -288,8 +303,9 @@ def lacunae_from_clear(clear, nuclei, stained, *, pixel_size_um: float, params: 
         and it is compact: its solidity (area over convex hull) reaches
         ``lacuna_min_solidity`` (the gaps between a fibrous capsule's fibres
         are clear and ringed by stain too, but ragged). A group of touching
-        halos that is not compact is cut into its cells' own halos, each a
-        lacuna when its solidity reaches ``split_min_solidity``.
+        halos that is not compact, and whose clear area lies in that range, is
+        cut into its cells' own halos, each a lacuna when its solidity
+        reaches ``split_min_solidity`` (a larger ragged group is dropped whole).
     """
     nuclei = np.asarray(nuclei)
     clear = np.asarray(clear, dtype=bool) & (nuclei == 0)

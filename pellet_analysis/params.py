@@ -179,7 +179,7 @@ class IronParams:
     calibrate: str
     control_conditions: tuple
     calibrate_max_positive_fraction: float
-    calibrate_max_pellet_positive_fraction: float | None = 0.02
+    calibrate_max_pellet_positive_fraction: float | None
     nucleus_core_um: float = 1.0
     grow_um: float = 0.5
 
@@ -261,8 +261,8 @@ class CartilageParams:
     rounded_min_axis_ratio: float
     profile_band_um: float
     uniformity_patch_um: float
-    lacuna_max_channel_ratio: float = 0.45
-    lacuna_max_absorbance_ratio: float = 0.4
+    lacuna_max_channel_ratio: float
+    lacuna_max_absorbance_ratio: float
     lacuna_clear_quantile: float = 0.2
     channel_floor_fraction: float = 0.25
     split_min_solidity: float = 0.85

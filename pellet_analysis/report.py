@@ -155,8 +155,12 @@ def _calibration_text(run: dict) -> str:
             f"{cal.get('positive_fraction_after', cal.get('positive_fraction_predicted', float('nan'))):.2%} at the calibrated one "
             f"(target at most {cal.get('max_positive_fraction', 0.01):.0%}"
             + (
-                f"; in any one control pellet at most {cal['max_pellet_positive_fraction']:.0%}, measured at most "
-                f"{cal.get('pellet_positive_fraction_after_max', cal.get('pellet_positive_fraction_predicted_max', float('nan'))):.2%}"
+                f"; in any one control pellet at most {cal['max_pellet_positive_fraction']:.0%} or one cell, "
+                + (
+                    f"measured at most {cal['pellet_positive_fraction_after_max']:.2%}"
+                    if "pellet_positive_fraction_after_max" in cal
+                    else f"predicted at most {cal.get('pellet_positive_fraction_predicted_max', float('nan')):.2%}"
+                )
                 if cal.get("max_pellet_positive_fraction") is not None
                 else ""
             )

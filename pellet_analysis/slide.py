@@ -255,8 +255,10 @@ def classify_pellet_window(
     # (the same labels: every object lies inside the pellet, and the ring stands for all outside it)
     box = _grown_box(inside)
     # a lacuna is colourless: clear in every channel, where a counterstained cytoplasm absorbs strongly in one
+    # (its crop to the box, three float32 planes, stays through the object step for the lacuna step; the
+    # window's OD with its filter margin is freed before it)
     od_box = np.ascontiguousarray(od[box], dtype=np.float32)
-    del od  # the largest array of the window: freed before the object step
+    del od
     inside_box = inside[box]
     result = classify_maps(maps[box], inside_box, stains, **kwargs)
     matrix_od = maps[box][..., 1] + maps[box][..., 2]

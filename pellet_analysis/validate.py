@@ -50,7 +50,8 @@ def validate_section(params: dict, config: RunConfig | None = None, *, nuclei_mo
     section = make_section(**params, nuclei_model=nuclei_model)
     found = analyze_image(section.image, pixel_size_um=section.pixel_size_um, config=config)
     truth = truth_table(section, cartilage=config.cartilage.params())
-    # the found classes in the truth's pellets and bands: a band's error with the outline's share taken out
+    # the found classes in the truth's pellets and bands: a band's error with most of the outline's share taken out
+    # (truth-pellet pixels outside the found tissue stay background, so the outermost bands keep a little of it)
     classes_only = measure_pellets(section.pellets, found.classes, section.nuclei, pixel_size_um=section.pixel_size_um, cartilage=config.cartilage.params())
     iron_true = section.classes == CLASS_CODES["iron"]
     iron_found = found.classes == CLASS_CODES["iron"]
@@ -87,8 +88,9 @@ def _cartilage_pair(truth: dict, found: dict, classes_only: dict | None = None) 
     """Lacunae, rounded cells and the depth profile of one pellet, truth beside found (issue 24's figures).
 
     ``classes_only``: the found classes measured in the truth's pellet (its
-    outline and bands); its band errors are the classification's share of
-    the found profile's.
+    outline and bands); its band errors are, but for the truth-pellet pixels
+    outside the found tissue (background there), the classification's share
+    of the found profile's.
     """
     out = {}
     for col in ("lacuna_count", "lacuna_cell_fraction", "lacuna_mean_area_um2", "chondron_count", "rounded_cell_fraction"):
