@@ -1,22 +1,25 @@
 """Re-classify ``validate``'s pellet windows from cached maps: the iron and nuclei figures in a minute, not twenty.
 
     PYTHONPATH=. python benchmarks/iron_reclassify.py cache CACHE_DIR [--n 24] [--seed 1] [--nuclei-model varied]
-    PYTHONPATH=. python benchmarks/iron_reclassify.py score CACHE_DIR [--sections 0,2,16] [--iron JSON] [--nuclei JSON]
+    PYTHONPATH=. python benchmarks/iron_reclassify.py score CACHE_DIR [--nuclei-model varied] [--sections 0,2,16] [--iron JSON] [--nuclei JSON]
 
 ``cache`` renders the sections ``pellet-analysis validate --n N --seed S``
 renders (the same random parameters, in the same order), analyses each as
 validate does and stores every refined pellet's maps, mask, settings and the
 generator's truth in its window (one pickle per section, a few MB to a few
-hundred). ``score`` classifies each window again in one block with the
-current classifier, and settings of ``iron`` / ``nuclei`` replaced from JSON
-(``--iron '{"granule_min_od": 0.25}'``), and prints validate's iron and
-nuclei figures: labeled iron pixel F1 (mean over images), the unlabeled
-pellets' iron-positive cell fraction (mean, max) and granule count (max),
-true iron read as nuclei (mean over labeled images), nuclei instance F1
-and count error (per pellet window). With the settings unchanged it gives
-back validate's figures (at 70010e2, varied: F1 0.6596, unlabeled 0.0141 /
-0.0677, granules 24, iron read as nuclei 0.122, nuclei F1 0.854, count
-error 5.5 %). Only the object step is re-run: a
+hundred; the file names carry the nuclei model, so both models may share a
+folder). ``score`` classifies each window of the given nuclei model's cache
+again in one block with the current classifier, and settings of ``iron`` /
+``nuclei`` replaced from JSON (``--iron '{"granule_min_od": 0.25}'``), and
+prints validate's iron figures: labeled iron pixel F1 (mean over images),
+the unlabeled pellets' iron-positive cell fraction (mean, max) and granule
+count (max), true iron read as nuclei (mean over labeled images); and a
+per-window nuclei instance F1 and count error (mean over pellet windows,
+where validate's are per image: close, not equal). With the settings
+unchanged the iron figures are validate's (at 70010e2, varied: F1 0.6596,
+unlabeled 0.0141 / 0.0677, granules 24, iron read as nuclei 0.122;
+per-window nuclei F1 0.854, count error 5.5 %). A figure without any
+window to measure prints as null. Only the object step is re-run: a
 change to :func:`~pellet_analysis.classify.pixel_maps` needs a new cache.
 """
 
@@ -60,9 +63,9 @@ def cache(folder: Path, n: int, seed: int, nuclei_model: str) -> None:
         print(f"section {index}: {len(windows)} pellet(s), labeled {params['labeled']}, {params['pixel_size_um']} µm/px", flush=True)
 
 
-def score(folder: Path, sections, iron: dict, nuclei: dict) -> dict:
+def score(folder: Path, nuclei_model: str, sections, iron: dict, nuclei: dict) -> dict:
     f1s, as_nuclei, unlabeled, granules, nuclei_f1, count_error = [], [], [], [], [], []
-    for path in sorted(folder.glob("*.pkl")):
+    for path in sorted(folder.glob(f"{nuclei_model}_*.pkl")):
         index = int(path.stem.rsplit("_", 1)[1])
         if sections is not None and index not in sections:
             continue
@@ -116,8 +119,9 @@ def main() -> None:
         cache(args.folder, args.n, args.seed, args.nuclei_model)
         return
     sections = None if args.sections is None else {int(s) for s in args.sections.split(",")}
-    figures = score(args.folder, sections, json.loads(args.iron), json.loads(args.nuclei))
-    print(json.dumps({k: round(v, 4) for k, v in figures.items()}))
+    figures = score(args.folder, args.nuclei_model, sections, json.loads(args.iron), json.loads(args.nuclei))
+    # NaN (no window to measure) is not JSON: null
+    print(json.dumps({k: None if np.isnan(v) else round(v, 4) for k, v in figures.items()}))
 
 
 if __name__ == "__main__":

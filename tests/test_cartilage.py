@@ -83,7 +83,7 @@ def test_a_lacuna_is_empty_in_every_channel_and_against_its_tissue():
     od[disk((35, 110), 10, shape=shape)] = (0.03, 0.08, 0.25)
     # 3: a dark capsule over the lower half, an unstained patch beside it as pale as the pellet's unstained tissue
     od[80:, :] = (0.35, 1.2, 0.6)
-    od[90:130, 20:60] = (0.15, 0.25, 0.3)
+    od[90:130, 20:60] = (0.15, 0.25, 0.2)  # under the channel limit of the capsule's levels, not under the absorbance limit
     for k, (r, c) in enumerate(((35, 35), (35, 110), (100, 40)), start=1):
         nuclei[disk((r, c), 4, shape=shape)] = k
         od[disk((r, c), 4, shape=shape)] = (0.9, 0.9, 0.6)
@@ -98,10 +98,16 @@ def test_a_lacuna_is_empty_in_every_channel_and_against_its_tissue():
     host = nucleus_lacuna(nuclei, lacunae)
     assert host[1] != 0, "the empty halo"
     assert host[2] == 0, "yellow cytoplasm is not empty in the blue channel"
-    assert host[3] == 0, "the unstained patch absorbs as much as the tissue around it"
+    assert host[3] == 0, "the unstained patch"
+
+    def hosts(**change):
+        return nucleus_lacuna(nuclei, find_lacunae(od, matrix, inside, nuclei, pixel_size_um=1.0, params=replace(PARAMS, **change))[0])
+
     # without the emptiness limits the yellow ring reads as a lacuna (clear in the largest channel)
-    loose = replace(PARAMS, lacuna_max_channel_ratio=1e6, lacuna_max_absorbance_ratio=1e6)
-    assert nucleus_lacuna(nuclei, find_lacunae(od, matrix, inside, nuclei, pixel_size_um=1.0, params=loose)[0])[2] != 0
+    assert hosts(lacuna_max_channel_ratio=1e6, lacuna_max_absorbance_ratio=1e6)[2] != 0
+    # the patch is not enclosed by stained matrix; enclosed or not, it absorbs as much as the tissue around it
+    assert hosts(lacuna_min_enclosure=0.0)[3] == 0, "the unstained patch absorbs as much as the tissue around it"
+    assert hosts(lacuna_min_enclosure=0.0, lacuna_max_absorbance_ratio=1e6)[3] != 0
 
 
 def test_crowded_lacunae_joined_through_a_blurred_wall_come_apart():
@@ -234,7 +240,7 @@ def test_lacunae_and_rounded_cells_against_the_truth(found_and_truth):
     assert abs(found_total - true_total) / true_total <= 0.15, (found_total, true_total)
     for f, t in found_and_truth:
         assert abs(f["lacuna_cell_fraction"] - t["lacuna_cell_fraction"]) <= 0.1
-        # issue 24 asks for 0.1; with the territories' noise spurs left out these sections are within 0.02
+        # issue 24 asks for 0.1; with the territories' noise spurs left out these sections are within 0.023 (docs/accuracy.md)
         assert abs(f["rounded_cell_fraction"] - t["rounded_cell_fraction"]) <= 0.05
 
 
@@ -244,8 +250,9 @@ def test_rounded_fraction_is_not_read_low(found_and_truth):
     pairs = list(found_and_truth)
     for day, labeled in ((7, True), (14, True), (28, False)):
         s = make_section(day=day, labeled=labeled, seed=40 + day, pixel_size_um=1.0, pellet_diameter_um=(320, 400))
-        found = analyze_image(s.image, pixel_size_um=1.0, config=RunConfig())
-        pairs.append((found.rows[0], truth_table(s)[0]))
+        (row,) = analyze_image(s.image, pixel_size_um=1.0, config=RunConfig()).rows
+        (true_row,) = truth_table(s)
+        pairs.append((row, true_row))
     errors = [f["rounded_cell_fraction"] - t["rounded_cell_fraction"] for f, t in pairs]
     assert max(abs(e) for e in errors) <= 0.05, errors  # issue 24 asks for 0.1
     assert abs(np.mean(errors)) <= 0.025, errors
@@ -254,9 +261,9 @@ def test_rounded_fraction_is_not_read_low(found_and_truth):
 def test_few_lacunae_where_the_section_has_none():
     """Sections without lacunae (``cartilage=False``: yellow cytoplasm rings, unstained matrix beside a dark capsule).
 
-    Main (70010e2) found 7 / 17 / 28 in these three; with the emptiness test 4 / 0 / 5, all in unstained
-    matrix along the capsule. Over the 24 lacuna-free pellets of ``validation_params(seed 1)``'s first
-    12 sections: 148 found before, 21 now. Issue 24's aim is none.
+    Issue 24's aim is none. The emptiness test leaves a few, in unstained matrix along the capsule: at
+    most 3 % of a section's cells and 12 over the three (figures in docs/accuracy.md, "Lacunae that are
+    empty, and crowded halos cut apart").
     """
     found = []
     for day, seed in ((7, 3), (14, 5), (28, 7)):

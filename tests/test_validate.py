@@ -40,4 +40,10 @@ def test_validate_section_and_summary():
     # measured again with the found classes in the truth's own bands
     for p in pellets:
         assert abs(p["profile_band_error_pp_mean_abs"] - p["profile_band_error_pp_mean_abs_classes_only"]) < 0.5, p
-    assert 0 <= summary["profile_bands_within_3pp_labeled"] <= 1 and np.isnan(summary["profile_bands_within_3pp_unlabeled"])
+    # the share of the bands within 3 pp, over the bands of all (here: labeled) pellets
+    n_bands = sum(p["profile_bands"] for p in pellets)
+    assert n_bands > 0 and all(0 <= p["profile_bands_over_3pp"] <= p["profile_bands"] for p in pellets)
+    within = 1 - sum(p["profile_bands_over_3pp"] for p in pellets) / n_bands
+    assert summary["profile_bands_within_3pp_labeled"] == pytest.approx(within)
+    assert summary["profile_bands_within_3pp"] == pytest.approx(within)
+    assert np.isnan(summary["profile_bands_within_3pp_unlabeled"])
