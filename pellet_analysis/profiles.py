@@ -141,7 +141,8 @@ def band_index(depth_um, band_um: float) -> np.ndarray:
     if depth.dtype != np.float32 or depth.size == 0:
         return np.floor(np.asarray(depth, dtype=np.float64) / band_um).astype(np.int64)
     lo, hi = (int(np.floor(np.float64(v) / band_um)) if np.isfinite(v) else None for v in (depth.min(), depth.max()))
-    if lo is None or hi is None:  # NaN or infinite depths: the quotient's own floor
+    # NaN or infinite depths, or more bands than a table of their starts is worth: the quotient's own floor
+    if lo is None or hi is None or hi - lo > max(4096, depth.size // 16):
         return np.floor(depth.astype(np.float64) / band_um).astype(np.int64)
     starts = _band_starts(np.arange(lo + 1, hi + 1), band_um)
     out = np.searchsorted(starts, depth, side="right").astype(np.int64, copy=False)
