@@ -33,7 +33,7 @@ from .morphology import _disk
 from .params import CartilageParams
 from .territories import cell_territories
 
-__all__ = ["local_level", "local_levels", "open_and_clear", "emptiness", "lacunae_from_clear", "find_lacunae", "nucleus_lacuna"]
+__all__ = ["local_level", "local_levels", "open_and_clear", "emptiness", "lacunae_from_clear", "find_lacunae", "nucleus_lacuna", "lacuna_by_majority"]
 
 
 def local_level(values, weights, *, sigma_px: float) -> np.ndarray:
@@ -408,12 +408,16 @@ def nucleus_lacuna(nuclei, lacunae) -> np.ndarray:
     """Per nucleus id (index), the lacuna holding most of its pixels (0: none), int64."""
     nuclei = np.asarray(nuclei)
     n = int(nuclei.max()) + 1 if nuclei.size else 1
-    out = np.zeros(n, np.int64)
     sel = nuclei != 0
-    if not sel.any():
+    return lacuna_by_majority(nuclei[sel].astype(np.int64), np.asarray(lacunae)[sel], n)
+
+
+def lacuna_by_majority(nid, lid, n: int) -> np.ndarray:
+    """:func:`nucleus_lacuna` from the nuclei's pixels: their nucleus ids ``nid`` (int64, non-zero) and lacuna ids ``lid``; ``n`` ids (0..n-1)."""
+    out = np.zeros(n, np.int64)
+    if not nid.size:
         return out
-    nid = nuclei[sel].astype(np.int64)
-    lid = np.asarray(lacunae)[sel].astype(np.int64)
+    lid = np.asarray(lid).astype(np.int64)
     size = np.bincount(nid, minlength=n)
     inl = lid != 0
     if not inl.any():

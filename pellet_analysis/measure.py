@@ -16,8 +16,8 @@ from scipy.spatial import cKDTree
 from .labels import CLASS_CODES
 from .morphology import within_distance
 from .params import CartilageParams
-from .profiles import CARTILAGE_COLUMNS, cell_features, pellet_cartilage
-from .territories import moments_by_label
+from .profiles import CARTILAGE_COLUMNS, cell_features_from_pixels, nonzero_pixels, pellet_cartilage
+from .territories import PIXEL_MOMENT, axis_ratios, central_moments, moment_axis_ratio
 
 __all__ = [
     "MEASUREMENT_COLUMNS",
@@ -206,13 +206,20 @@ def _majority(obj, pel) -> dict:
     return dict(zip(present.tolist(), best.tolist()))
 
 
-def _nucleus_shapes(rr, cc, lab, ids) -> dict:
-    """id -> (centroid row, centroid col, minor/major axis ratio) for each nucleus, from its pixels' rows, columns and labels (int64)."""
+def _nucleus_shapes(rr, cc, lab, ids) -> tuple[dict, np.ndarray | None]:
+    """id -> (centroid row, centroid col, minor/major axis ratio) for each nucleus, from its pixels' rows, columns and labels (int64).
+
+    Also, per id (index), the axis ratio with each pixel's own moment added
+    (:func:`~pellet_analysis.territories.axis_ratios` of the nuclei: their
+    roundness as territories of their own), from the same moments; None
+    without nuclei.
+    """
     ids = np.asarray(ids)
     if ids.size == 0:
-        return {}
-    mr, mc, ratio = moments_by_label(rr, cc, lab, int(ids.max()) + 1)
-    return {int(i): (float(mr[i]), float(mc[i]), float(ratio[i])) for i in ids}
+        return {}, None
+    mr, mc, second = central_moments(rr, cc, lab, int(ids.max()) + 1)
+    ratio = moment_axis_ratio(*second)
+    return {int(i): (float(mr[i]), float(mc[i]), float(ratio[i])) for i in ids}, moment_axis_ratio(*second, pixel_moment=PIXEL_MOMENT)
 
 
 def _nuclei_spacing_and_roundness(shapes, pixel_size_um: float) -> tuple[float, float]:
@@ -320,11 +327,26 @@ def measure_pellets(
     if iron_labels.max():
         granule_pellet = _majority_pellet(iron_labels, pellets)
 
-    shapes = _nucleus_shapes(nucleus_rows, nucleus_cols, nucleus_labels, nucleus_ids)
+    shapes, own_ratio = _nucleus_shapes(nucleus_rows, nucleus_cols, nucleus_labels, nucleus_ids)
     features = lacuna_pellet = None
     if cartilage is not None:
-        features = cell_features(nuclei, lacunae, territories, rounded_min_axis_ratio=cartilage.rounded_min_axis_ratio)
-        lacuna_pellet = _majority_pellet(np.asarray(lacunae), pellets) if lacunae is not None and np.any(lacunae) else {}
+        # from the nuclei's and the lacunae's pixels found once; without territories a nucleus is its own,
+        # and its roundness comes from the moments of its shape above
+        lacuna_pixels = nonzero_pixels(lacunae) if lacunae is not None else (np.zeros(0, np.intp),) * 2 + (np.zeros(0, np.int64),)
+        if territories is not None:
+            ratio = axis_ratios(territories)
+        else:
+            ratio = own_ratio if own_ratio is not None else np.ones(1)
+        features = cell_features_from_pixels(
+            nucleus_labels,
+            np.asarray(lacunae)[nucleus_rows, nucleus_cols] if lacunae is not None else np.zeros(nucleus_labels.size, np.int64),
+            int(nucleus_labels.max()) + 1 if nucleus_labels.size else 1,
+            lacuna_pixels,
+            ratio,
+            rounded_min_axis_ratio=cartilage.rounded_min_axis_ratio,
+        )
+        lac_rows, lac_cols, lac_labels = lacuna_pixels
+        lacuna_pellet = _majority(lac_labels, pellets[lac_rows, lac_cols]) if lac_labels.size else {}
     # one pellet (the pipeline measures each alone): its box from row and column projections, no label-sized copy
     objects = ndi.find_objects(pellets) if ids.size > 1 else {int(ids[0]) - 1: _nonzero_box(pellets)}
     rows = []
@@ -356,9 +378,11 @@ def measure_pellets(
         # the proteoglycan OD is read only from here on: all above needs the labels alone (see ``proteoglycan_od``)
         proteoglycan_od = _resolved(proteoglycan_od)
         mean_od = sd_od = 0.0
-        if proteoglycan_od is not None and n_pg:
+        pg_values = None
+        if proteoglycan_od is not None:
             pg_values = np.asarray(proteoglycan_od)[sl][mask][pg].astype(np.float64)
-            mean_od, sd_od = float(pg_values.mean()), float(pg_values.std())
+            if n_pg:
+                mean_od, sd_od = float(pg_values.mean()), float(pg_values.std())
         rows.append(
             {
                 "pellet_id": int(pid),
@@ -396,6 +420,7 @@ def measure_pellets(
             pixel_size_um=pixel_size_um,
             rim_width_um=rim_width_um,
             params=cartilage,
+            inside=(depth_um, pg, pg_values),  # the pellet's pixels as selected above, not again
         )
         rows[-1].update(extra, depth_profile=profile)
     return rows

@@ -15,11 +15,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .lacunae import nucleus_lacuna
+from .lacunae import lacuna_by_majority
 from .params import CartilageParams
 from .territories import axis_ratios
 
-__all__ = ["CARTILAGE_COLUMNS", "PROFILE_COLUMNS", "CellFeatures", "cell_features", "pellet_cartilage", "band_index", "coefficient_of_variation"]
+__all__ = ["CARTILAGE_COLUMNS", "PROFILE_COLUMNS", "CellFeatures", "cell_features", "cell_features_from_pixels", "nonzero_pixels", "pellet_cartilage", "band_index", "coefficient_of_variation"]
 
 #: Per-pellet columns of the cartilage morphology, in output order.
 CARTILAGE_COLUMNS = [
@@ -79,14 +79,42 @@ def cell_features(nuclei, lacunae, territories, *, rounded_min_axis_ratio: float
     n = int(nuclei.max()) + 1 if nuclei.size else 1
     lacunae = np.zeros(nuclei.shape, np.uint32) if lacunae is None else np.asarray(lacunae)
     territories = nuclei if territories is None else np.asarray(territories)
-    host = nucleus_lacuna(nuclei, lacunae)
-    ratio = axis_ratios(territories)
+    sel = nuclei != 0
+    return cell_features_from_pixels(
+        nuclei[sel].astype(np.int64), lacunae[sel], n, nonzero_pixels(lacunae), axis_ratios(territories), rounded_min_axis_ratio=rounded_min_axis_ratio
+    )
+
+
+def nonzero_pixels(labels) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The rows, columns and labels (int64) of a label image's non-zero pixels, in row-major order."""
+    labels = np.asarray(labels)
+    rr, cc = np.nonzero(labels)
+    return rr, cc, labels[rr, cc].astype(np.int64)
+
+
+def cell_features_from_pixels(nucleus_ids, nucleus_lacunae, n: int, lacuna_pixels, ratio, *, rounded_min_axis_ratio: float) -> CellFeatures:
+    """:func:`cell_features` from pixels a caller has already found (its label images are then not read again).
+
+    Parameters
+    ----------
+    nucleus_ids : ndarray of int64
+        Nucleus id of each nucleus pixel (non-zero).
+    nucleus_lacunae : ndarray of int
+        Lacuna id under each of those pixels (0 none).
+    n : int
+        Number of nucleus ids (the largest plus one).
+    lacuna_pixels : tuple of ndarray
+        Rows, columns and lacuna ids (int64) of the lacunae's pixels (:func:`nonzero_pixels`).
+    ratio : ndarray of float64
+        Per nucleus id, its territory's minor/major axis ratio.
+    rounded_min_axis_ratio : float, keyword-only
+    """
+    host = lacuna_by_majority(nucleus_ids, nucleus_lacunae, n)
     rounded = np.ones(n, bool)
     m = min(n, ratio.size)
     rounded[:m] = ratio[:m] >= rounded_min_axis_ratio
-    n_lac = int(lacunae.max()) + 1 if lacunae.size else 1
-    rr, cc = np.nonzero(lacunae)
-    lab = lacunae[rr, cc].astype(np.int64)
+    rr, cc, lab = lacuna_pixels
+    n_lac = int(lab.max()) + 1 if lab.size else 1
     area = np.bincount(lab, minlength=n_lac)
     safe = np.maximum(area, 1)
     cells = np.bincount(host[host > 0], minlength=n_lac)
@@ -101,8 +129,46 @@ def cell_features(nuclei, lacunae, territories, *, rounded_min_axis_ratio: float
 
 
 def band_index(depth_um, band_um: float) -> np.ndarray:
-    """The depth band (0 at the surface) of each depth (µm), int64."""
-    return np.floor(np.asarray(depth_um, dtype=np.float64) / float(band_um)).astype(np.int64)
+    """The depth band (0 at the surface) of each depth (µm), int64: ``floor(depth / band_um)`` in float64.
+
+    A float32 depth (a distance map's) is not widened to float64: its band is
+    found by comparison with each band's first float32 depth (the least whose
+    float64 quotient reaches it), which gives the float64 quotient's floor
+    exactly, since that quotient never decreases as the depth grows.
+    """
+    depth = np.asarray(depth_um)
+    band_um = float(band_um)
+    if depth.dtype != np.float32 or depth.size == 0:
+        return np.floor(np.asarray(depth, dtype=np.float64) / band_um).astype(np.int64)
+    lo, hi = (int(np.floor(np.float64(v) / band_um)) if np.isfinite(v) else None for v in (depth.min(), depth.max()))
+    # NaN or infinite depths, or more bands than a table of their starts is worth: the quotient's own floor
+    if lo is None or hi is None or hi - lo > max(4096, depth.size // 16):
+        return np.floor(depth.astype(np.float64) / band_um).astype(np.int64)
+    starts = _band_starts(np.arange(lo + 1, hi + 1), band_um)
+    out = np.searchsorted(starts, depth, side="right").astype(np.int64, copy=False)
+    if lo:
+        out += lo
+    return out
+
+
+def _band_starts(bands, band_um: float) -> np.ndarray:
+    """For each band k, the least float32 depth ``d`` with ``floor(float64(d) / band_um) >= k`` (float32, ascending)."""
+    starts = np.asarray(bands, np.float64) * band_um
+    starts = starts.astype(np.float32)
+    reached = lambda d: np.floor(d.astype(np.float64) / band_um) >= bands  # noqa: E731
+    # float32 rounding of k * band_um lands within a step or two of the start: walk down while still reached, then up until reached
+    while True:
+        below = np.nextafter(starts, np.float32(-np.inf))
+        back = reached(below)
+        if not back.any():
+            break
+        starts = np.where(back, below, starts)
+    while True:
+        short = ~reached(starts)
+        if not short.any():
+            break
+        starts = np.where(short, np.nextafter(starts, np.float32(np.inf)), starts)
+    return starts
 
 
 def _fraction(num, den):
@@ -126,7 +192,18 @@ def _at(depth_map, rows, cols) -> np.ndarray:
 
 
 def pellet_cartilage(
-    mask, depth_map_um, proteoglycan, proteoglycan_od, cells, lacunae, features: CellFeatures, *, pixel_size_um: float, rim_width_um: float, params: CartilageParams
+    mask,
+    depth_map_um,
+    proteoglycan,
+    proteoglycan_od,
+    cells,
+    lacunae,
+    features: CellFeatures,
+    *,
+    pixel_size_um: float,
+    rim_width_um: float,
+    params: CartilageParams,
+    inside=None,
 ) -> tuple[dict, list[dict]]:
     """One pellet's :data:`CARTILAGE_COLUMNS` and its depth profile (a dict of :data:`PROFILE_COLUMNS` per band).
 
@@ -146,6 +223,11 @@ def pellet_cartilage(
     features : CellFeatures
     pixel_size_um, rim_width_um : float, keyword-only
     params : CartilageParams, keyword-only
+    inside : tuple of ndarray, optional, keyword-only
+        ``depth_map_um`` and ``proteoglycan`` at the pixels of ``mask``, and
+        ``proteoglycan_od`` (or None) at those of them that are proteoglycan
+        (row-major order), when the caller has already selected them: they
+        are then not selected again.
 
     Notes
     -----
@@ -154,17 +236,19 @@ def pellet_cartilage(
     px = float(pixel_size_um)
     band_um = params.profile_band_um
     mask = np.asarray(mask, dtype=bool)
-    depth_in = depth_map_um[mask]
+    if inside is None:
+        pg_in = np.asarray(proteoglycan, bool)[mask]
+        inside = (depth_map_um[mask], pg_in, None if proteoglycan_od is None else np.asarray(proteoglycan_od)[mask][pg_in])
+    depth_in, pg_in, pg_od = inside
     band_px = band_index(depth_in, band_um)
     n_bands = int(band_px.max()) + 1 if band_px.size else 0
-    pg_in = np.asarray(proteoglycan, bool)[mask]
     area_px = np.bincount(band_px, minlength=n_bands)
     # over the proteoglycan pixels alone (the same sums, in the same order, without the others' zeros)
     band_pg = band_px[pg_in]
     pg_px = np.bincount(band_pg, minlength=n_bands)
     od_sum = np.zeros(n_bands)
     if proteoglycan_od is not None:
-        od_sum = np.bincount(band_pg, weights=np.asarray(proteoglycan_od)[mask][pg_in], minlength=n_bands)
+        od_sum = np.bincount(band_pg, weights=pg_od, minlength=n_bands)
 
     cells = np.asarray(cells, np.float64).reshape(-1, 3)
     ids = cells[:, 0].astype(np.int64)
@@ -199,8 +283,9 @@ def pellet_cartilage(
     ]
 
     core_cell = cell_depth > rim_width_um
-    core_area_mm2 = float((depth_in > rim_width_um).sum()) * px * px / 1e6
-    rim_area_mm2 = float((depth_in <= rim_width_um).sum()) * px * px / 1e6
+    n_core = int(np.count_nonzero(depth_in > rim_width_um))  # depths are never NaN: the rest is the rim
+    core_area_mm2 = float(n_core) * px * px / 1e6
+    rim_area_mm2 = float(depth_in.size - n_core) * px * px / 1e6
     core_lac = lac_depth > rim_width_um
     row = {
         "lacuna_count": int(lac.size),

@@ -22,7 +22,7 @@ from scipy import ndimage as ndi
 
 from .morphology import binary_opening_disk
 
-__all__ = ["cell_territories", "axis_ratios", "moments_by_label"]
+__all__ = ["cell_territories", "axis_ratios", "moments_by_label", "central_moments", "moment_axis_ratio", "PIXEL_MOMENT"]
 
 
 def cell_territories(nuclei, room, *, max_distance_px: float, min_width_px: float = 0.0) -> np.ndarray:
@@ -64,12 +64,16 @@ def cell_territories(nuclei, room, *, max_distance_px: float, min_width_px: floa
     return out
 
 
+#: A pixel's own second moment about its centre (a unit square): added to a territory's, it keeps
+#: one-pixel-wide objects from reading as lines of zero width.
+PIXEL_MOMENT = 1 / 12
+
+
 def axis_ratios(labels) -> np.ndarray:
     """Per label (index), the minor/major axis ratio of its pixels' second moments (float64; 1 for absent labels and single pixels)."""
     labels = np.asarray(labels)
     rr, cc = np.nonzero(labels)
-    # a pixel is a unit square: its own second moment (1/12) keeps one-pixel-wide objects from reading as lines of zero width
-    return moments_by_label(rr, cc, labels[rr, cc].astype(np.int64), int(labels.max()) + 1 if labels.size else 1, pixel_moment=1 / 12)[2]
+    return moments_by_label(rr, cc, labels[rr, cc].astype(np.int64), int(labels.max()) + 1 if labels.size else 1, pixel_moment=PIXEL_MOMENT)[2]
 
 
 def moments_by_label(rr, cc, lab, n: int, *, pixel_moment: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -81,6 +85,17 @@ def moments_by_label(rr, cc, lab, n: int, *, pixel_moment: float = 0.0) -> tuple
     the square root of the covariance eigenvalues' ratio, 1 where the major
     one is 0 (absent labels, single pixels without ``pixel_moment``).
     """
+    mr, mc, second = central_moments(rr, cc, lab, n)
+    return mr, mc, moment_axis_ratio(*second, pixel_moment=pixel_moment)
+
+
+def central_moments(rr, cc, lab, n: int) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Per label 0..n-1: mean row, mean column and the second central moments (row-row, col-col, row-col), float64.
+
+    The bincount reductions of :func:`moments_by_label`, so that one set of
+    moments gives axis ratios with and without a pixel's own moment
+    (:func:`moment_axis_ratio`) without visiting the pixels twice.
+    """
     count = np.maximum(np.bincount(lab, minlength=n), 1).astype(np.float64)
 
     def mean(values):
@@ -88,8 +103,13 @@ def moments_by_label(rr, cc, lab, n: int, *, pixel_moment: float = 0.0) -> tuple
 
     mr, mc = mean(rr.astype(np.float64)), mean(cc.astype(np.float64))
     dr, dc = rr - mr[lab], cc - mc[lab]
-    srr, scc, src = mean(dr * dr) + pixel_moment, mean(dc * dc) + pixel_moment, mean(dr * dc)
+    return mr, mc, (mean(dr * dr), mean(dc * dc), mean(dr * dc))
+
+
+def moment_axis_ratio(srr, scc, src, *, pixel_moment: float = 0.0) -> np.ndarray:
+    """Minor/major axis ratio (float64) from second central moments, ``pixel_moment`` added to both axes'; 1 where the major one is 0."""
+    srr, scc = srr + pixel_moment, scc + pixel_moment
     half_trace = (srr + scc) / 2
     root = np.sqrt(np.maximum(((srr - scc) / 2) ** 2 + src**2, 0))
     major, minor = half_trace + root, np.maximum(half_trace - root, 0)
-    return mr, mc, np.where(major > 0, np.sqrt(minor / np.where(major > 0, major, 1)), 1.0)
+    return np.where(major > 0, np.sqrt(minor / np.where(major > 0, major, 1)), 1.0)

@@ -164,6 +164,21 @@ def test_territories_leave_out_open_spurs_narrower_than_min_width():
     assert np.array_equal(cell_territories(nuclei, room, max_distance_px=30, min_width_px=0), cell_territories(nuclei, room, max_distance_px=30))
 
 
+def test_float32_depth_bands_are_the_float64_quotients_floor():
+    # float32 depths (a distance map's) at and one float32 step either side of every band edge, for
+    # band widths whose multiples float32 cannot hold exactly, and negative depths: the band is
+    # floor(depth / band_um) in float64, as for any other dtype
+    rng = np.random.default_rng(5)
+    for band_um in (25.0, 0.1, 1 / 3, 7.77, 1e-3):
+        edges = (np.arange(-20, 60) * band_um).astype(np.float32)
+        depth = np.concatenate([edges, np.nextafter(edges, np.float32(-1e9)), np.nextafter(edges, np.float32(1e9)),
+                                (rng.normal(size=5000) * 40 * band_um).astype(np.float32)])
+        expected = np.floor(depth.astype(np.float64) / band_um).astype(np.int64)
+        found = band_index(depth, band_um)
+        assert found.dtype == np.int64 and np.array_equal(found, expected), band_um
+    assert band_index(np.zeros((0, 3), np.float32), 25.0).shape == (0, 3)
+
+
 def test_depth_bands_and_profile_by_hand():
     assert band_index([0, 24.9, 25, 50, 74.99], 25).tolist() == [0, 0, 1, 2, 2]
     # a round pellet, proteoglycan only deeper than 50 µm
