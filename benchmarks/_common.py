@@ -9,7 +9,19 @@ import threading
 import time
 from pathlib import Path
 
-__all__ = ["PeakMemory", "cpu_seconds", "timed"]
+__all__ = ["PeakMemory", "cache_score_parser", "cpu_seconds", "timed"]
+
+
+def cache_score_parser(description: str):
+    """The arguments of a benchmark that caches ``validate``'s sections once and scores them again: command, folder, --n, --seed."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("command", choices=("cache", "score"))
+    parser.add_argument("folder", type=Path)
+    parser.add_argument("--n", type=int, default=24)
+    parser.add_argument("--seed", type=int, default=1)
+    return parser
 
 
 class PeakMemory:

@@ -25,7 +25,6 @@ change to :func:`~pellet_analysis.classify.pixel_maps` needs a new cache.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import pickle
@@ -33,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from _common import cache_score_parser
 from iron_misses import pellet_windows
 from pellet_analysis import classify
 from pellet_analysis.config import RunConfig
@@ -105,11 +105,7 @@ def score(folder: Path, nuclei_model: str, sections, iron: dict, nuclei: dict) -
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=("cache", "score"))
-    parser.add_argument("folder", type=Path)
-    parser.add_argument("--n", type=int, default=24)
-    parser.add_argument("--seed", type=int, default=1)
+    parser = cache_score_parser(__doc__.splitlines()[0])
     parser.add_argument("--nuclei-model", default="varied", choices=("varied", "simple"))
     parser.add_argument("--sections", default=None, help="comma-separated section numbers (default: every cached one)")
     parser.add_argument("--iron", default="{}", help="JSON of iron settings to replace")

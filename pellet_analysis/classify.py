@@ -1156,7 +1156,12 @@ def classify_objects(
     if "collagen" in stains.roles:
         classes[inside & (maps[..., 2] > classify.collagen_min_od)] = CLASS_CODES["collagen"]
     if "proteoglycan" in stains.roles:
-        classes[inside & (maps[..., 1] > thresholds.proteoglycan)] = CLASS_CODES["proteoglycan"]
+        matrix = inside & (maps[..., 1] > thresholds.proteoglycan)
+        if has_iron:
+            # a nucleus found by darkness ends at half its maximum: its blurred outer half and the cell's cytoplasm
+            # around it read the matrix's Alcian blue only through the blur, and are not matrix
+            matrix &= ~binary_dilation_disk(nuclear, round(classify.nucleus_rim_um / px))
+        classes[matrix] = CLASS_CODES["proteoglycan"]
     classes[nuclear] = CLASS_CODES["nuclei"]
     classes[iron_mask] = CLASS_CODES["iron"]
     return classes, instances.astype(np.int32)

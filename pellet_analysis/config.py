@@ -208,6 +208,15 @@ class ClassifyConfig(_Section):
     smoothing_um: float = Field(
         0.5, ge=0, description="Gaussian sigma applied to stain concentrations before thresholding (µm)."
     )
+    nucleus_rim_um: float = Field(
+        0.5,
+        ge=0,
+        description=(
+            "Width (µm) of the rim around each found nucleus that is never proteoglycan, in stain sets whose nuclei are "
+            "found by darkness (ab-vg): the nucleus's blurred outer edge and the cell's cytoplasm, where the matrix's "
+            "Alcian blue reads only through the blur. Rounded to whole pixels (0 at 1 µm per pixel)."
+        ),
+    )
 
 
 class NucleiConfig(_Section):

@@ -96,6 +96,7 @@ class ClassifyParams:
     proteoglycan_min_od: float
     collagen_min_od: float
     smoothing_um: float
+    nucleus_rim_um: float
     fine_sigma_um: float = 0.4
 
 
