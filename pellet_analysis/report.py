@@ -210,7 +210,10 @@ def _efficiency_section(efficiency: pd.DataFrame) -> dict:
     """The labeling-efficiency table: per day every donor's pair and their mean."""
     return {
         "text": "Iron-positive cells (nuclei with an iron pixel within iron.cell_distance_um) and iron area in the labeled "
-                "and unlabeled pellets of each donor, per day (donor means of section means); 'difference' is labeled - unlabeled.",
+                "and unlabeled pellets of each donor, per day (donor means of section means); 'difference' is labeled - unlabeled. "
+                "Read the labeled fraction as a lower bound: granules blurred into a nucleus or fainter than the granule threshold "
+                "are missed (on validate's synthetic labeled pellets it reads well below the truth: docs/iron.md, 'Known limits'); "
+                "the unlabeled pellets give the false-positive floor.",
         "table": _table(_pairs_by_day(efficiency, EFFICIENCY_METRICS), id="labeling-efficiency-table", text_columns=("donor",)),
     }
 
