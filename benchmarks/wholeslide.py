@@ -30,7 +30,7 @@ varied by a fifth. Each run starts after ``--pause-s`` seconds of rest, so
 that every run starts from the same state rather than from what the run
 before it left: on the benchmark's virtual machines memory that a process
 has just freed is cheap to touch again, but after a few seconds of rest a
-fresh 500 MB array took 1.0-1.3 s to fill against 0.09 s (docs/performance.md).
+fresh 500 MB array took 0.8-1.2 s to fill against 0.08-0.15 s (docs/performance.md, Memory).
 Stain separation is the best of 15.
 
 Results are printed as a Markdown table and saved as JSON beside the slide.
