@@ -1,7 +1,8 @@
 """Iron without false positives, and nuclei of the varied generator (issue 19).
 
 Targets of the issue that do not hold yet are asserted at the level measured, with the
-issue's target in the comment (docs/accuracy.md, "AB/VG nuclei and iron beyond our generator").
+issue's target in the comment (docs/accuracy.md, "Nuclei on the synthetic sections" and "Iron on the
+synthetic sections").
 """
 
 import glob
@@ -73,7 +74,8 @@ def varied():
     """Varied-model sections: an unlabeled day-28 one at 0.5 µm, a labeled day-7 and an unlabeled day-14 one at 1 µm.
 
     Without lacunae (``cartilage=False``): the sections these nucleus and iron figures were set on;
-    with them the day-28 section's F1 reads 0.768 (lacunae and spindle cells: accuracy.md, issue 24).
+    with them the day-28 section's F1 reads 0.768 (lacunae and spindle cells: accuracy.md, "Lacunae, cell
+    territories and depth profiles").
     """
     out = []
     for day, labeled, px, seed in [(28, False, 0.5, 31), (7, True, 1.0, 32), (14, False, 1.0, 33)]:

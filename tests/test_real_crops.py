@@ -44,7 +44,7 @@ def test_safranin_o_crop_finds_proteoglycan_in_the_core_and_nuclei():
     assert len(found.rows) == 1
     row = found.rows[0]
     assert 0.1 < row["proteoglycan_area_fraction"] < 0.5
-    assert row["nuclei_count"] >= 80  # 114 on 2026-12-03; hundreds of small nuclei are visible in the 240 µm square
+    assert row["nuclei_count"] >= 80  # nuclei found at all (no truth): hundreds are visible in the 240 µm square; 363 at df492b9
     # the crop runs from the fast-green rim (left) into the Safranin-O core (right)
     proteoglycan = found.classes == CLASS_CODES["proteoglycan"]
     half = rgb.shape[1] // 2
@@ -56,7 +56,7 @@ def test_airway_crop_finds_the_alcian_blue_goblet_cells():
     found = analyze_image(rgb, pixel_size_um=1.0, config=RunConfig(stains={"preset": "alcian-nfr"}))
     assert len(found.rows) == 1
     assert found.rows[0]["proteoglycan_area_fraction"] > 0.03
-    assert found.rows[0]["nuclei_count"] >= 20  # pink nuclei: 30 on 2026-12-03
+    assert found.rows[0]["nuclei_count"] >= 20  # pink nuclei found at all (no truth); 182 at df492b9
     blue = rgb[found.classes == CLASS_CODES["proteoglycan"]].astype(float).mean(axis=0)
     assert blue[2] > 180 and blue[0] < 120, blue  # what is called Alcian blue is cyan-blue, not the pink counterstain
 
