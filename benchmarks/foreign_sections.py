@@ -866,6 +866,30 @@ def format_table(summary: dict) -> str:
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
 
+def proteoglycan_readings(folder: Path, name: str) -> dict:
+    """Percentiles (10, 50, 90) of the Alcian blue read in a section's true proteoglycan pixels.
+
+    ``pipeline``: the pipeline's own proteoglycan OD (``analyze_image``, the darkness of its dark
+    spots taken out first); ``deconvolution``: plain colour deconvolution of the same image with the
+    preset's three chromatic vectors, white from the image's glass (its 95th percentile per channel).
+    """
+    import tifffile
+
+    from pellet_analysis.config import RunConfig
+    from pellet_analysis.pipeline import analyze_image
+    from pellet_analysis.stains import PRESETS, rgb_to_od, unmix
+
+    rgb = tifffile.imread(folder / "images" / f"{name}.tif")
+    meta = json.loads((folder / "truth" / f"{name}.json").read_text())
+    with np.load(folder / "truth" / f"{name}.npz") as data:
+        true_pg = data["classes"] == PROTEOGLYCAN
+    found = analyze_image(rgb, pixel_size_um=meta["params"]["pixel_size_um"], config=RunConfig())
+    preset = PRESETS["ab-vg"]
+    vectors = np.stack([preset.vector(n) for n in ("alcian_blue", "acid_fuchsin", "picric_acid")])
+    plain = unmix(rgb_to_od(rgb, np.percentile(rgb.reshape(-1, 3), 95, axis=0)), vectors)[..., 0]
+    return {k: np.percentile(v[true_pg], (10, 50, 90)).round(3).tolist() for k, v in (("pipeline", found.proteoglycan_od), ("deconvolution", plain))}
+
+
 def _shares(read_as: dict) -> str:
     return ", ".join(f"{k.replace('_tissue', '')} {v:.2f}" for k, v in read_as.items() if k != "background")
 
@@ -886,8 +910,13 @@ def main(argv=None) -> dict:
     parser.add_argument("--keep-sections", action="store_true", help="run on the sections already in --output, without rendering them")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="settings",
                         help="a config setting over the defaults (e.g. iron.calibrate=off); the run goes to --output/run-KEY_VALUE")
+    parser.add_argument("--proteoglycan-od", metavar="NAME", help="print the Alcian blue read in the true proteoglycan of section NAME of --output, and stop")
     args = parser.parse_args(argv)
     folder = args.output.resolve()
+    if args.proteoglycan_od:
+        readings = proteoglycan_readings(folder, args.proteoglycan_od)
+        print(json.dumps(readings))
+        return readings
     run = run_folder(folder, args.settings)
     if not (args.rescore or args.keep_sections):
         write_sections(render_batch(args.n, args.seed), folder)
