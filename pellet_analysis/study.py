@@ -69,7 +69,7 @@ def _read_excel(path: Path):
     try:
         with pd.ExcelFile(path, engine="openpyxl") as book:
             sheet = book.sheet_names[0]
-            grid = book.parse(sheet, header=None, dtype=object)
+            grid = pd.read_excel(book, sheet_name=sheet, header=None, dtype=object)
     except Exception as error:  # zipfile.BadZipFile, KeyError, openpyxl's InvalidFileException, OSError
         raise SampleSheetError(f"{path}: cannot read Excel sample sheet ({type(error).__name__}: {' '.join(str(error).split())[:150]})") from None
     cells = [[_cell_text(v) for v in row] for row in grid.itertuples(index=False)]
