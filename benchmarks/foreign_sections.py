@@ -32,6 +32,8 @@ import cv2
 import numpy as np
 from scipy import ndimage as ndi
 
+from pellet_analysis.metrics import matched_instances
+
 __all__ = [
     "STAIN_OD",
     "Section",
@@ -609,13 +611,7 @@ def run_pipeline(folder: Path, *, workers: int = 1, settings=()) -> Path:
 
 def matched_true(found, true, *, iou_threshold: float = 0.5) -> set:
     """True instance labels that one found instance overlaps with IoU above the threshold."""
-    both = (true > 0) & (found > 0)
-    if not both.any():
-        return set()
-    pairs, inter = np.unique(np.stack([true[both].astype(np.int64), found[both].astype(np.int64)], axis=1), axis=0, return_counts=True)
-    area_t, area_f = np.bincount(true.ravel().astype(np.int64)), np.bincount(found.ravel().astype(np.int64))
-    iou = inter / (area_t[pairs[:, 0]] + area_f[pairs[:, 1]] - inter)
-    return set(pairs[iou > iou_threshold, 0].tolist())
+    return set(matched_instances(found, true, iou_threshold=iou_threshold)[:, 0].tolist())
 
 
 def nearest_kind(found_iron, nuclei, kinds: dict, pixel_size_um: float, within_um: float = 2.0) -> dict:

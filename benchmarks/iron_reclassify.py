@@ -152,10 +152,12 @@ def _positive_cells(truth_nuclei, true_iron, found_nuclei, found_classes, pixel_
             cells["found_positive"] += 1
         else:
             cells["found_negative"] += 1
-            zone = np.zeros(truth_nuclei.shape, bool)
-            zone[sl] = own
-            zone = within_distance(zone, distance_px) & true_iron
-            classes += np.bincount(found_classes[zone], minlength=classes.size)[: classes.size]
+            # the nucleus's box widened beyond the distance holds every pixel within it
+            margin = int(np.ceil(distance_px)) + 1
+            box = tuple(slice(max(0, s.start - margin), s.stop + margin) for s in sl)
+            zone = truth_nuclei[box] == label
+            zone = within_distance(zone, distance_px) & true_iron[box]
+            classes += np.bincount(found_classes[box][zone], minlength=classes.size)[: classes.size]
 
 
 def main() -> None:

@@ -22,6 +22,23 @@ def pixel_f1(predicted, true) -> float:
     return dice(predicted, true)
 
 
+def matched_instances(predicted, true, *, iou_threshold: float = 0.5) -> np.ndarray:
+    """The (true, predicted) label pairs whose overlap has IoU above the threshold, shape (k, 2).
+
+    With a threshold of at least 0.5 each instance has at most one such partner.
+    """
+    predicted = np.asarray(predicted).astype(np.int64, copy=False)
+    true = np.asarray(true).astype(np.int64, copy=False)
+    both = (true > 0) & (predicted > 0)
+    if not both.any():
+        return np.zeros((0, 2), np.int64)
+    pairs, inter = np.unique(np.stack([true[both], predicted[both]], axis=1), axis=0, return_counts=True)
+    area_t = np.bincount(true.ravel())
+    area_p = np.bincount(predicted.ravel())
+    iou = inter / (area_t[pairs[:, 0]] + area_p[pairs[:, 1]] - inter)
+    return pairs[iou > iou_threshold]
+
+
 def instance_f1(predicted, true, *, iou_threshold: float = 0.5) -> dict:
     """Instance F1 at an IoU threshold: a true instance is found when one predicted instance overlaps it with IoU above the threshold.
 
@@ -36,15 +53,7 @@ def instance_f1(predicted, true, *, iou_threshold: float = 0.5) -> dict:
     true = np.asarray(true).astype(np.int64, copy=False)
     n_true = len(np.unique(true[true > 0]))
     n_pred = len(np.unique(predicted[predicted > 0]))
-    both = (true > 0) & (predicted > 0)
-    tp = 0
-    if both.any():
-        t, p = true[both], predicted[both]
-        pairs, inter = np.unique(np.stack([t, p], axis=1), axis=0, return_counts=True)
-        area_t = np.bincount(true.ravel())
-        area_p = np.bincount(predicted.ravel())
-        iou = inter / (area_t[pairs[:, 0]] + area_p[pairs[:, 1]] - inter)
-        tp = int((iou > iou_threshold).sum())
+    tp = len(matched_instances(predicted, true, iou_threshold=iou_threshold))
     precision = tp / n_pred if n_pred else 0.0
     recall = tp / n_true if n_true else 0.0
     f1 = 2 * tp / (n_true + n_pred) if (n_true + n_pred) else 1.0
