@@ -778,7 +778,9 @@ def stain_concentrations(od, spots, stains: StainSet, *, pixel_size_um: float, c
     """Role -> concentration (OD) of the chromatic stains, by deconvolution.
 
     For ``ab-vg`` the grey of the dark spots is taken out first, so a nucleus's
-    blurred edge does not read as Alcian blue. ``scratch``, a C-contiguous
+    blurred edge does not read as Alcian blue (:func:`classify_objects` gives
+    it back away from the nuclei and granules found:
+    :func:`matrix_stain_beyond_dark_objects`). ``scratch``, a C-contiguous
     float32 array of ``od``'s shape the caller no longer needs (not ``od``),
     holds the smoothed OD and then the concentrations instead of a new array.
     """
@@ -1156,7 +1158,13 @@ def classify_objects(
     if "collagen" in stains.roles:
         classes[inside & (maps[..., 2] > classify.collagen_min_od)] = CLASS_CODES["collagen"]
     if "proteoglycan" in stains.roles:
-        matrix = inside & (maps[..., 1] > thresholds.proteoglycan)
+        matrix_od = maps[..., 1]
+        if has_iron:
+            matrix_od = matrix_stain_beyond_dark_objects(
+                matrix_od, spots, nuclear | contrast | iron_mask, stains,
+                sigma_px=classify.smoothing_um / px, reach_px=round(classify.grey_reach_um / px),
+            )
+        matrix = inside & (matrix_od > thresholds.proteoglycan)
         if has_iron:
             # a nucleus found by darkness ends at half its maximum: its blurred outer half and the cell's cytoplasm
             # around it read the matrix's Alcian blue only through the blur, and are not matrix
@@ -1165,6 +1173,50 @@ def classify_objects(
     classes[nuclear] = CLASS_CODES["nuclei"]
     classes[iron_mask] = CLASS_CODES["iron"]
     return classes, instances.astype(np.int32)
+
+
+def grey_concentration(stains: StainSet, role: str) -> float:
+    """Concentration (OD) of ``role``'s stain that one OD unit of grey (equal in every channel) unmixes as."""
+    names = deconvolution_stains(stains)
+    grey = np.ones((1, 1, 3), np.float32)
+    return float(unmix(grey, np.stack([stains.vector(n) for n in names]))[0, 0, names.index(stains.roles[role])])
+
+
+def matrix_stain_beyond_dark_objects(matrix_od, spots, dark_objects, stains: StainSet, *, sigma_px: float, reach_px: int) -> np.ndarray:
+    """Alcian blue with the grey of the dark spots given back farther than ``reach_px`` from ``dark_objects``.
+
+    :func:`stain_concentrations` takes the dark spots' grey out of every pixel
+    before unmixing, so a nucleus's or granule's blurred edge does not read as
+    Alcian blue. Away from the nuclei and granules found, a dark spot is matrix
+    between paler cells: Alcian blue under picric yellow absorbs in every
+    channel, and a white top-hat of the least-absorbed channel finds it darker
+    than the cytoplasm around it. Unmixing and the smoothing are linear, so
+    adding the grey's own concentration (:func:`grey_concentration`) times the
+    smoothed spots gives back what such a pixel reads without the grey taken out.
+
+    Parameters
+    ----------
+    matrix_od : ndarray of float32, shape (rows, cols)
+        The matrix stain's concentration with the grey taken out.
+    spots : ndarray of float32, shape (rows, cols)
+        The dark spots (:func:`dark_spots`) that were taken out.
+    dark_objects : ndarray of bool, shape (rows, cols)
+        Nuclei and granules (and granule candidates) found.
+    stains : StainSet
+    sigma_px : float, keyword-only
+        The smoothing applied to the concentrations (px).
+    reach_px : int, keyword-only
+        Distance (px) from ``dark_objects`` within which the grey stays out.
+
+    Returns
+    -------
+    ndarray of float32, shape (rows, cols)
+    """
+    # a new array: below 0.3 px the blur returns its input
+    back = gaussian(np.ascontiguousarray(spots, dtype=np.float32), sigma_px) * np.float32(grey_concentration(stains, "proteoglycan"))
+    near = binary_dilation_disk(dark_objects, reach_px) if reach_px > 0 else dark_objects
+    back[near] = 0
+    return np.add(matrix_od, back, dtype=np.float32)
 
 
 def _encoded_objects(maps, inside, thresholds, stains, origin, width, settings) -> np.ndarray:

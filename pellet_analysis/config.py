@@ -217,6 +217,16 @@ class ClassifyConfig(_Section):
             "Alcian blue reads only through the blur. Rounded to whole pixels (0 at 1 µm per pixel)."
         ),
     )
+    grey_reach_um: float = Field(
+        2.0,
+        ge=0,
+        description=(
+            "Distance (µm) from a found nucleus or iron granule within which the grey of the dark spots stays out of "
+            "the Alcian blue that decides proteoglycan (ab-vg): there it is the blurred nucleus or granule. Farther "
+            "out a dark spot is matrix between paler cells (Alcian blue under picric yellow absorbs in every "
+            "channel) and keeps its Alcian blue. Rounded to whole pixels."
+        ),
+    )
 
 
 class NucleiConfig(_Section):

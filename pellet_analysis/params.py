@@ -97,6 +97,7 @@ class ClassifyParams:
     collagen_min_od: float
     smoothing_um: float
     nucleus_rim_um: float
+    grey_reach_um: float
     fine_sigma_um: float = 0.4
 
 

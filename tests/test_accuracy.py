@@ -5,6 +5,7 @@ uneven illumination and pixel sizes 0.5-1 µm (see conftest.CASES).
 """
 
 import numpy as np
+from scipy import ndimage as ndi
 
 from pellet_analysis.labels import CLASS_CODES
 from pellet_analysis.synthetic import truth_table
@@ -129,3 +130,38 @@ def test_circularity_is_imagej_s_on_the_outline_polygon_and_cut_pellets_say_so(s
     row = int(a.rows[0]["centroid_row_px"])
     cut = analyze_image(s.image[row:], pixel_size_um=s.pixel_size_um, config=config)
     assert [r["touches_border"] for r in cut.rows] == [True]
+
+
+
+def test_matrix_between_pale_cells_keeps_its_alcian_blue_and_a_nucleus_edge_does_not_gain_any():
+    # Alcian blue under picric yellow absorbs in every channel, so matrix between pale (picric-only) cells is a
+    # dark spot of the least-absorbed channel: its Alcian blue must not be taken out as a nucleus's grey. The
+    # left of the field holds cells 14 µm apart (4 µm bridges of matrix, narrower than the darkness top-hat),
+    # each with a black nucleus; the right is matrix alone, as wide as the top-hat, which sets the threshold.
+    from pellet_analysis.classify import classify_pellet
+    from pellet_analysis.config import RunConfig
+    from pellet_analysis.stains import get_preset
+
+    px, shape, spacing = 0.5, (240, 240), 28
+    stains = get_preset("ab-vg")
+    rows, cols = np.mgrid[: shape[0], : shape[1]].astype(np.float32)
+    offset = np.hypot((rows % spacing) - spacing / 2, (cols % spacing) - spacing / 2)
+    cell = (offset < 10) & (cols < 140)  # cytoplasm 5 µm in radius
+    nucleus = (offset < 4) & cell  # 2 µm in radius
+    alcian = np.where(cell, 0.0, 0.5).astype(np.float32)
+    od = alcian[..., None] * stains.vector("alcian_blue") + 0.3 * stains.vector("picric_acid") + 0.9 * nucleus[..., None]
+    od = ndi.gaussian_filter(od.astype(np.float32), (1.0, 1.0, 0)).astype(np.float32)  # 0.5 µm optical blur
+    config = RunConfig()
+    kw = dict(pixel_size_um=px, classify=config.classify.params(), nuclei=config.nuclei.params(), iron=config.iron.params())
+    result = classify_pellet(od, np.ones(shape, bool), stains, **kw)
+    pg = result.classes == CLASS_CODES["proteoglycan"]
+    away = np.zeros(shape, bool)
+    away[10:-10, 10:-10] = True  # from the field's border
+    bridges = away & ~ndi.binary_dilation(cell, iterations=2) & (cols < 120)
+    wide = away & (cols > 160)
+    cytoplasm = away & cell & ~ndi.binary_dilation(nucleus, iterations=3) & ~ndi.binary_dilation(~cell, iterations=2)
+    assert bridges.sum() > 3000 and cytoplasm.sum() > 1000
+    assert pg[wide].mean() >= 0.99
+    assert pg[bridges].mean() >= 0.95, pg[bridges].mean()
+    assert pg[cytoplasm].mean() <= 0.02, pg[cytoplasm].mean()
+    assert (result.classes[ndi.binary_erosion(nucleus, iterations=2) & away] == CLASS_CODES["nuclei"]).mean() >= 0.95
