@@ -22,14 +22,12 @@ from pellet_analysis.measure import measure_pellets
 from pellet_analysis.metrics import pixel_f1
 from pellet_analysis.pipeline import run_batch
 from pellet_analysis.synthetic import make_section
-from pellet_analysis.validate import validation_params
+from pellet_analysis.validate import validation_plan
 
 
 def main(root: Path) -> None:
-    rng = np.random.default_rng(1)
     sections = {}
-    for i in range(24):
-        params = validation_params(rng, hue_jitter_deg=6.0)
+    for i, params in enumerate(validation_plan(24, 1, hue_jitter_deg=6.0)):
         section = make_section(**params)
         stem = f"V{i:02d}_{'labeled' if params['labeled'] else 'unlabeled'}_d{params['day']}_s1"
         sections[stem] = section

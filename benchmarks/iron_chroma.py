@@ -30,7 +30,7 @@ from pellet_analysis.measure import measure_pellets
 from pellet_analysis.metrics import pixel_f1
 from pellet_analysis.pipeline import analyze_image
 from pellet_analysis.synthetic import make_section
-from pellet_analysis.validate import validation_params
+from pellet_analysis.validate import validation_plan
 
 IRON = CLASS_CODES["iron"]
 #: The generator's rim nuclei are at most 2.2 µm round or 5 x 1.6 µm flat (semi-axes): about 25 µm².
@@ -73,9 +73,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--pixel-size-um", type=float, default=None)
     args = parser.parse_args()
-    rng = np.random.default_rng(args.seed)
-    for _ in range(args.index + 1):
-        params = validation_params(rng)  # drawn for every section, as validate does
+    params = validation_plan(args.index + 1, args.seed)[args.index]
     if args.pixel_size_um is not None:
         params["pixel_size_um"] = args.pixel_size_um
     section = make_section(**{**params, "jpeg_quality": None}, nuclei_model="varied")

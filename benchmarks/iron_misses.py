@@ -35,7 +35,7 @@ from pellet_analysis.config import RunConfig
 from pellet_analysis.labels import CLASS_CODES
 from pellet_analysis.pipeline import analyze_image
 from pellet_analysis.synthetic import make_section
-from pellet_analysis.validate import validation_params
+from pellet_analysis.validate import validation_plan
 
 IRON, NUCLEI = CLASS_CODES["iron"], CLASS_CODES["nuclei"]
 STEPS = ("found", "as_nucleus", "low_contrast", "nucleus_core", "colour", "neutral", "rim_isolation_size", "nucleus_body", "far_from_nuclei")
@@ -137,11 +137,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--nuclei-model", default="varied", choices=("varied", "simple"))
     args = parser.parse_args()
-    rng = np.random.default_rng(args.seed)
     config = RunConfig()
     totals, shares_all, f1s = {}, dict.fromkeys(STEPS, 0), []
-    for index in range(args.n):
-        params = validation_params(rng)  # drawn for every section, as validate does, so the sequence matches
+    for index, params in enumerate(validation_plan(args.n, args.seed)):
         if not params["labeled"]:
             continue
         section = make_section(**params, nuclei_model=args.nuclei_model)

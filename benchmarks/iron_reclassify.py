@@ -45,17 +45,15 @@ from pellet_analysis.measure import measure_pellets
 from pellet_analysis.metrics import instance_f1
 from pellet_analysis.morphology import within_distance
 from pellet_analysis.synthetic import make_section
-from pellet_analysis.validate import validation_params
+from pellet_analysis.validate import validation_plan
 
 IRON, NUCLEI = CLASS_CODES["iron"], CLASS_CODES["nuclei"]
 
 
 def cache(folder: Path, n: int, seed: int, nuclei_model: str) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
     config = RunConfig()
-    for index in range(n):
-        params = validation_params(rng)  # drawn for every section, as validate does, so the sequence matches
+    for index, params in enumerate(validation_plan(n, seed)):
         section = make_section(**params, nuclei_model=nuclei_model)
         _, pellets = pellet_windows(section, config)
         windows = [

@@ -31,7 +31,7 @@ from pellet_analysis.measure import depth_map
 from pellet_analysis.pipeline import analyze_image
 from pellet_analysis.profiles import band_index
 from pellet_analysis.synthetic import make_section
-from pellet_analysis.validate import validation_params
+from pellet_analysis.validate import validation_plan
 
 PG = CLASS_CODES["proteoglycan"]
 NAMES = {code: name for name, code in CLASS_CODES.items()}
@@ -67,10 +67,8 @@ def main(argv=None) -> pd.DataFrame:
     args = parser.parse_args(argv)
     config = RunConfig()
     band_um = config.cartilage.profile_band_um
-    rng = np.random.default_rng(args.seed)
     rows = []
-    for i in range(args.n):
-        params = validation_params(rng)
+    for i, params in enumerate(validation_plan(args.n, args.seed)):
         section = make_section(**params)
         found = analyze_image(section.image, pixel_size_um=section.pixel_size_um, config=config)
         n = int(section.pellets.max())

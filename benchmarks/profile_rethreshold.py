@@ -33,7 +33,7 @@ from pellet_analysis.config import RunConfig
 from pellet_analysis.labels import CLASS_CODES
 from pellet_analysis.morphology import binary_dilation_disk
 from pellet_analysis.synthetic import make_section
-from pellet_analysis.validate import validation_params
+from pellet_analysis.validate import validation_plan
 from profile_bands import pellet_bands
 
 PG, NUCLEI, IRON = CLASS_CODES["proteoglycan"], CLASS_CODES["nuclei"], CLASS_CODES["iron"]
@@ -41,9 +41,7 @@ PG, NUCLEI, IRON = CLASS_CODES["proteoglycan"], CLASS_CODES["nuclei"], CLASS_COD
 
 def cache(folder: Path, n: int, seed: int, config: RunConfig) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    for index in range(n):
-        params = validation_params(rng)
+    for index, params in enumerate(validation_plan(n, seed)):
         section = make_section(**params)
         found, pellets = pellet_windows(section, config)
         windows = []

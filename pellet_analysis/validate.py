@@ -19,7 +19,7 @@ from .metrics import dice, instance_f1, pixel_f1
 from .pipeline import analyze_image
 from .synthetic import make_section, truth_table
 
-__all__ = ["PIXEL_SIZES_UM", "validation_params", "validate_section", "validate", "validate_he", "validate_real", "real_image_pairs", "xml_pixel_size_um"]
+__all__ = ["PIXEL_SIZES_UM", "validation_params", "validation_plan", "validate_section", "validate", "validate_he", "validate_real", "real_image_pairs", "xml_pixel_size_um"]
 
 PIXEL_SIZES_UM = (0.25, 0.4, 0.5, 0.75, 1.0)
 
@@ -43,6 +43,16 @@ def validation_params(rng, *, hue_jitter_deg: float = 6.0) -> dict:
         "seed": int(rng.integers(2**31)),
     }
 
+
+
+def validation_plan(n_images: int, seed: int, *, hue_jitter_deg: float = 6.0) -> list[dict]:
+    """The rendering parameters of sections 0 .. ``n_images`` - 1 of ``validate(n_images, seed=seed)``, drawn in its order.
+
+    Section k's parameters depend on every draw before it, so a benchmark that
+    re-renders one of validate's sections takes it from here.
+    """
+    rng = np.random.default_rng(seed)
+    return [validation_params(rng, hue_jitter_deg=hue_jitter_deg) for _ in range(n_images)]
 
 def validate_section(params: dict, config: RunConfig | None = None, *, nuclei_model: str = "varied") -> tuple[dict, list[dict]]:
     """Render one section (``nuclei_model`` of :class:`~pellet_analysis.synthetic.SectionParams`), analyse it, and compare; returns (image metrics, per-pellet rows)."""
@@ -217,10 +227,9 @@ def validate(
     ``nuclei_model`` "varied" (irregular, touching, textured nuclei of mixed darkness, small dark
     nuclei in the fibrous rim) or "simple" (the smooth dark ellipses in pale rings of the demo study).
     """
-    rng = np.random.default_rng(seed)
     images, pellets = [], []
-    for i in range(n_images):
-        image, rows = validate_section(validation_params(rng, hue_jitter_deg=hue_jitter_deg), nuclei_model=nuclei_model)
+    for i, params in enumerate(validation_plan(n_images, seed, hue_jitter_deg=hue_jitter_deg)):
+        image, rows = validate_section(params, nuclei_model=nuclei_model)
         images.append(image)
         pellets.extend(rows)
         if progress is not None:

@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 
 from pellet_analysis.metrics import dice, instance_f1, pixel_f1
-from pellet_analysis.validate import summarize, validate_section, validation_params
+from pellet_analysis.validate import summarize, validate_section, validation_params, validation_plan
 
 
 def test_instance_f1_by_hand():
@@ -54,8 +54,7 @@ def test_nucleus_rim_brings_labeled_depth_bands_nearer_the_truth():
     # where the nuclei's blurred edges and the cytoplasm around them were classed proteoglycan
     from pellet_analysis.config import ClassifyConfig, RunConfig
 
-    rng = np.random.default_rng(1)
-    params = [validation_params(rng) for _ in range(6)][5]
+    params = validation_plan(6, 1)[5]
     assert params["labeled"] and params["pixel_size_um"] == 0.5
     _, with_rim = validate_section(params)
     _, without = validate_section(params, RunConfig(classify=ClassifyConfig(nucleus_rim_um=0.0)))
@@ -65,3 +64,15 @@ def test_nucleus_rim_brings_labeled_depth_bands_nearer_the_truth():
         assert abs(new["proteoglycan_error_pp"]) < abs(old["proteoglycan_error_pp"]) - 0.3, (new, old)
     assert sum(p["profile_bands_over_3pp"] for p in with_rim) < sum(p["profile_bands_over_3pp"] for p in without)
     assert max(p["profile_band_error_pp_max_abs"] for p in with_rim) < 12.0
+
+
+def test_validation_plan_is_validates_draw_order():
+    # benchmarks re-render validate's section k from validation_plan(k + 1, seed)[k]: a longer plan must start with
+    # the shorter one, and each section's parameters differ (the generator is drawn from, not reset)
+    import numpy as np
+
+    long, short = validation_plan(8, 3), validation_plan(5, 3)
+    assert long[:5] == short
+    rng = np.random.default_rng(3)
+    assert [validation_params(rng) for _ in range(8)] == long
+    assert len({repr(sorted(p.items())) for p in long}) == 8
