@@ -906,17 +906,23 @@ def pixel_maps(
 
 
 def stain_maps(od, stains: StainSet, *, pixel_size_um: float, classify: ClassifyParams, nuclei: NucleiParams) -> dict:
-    """Role -> stain concentration (OD), the numbers of :func:`pixel_maps`'s concentration maps without its granule maps.
+    """Role -> stain concentration (OD): :func:`pixel_maps`'s concentration maps without its granule maps, as measured.
 
     What re-quantifying a pellet needs (its proteoglycan OD): the dark spots
-    the concentrations are corrected by, and the concentrations.
+    the concentrations are corrected by, and the concentrations. For ``ab-vg``
+    the proteoglycan concentration carries the dark spots' grey
+    (:func:`grey_alcian_blue`), as :func:`classify_maps`'s
+    ``proteoglycan_od`` does: the OD measured over the proteoglycan pixels.
     """
     od = np.asarray(od, dtype=np.float32)
     px = float(pixel_size_um)
     fine = smooth_channels(od, classify.fine_sigma_um / px)
     spots = dark_spots(fine, stains, pixel_size_um=px, nuclei=nuclei)
     # the fine blur's array, no longer needed, holds the concentrations
-    return stain_concentrations(od, spots, stains, pixel_size_um=px, classify=classify, scratch=None if fine is od else fine)
+    conc = stain_concentrations(od, spots, stains, pixel_size_um=px, classify=classify, scratch=None if fine is od else fine)
+    if "iron" in stains.roles and "proteoglycan" in conc:
+        conc["proteoglycan"] = conc["proteoglycan"] + grey_alcian_blue(spots, stains, sigma_px=classify.smoothing_um / px)
+    return conc
 
 
 def map_histograms(maps, inside) -> np.ndarray:
@@ -1182,6 +1188,16 @@ def grey_concentration(stains: StainSet, role: str) -> float:
     return float(unmix(grey, np.stack([stains.vector(n) for n in names]))[0, 0, names.index(stains.roles[role])])
 
 
+def grey_alcian_blue(spots, stains: StainSet, *, sigma_px: float) -> np.ndarray:
+    """The Alcian blue (OD, float32) that the dark spots' grey unmixes as, smoothed as the concentrations are.
+
+    What :func:`stain_concentrations` took out of the proteoglycan stain with
+    the grey (a new array).
+    """
+    # a new array: below 0.3 px the blur returns its input
+    return gaussian(np.ascontiguousarray(spots, dtype=np.float32), sigma_px) * np.float32(grey_concentration(stains, "proteoglycan"))
+
+
 def matrix_stain_beyond_dark_objects(matrix_od, spots, dark_objects, stains: StainSet, *, sigma_px: float, reach_px: int) -> np.ndarray:
     """Alcian blue with the grey of the dark spots given back farther than ``reach_px`` from ``dark_objects``.
 
@@ -1212,8 +1228,7 @@ def matrix_stain_beyond_dark_objects(matrix_od, spots, dark_objects, stains: Sta
     -------
     ndarray of float32, shape (rows, cols)
     """
-    # a new array: below 0.3 px the blur returns its input
-    back = gaussian(np.ascontiguousarray(spots, dtype=np.float32), sigma_px) * np.float32(grey_concentration(stains, "proteoglycan"))
+    back = grey_alcian_blue(spots, stains, sigma_px=sigma_px)
     near = binary_dilation_disk(dark_objects, reach_px) if reach_px > 0 else dark_objects
     back[near] = 0
     return np.add(matrix_od, back, dtype=np.float32)
@@ -1372,7 +1387,13 @@ def classify_maps(
             align_arrays=False,
         ).compute(scheduler=get_sync)[..., 0]
         classes, instances = _decode(packed)
-    pg_od = np.where(inside, maps[..., 1], np.float32(0)).astype(np.float32, copy=False) if "proteoglycan" in stains.roles else np.zeros(inside.shape, np.float32)
+    if "proteoglycan" not in stains.roles:
+        pg_od = np.zeros(inside.shape, np.float32)
+    else:
+        pg_od = maps[..., 1]
+        if "iron" in stains.roles:  # the OD measured is the Alcian blue with the dark spots' grey in it (stain_maps)
+            pg_od = pg_od + grey_alcian_blue(maps[..., 0], stains, sigma_px=classify.smoothing_um / pixel_size_um)
+        pg_od = np.where(inside, pg_od, np.float32(0)).astype(np.float32, copy=False)
     return ClassResult(classes=classes, nuclei=instances, proteoglycan_od=pg_od)
 
 

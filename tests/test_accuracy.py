@@ -5,6 +5,7 @@ uneven illumination and pixel sizes 0.5-1 µm (see conftest.CASES).
 """
 
 import numpy as np
+import pytest
 from scipy import ndimage as ndi
 
 from pellet_analysis.labels import CLASS_CODES
@@ -164,4 +165,7 @@ def test_matrix_between_pale_cells_keeps_its_alcian_blue_and_a_nucleus_edge_does
     assert pg[wide].mean() >= 0.99
     assert pg[bridges].mean() >= 0.95, pg[bridges].mean()
     assert pg[cytoplasm].mean() <= 0.02, pg[cytoplasm].mean()
+    # and the OD measured there (proteoglycan_mean_od) is the bridges' own 0.5 OD of Alcian blue, not half of it
+    assert np.median(result.proteoglycan_od[bridges]) == pytest.approx(0.5, abs=0.03)
+    assert np.median(result.proteoglycan_od[wide]) == pytest.approx(0.5, abs=0.03)
     assert (result.classes[ndi.binary_erosion(nucleus, iterations=2) & away] == CLASS_CODES["nuclei"]).mean() >= 0.95
