@@ -920,8 +920,8 @@ def stain_maps(od, stains: StainSet, *, pixel_size_um: float, classify: Classify
     spots = dark_spots(fine, stains, pixel_size_um=px, nuclei=nuclei)
     # the fine blur's array, no longer needed, holds the concentrations
     conc = stain_concentrations(od, spots, stains, pixel_size_um=px, classify=classify, scratch=None if fine is od else fine)
-    if "iron" in stains.roles and "proteoglycan" in conc:
-        conc["proteoglycan"] = conc["proteoglycan"] + grey_alcian_blue(spots, stains, sigma_px=classify.smoothing_um / px)
+    if "proteoglycan" in conc:
+        conc["proteoglycan"] = measured_proteoglycan_od(conc["proteoglycan"], spots, stains, pixel_size_um=px, classify=classify)
     return conc
 
 
@@ -1198,6 +1198,19 @@ def grey_alcian_blue(spots, stains: StainSet, *, sigma_px: float) -> np.ndarray:
     return gaussian(np.ascontiguousarray(spots, dtype=np.float32), sigma_px) * np.float32(grey_concentration(stains, "proteoglycan"))
 
 
+def measured_proteoglycan_od(proteoglycan, spots, stains: StainSet, *, pixel_size_um: float, classify: ClassifyParams) -> np.ndarray:
+    """The proteoglycan OD that is measured (``proteoglycan_mean_od``), from its concentration map and the dark spots.
+
+    For ``ab-vg`` the Alcian blue with the dark spots' grey in it
+    (:func:`grey_alcian_blue`), so matrix between cells counts with its own
+    OD; other stain sets measure the concentration as it is. The one rule of
+    the run (:func:`classify_maps`) and of re-quantifying (:func:`stain_maps`).
+    """
+    if "iron" not in stains.roles:
+        return proteoglycan
+    return proteoglycan + grey_alcian_blue(spots, stains, sigma_px=classify.smoothing_um / float(pixel_size_um))
+
+
 def matrix_stain_beyond_dark_objects(matrix_od, spots, dark_objects, stains: StainSet, *, sigma_px: float, reach_px: int) -> np.ndarray:
     """Alcian blue with the grey of the dark spots given back farther than ``reach_px`` from ``dark_objects``.
 
@@ -1390,9 +1403,7 @@ def classify_maps(
     if "proteoglycan" not in stains.roles:
         pg_od = np.zeros(inside.shape, np.float32)
     else:
-        pg_od = maps[..., 1]
-        if "iron" in stains.roles:  # the OD measured is the Alcian blue with the dark spots' grey in it (stain_maps)
-            pg_od = pg_od + grey_alcian_blue(maps[..., 0], stains, sigma_px=classify.smoothing_um / pixel_size_um)
+        pg_od = measured_proteoglycan_od(maps[..., 1], maps[..., 0], stains, pixel_size_um=pixel_size_um, classify=classify)
         pg_od = np.where(inside, pg_od, np.float32(0)).astype(np.float32, copy=False)
     return ClassResult(classes=classes, nuclei=instances, proteoglycan_od=pg_od)
 

@@ -44,7 +44,6 @@ def validation_params(rng, *, hue_jitter_deg: float = 6.0) -> dict:
     }
 
 
-
 def validation_plan(n_images: int, seed: int, *, hue_jitter_deg: float = 6.0) -> list[dict]:
     """The rendering parameters of sections 0 .. ``n_images`` - 1 of ``validate(n_images, seed=seed)``, drawn in its order.
 
@@ -53,6 +52,7 @@ def validation_plan(n_images: int, seed: int, *, hue_jitter_deg: float = 6.0) ->
     """
     rng = np.random.default_rng(seed)
     return [validation_params(rng, hue_jitter_deg=hue_jitter_deg) for _ in range(n_images)]
+
 
 def validate_section(params: dict, config: RunConfig | None = None, *, nuclei_model: str = "varied") -> tuple[dict, list[dict]]:
     """Render one section (``nuclei_model`` of :class:`~pellet_analysis.synthetic.SectionParams`), analyse it, and compare; returns (image metrics, per-pellet rows)."""
