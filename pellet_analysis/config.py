@@ -295,6 +295,14 @@ class NucleiConfig(_Section):
         "this fraction of the pellet's proteoglycan threshold: a nucleus displaces the matrix, while dense matrix between "
         "pale cytoplasm rings (a dark spot of the least-absorbed channel too) holds more than the rings.",
     )
+    dark_matrix_excess: float | None = Field(
+        0.3,
+        ge=0,
+        description="For ab-vg: a dark object whose Alcian blue (with the dark spots' grey taken out) exceeds the tissue's "
+        "dark_pale_ring_um around it by more, per OD of darkness it adds over that tissue, than the nuclear stain's own "
+        "reading (0.21 for the preset's Weigert vector) plus this is matrix, not a nucleus: dense Alcian blue between clear "
+        "lacunae is as dark as a nucleus but adds Alcian blue. null turns this off.",
+    )
     dark_outline_fraction: float = Field(
         0.5,
         ge=0,

@@ -115,9 +115,10 @@ class NucleiParams:
         Distance (µm) by which a nucleus, cut inside its blurred edge, may
         grow to half its own darkness.
     dark_pale_ring_um : float
-        Width (µm) of the ring around a faint Weigert nucleus candidate whose
-        matrix stain it is compared with (matrix between pale cytoplasm rings
-        holds more of it than its ring).
+        Width (µm) of the ring around a Weigert nucleus candidate (faint, or
+        dark for ``dark_matrix_excess``) whose matrix stain it is compared
+        with (matrix between pale cytoplasm rings or clear lacunae holds more
+        of it than its ring).
     """
 
     min_diameter_um: float
@@ -136,6 +137,7 @@ class NucleiParams:
     dark_pale_min_solidity: float
     dark_pale_max_granule_fraction: float
     dark_pale_matrix_tolerance: float
+    dark_matrix_excess: float | None
     relative_min_od: float
     stain_otsu_fraction: float
     stain_otsu_floor_od: float

@@ -122,8 +122,9 @@ def test_demo_unlabeled_pellets_read_few_iron_positive_cells():
     # issue target: each <= 0.02 (measured max 0.0570, mean 0.0167); the max is looser: faint spots barely above the
     # granule threshold between the day-28 pellets' pale cytoplasm rings, as brown as iron and not neutral enough.
     # The max was 0.0553 = 11 / 199 cells; since touching nuclei are cut at their notches and faint concave matrix
-    # is no nucleus that pellet counts 193 (true 179), so the same 11 iron-positive cells give 0.0570
-    assert fractions.max() <= 0.058, fractions
+    # is no nucleus that pellet counts 193 (true 179), so the same 11 iron-positive cells give 0.0570; since matrix whose
+    # Alcian blue outweighs its darkness is no nucleus (nuclei.dark_matrix_excess) it counts 189: 0.0582
+    assert fractions.max() <= 0.059, fractions
     assert np.mean(fractions) <= 0.017, fractions
 
 
