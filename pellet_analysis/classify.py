@@ -1208,7 +1208,7 @@ def classify_objects(
         n_granules, granules = cv2.connectedComponents((iron_mask & ~nuclear).view(np.uint8), connectivity=8, ltype=cv2.CV_32S)
         on_rim = np.zeros(n_granules, bool)
         # and from the matrix objects (grown as the nuclei were): the necks of matrix between their lacunae are granule-sized
-        edges = nuclear | binary_dilation_disk(matrix_objects, max(1, round(nuclei.grow_um / px))) if matrix_objects.any() else nuclear
+        edges = (nuclear | binary_dilation_disk(matrix_objects, max(1, round(nuclei.grow_um / px)))) if matrix_objects.any() else nuclear
         on_rim[granules[binary_dilation_disk(edges, max(1, round(iron.nucleus_gap_um / px)))]] = True
         if iron.nucleus_body_fraction is not None:
             # a granule joined to a nucleus by its darkness is chromatin of that nucleus, found only in part
